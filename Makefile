@@ -1,0 +1,40 @@
+# lensutil: `make doctor` checks a setup, `make test` runs everything. Both install first if needed.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(VENV)/bin
+# The stamp's name carries a hash of pyproject.toml, so editing the dependencies re-installs.
+HASH := $(shell python3 -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml","rb").read()).hexdigest()[:12])')
+STAMP := $(VENV)/.installed-$(HASH)
+
+# One pytest run: unit tests, every notebook under nbval, the papermill runs and the book build.
+PYTEST_ARGS := tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
+
+.PHONY: help install doctor test test-fast book clean-book
+
+help:
+	@echo "make doctor   install if needed, then run 'lensutil doctor'"
+	@echo "make test     install if needed, then run every test (unit, notebooks, papermill, book)"
+	@echo "make book     build the Jupyter Book into book/_build/html"
+
+$(STAMP): pyproject.toml scripts/install.sh
+	scripts/install.sh
+
+install: $(STAMP)
+
+doctor: $(STAMP)
+	$(BIN)/lensutil doctor
+
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Unit tests only, skipping the real checkpoint: a quick loop while editing the library.
+test-fast: $(STAMP)
+	$(BIN)/pytest tests -m "not slow" --ignore=tests/test_notebooks_papermill.py --ignore=tests/test_book.py
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build book -W -n --keep-going
+
+clean-book:
+	rm -rf book/_build

@@ -1,0 +1,17 @@
+"""lensutil: a hooked transformer with TransformerLens' API, checked against HuggingFace.
+
+This file is the table of contents: the public names, re-exported from private modules.
+"""
+
+from .activation_cache import ActivationCache as ActivationCache
+from .config import HookedTransformerConfig as HookedTransformerConfig
+from .errors import LensError as LensError
+from .hook_points import HookedRootModule as HookedRootModule
+from .hook_points import HookPoint as HookPoint
+from .model import HookedTransformer as HookedTransformer
+from .patching import run_with_cache_from_cache as run_with_cache_from_cache
+from .utils import get_act_name as get_act_name
+from . import errors as errors
+from . import utils as utils
+
+__version__ = "0.1.0"

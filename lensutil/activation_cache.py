@@ -1,0 +1,347 @@
+"""ActivationCache: the activations one `run_with_cache` saw, plus TransformerLens' analysis helpers.
+
+Axis glossary (TransformerLens' names): batch; pos (query position); d_model (residual width);
+head_index; d_head; layers_covered (one entry per residual-stream snapshot, see accumulated_resid);
+num_components (one entry per thing that writes to the residual stream, see decompose_resid and
+stack_head_results). `*batch_and_pos_dims` means "batch pos" normally, "pos" after
+remove_batch_dim(), and fewer still once a pos_slice picks a single position.
+
+Look up activations by full name (`cache["blocks.0.attn.hook_pattern"]`) or TransformerLens'
+short form (`cache["pattern", 0]`, `cache["scale", 3, "ln1"]`, negative layers count from the end).
+A missing name raises CacheKeyError saying why it is missing and how to get it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import ItemsView, Iterator, KeysView, ValuesView
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .errors import CacheKeyError, LensError, close_matches
+from .utils import PosSlice, get_act_name, slice_along
+
+_LAYER_NORMS = {"LN", "LNPre"}  # centre, then divide by the scale
+_RMS_NORMS = {"RMS", "RMSPre"}  # divide by the scale only
+
+
+class ActivationCache:
+    """A dict of hook name -> detached activation, tied to the model that produced it.
+
+    `names_filter_description` and `selected_names` record how run_with_cache chose what to cache,
+    so that a missing key can say whether it was filtered out or simply never fired. `edited` holds
+    the names assigned with `cache[name] = ...` (patching reads it).
+    """
+
+    def __init__(
+        self,
+        cache_dict: dict[str, Tensor],
+        model: Any,
+        has_batch_dim: bool = True,
+        names_filter_description: str | None = None,
+        selected_names: set[str] | None = None,
+    ):
+        self.cache_dict = cache_dict
+        self.model = model
+        self.has_batch_dim = has_batch_dim
+        self.names_filter_description = names_filter_description
+        self.selected_names = selected_names
+        self.edited: set[str] = set()
+
+    # ---- mapping ------------------------------------------------------------------------------
+
+    def _resolve(self, key: str | tuple) -> str:
+        """The full hook name for a key; raises CacheKeyError for a short name that cannot be resolved."""
+        try:
+            if isinstance(key, str):
+                return key if key in self.cache_dict else get_act_name(key)
+            if isinstance(key, tuple) and key and isinstance(key[0], str):
+                name, *rest = key
+                if rest and rest[0] is not None and int(rest[0]) < 0:  # count from the last layer
+                    rest[0] = self.model.cfg.n_layers + int(rest[0])
+                return get_act_name(name, *rest)
+        except LensError as e:
+            raise CacheKeyError(str(e)) from None
+        raise CacheKeyError(f"Cache keys are hook names or (name, layer[, layer_type]) tuples; got {key!r}.")
+
+    def __getitem__(self, key: str | tuple) -> Tensor:
+        name = self._resolve(key)
+        if name not in self.cache_dict:
+            raise CacheKeyError(self._why_missing(name))
+        return self.cache_dict[name]
+
+    def __setitem__(self, key: str | tuple, value: Tensor) -> None:
+        name = self._resolve(key)
+        self.cache_dict[name] = value
+        self.edited.add(name)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return self._resolve(key) in self.cache_dict  # type: ignore[arg-type]
+        except (CacheKeyError, TypeError, ValueError):
+            return False
+
+    def __len__(self) -> int:
+        return len(self.cache_dict)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.cache_dict)
+
+    def keys(self) -> KeysView[str]:
+        return self.cache_dict.keys()
+
+    def values(self) -> ValuesView[Tensor]:
+        return self.cache_dict.values()
+
+    def items(self) -> ItemsView[str, Tensor]:
+        return self.cache_dict.items()
+
+    def __repr__(self) -> str:
+        return f"ActivationCache with keys {list(self.cache_dict)}"
+
+    def _why_missing(self, name: str) -> str:
+        hook_dict = getattr(self.model, "hook_dict", {}) or {}
+        if name.endswith("_grad") and name[: -len("_grad")] in hook_dict:
+            base = name[: -len("_grad")]
+            if not any(k.endswith("_grad") for k in self.cache_dict):
+                return f"No gradient {name!r} in this cache: gradients are cached only by run_with_cache(..., incl_bwd=True)."
+            return f"No gradient {name!r}: '{base}' was not selected by {self.names_filter_description}, or no gradient reached it (the output does not depend on it, or nothing before it requires grad)."
+        if name not in hook_dict:
+            matches = close_matches(name, hook_dict or self.cache_dict)
+            hint = f" Did you mean: {', '.join(repr(m) for m in matches)}?" if matches else ""
+            return f"No hook named {name!r} in this model.{hint} See model.list_hooks() or model.print_hook_list()."
+        flag = self.model.hook_flag(name) if hasattr(self.model, "hook_flag") else None
+        if flag is not None:
+            return f"{name!r} did not fire: it needs {flag}=True. Call model.set_{flag}(True) and run again."
+        if self.selected_names is not None and name not in self.selected_names:
+            return (
+                f"{name!r} was left out by {self.names_filter_description}. Include it (e.g. add {name!r} "
+                "to the names_filter list) or pass names_filter=None to cache every hook."
+            )
+        return (
+            f"{name!r} exists but did not fire in this run (e.g. hook_rot_q/hook_rot_k fire only in rotary "
+            "models, hook_pos_embed only with learned positional embeddings)."
+        )
+
+    # ---- moving and reshaping -----------------------------------------------------------------
+
+    def to(self, device: str | torch.device, move_model: bool = False) -> "ActivationCache":
+        """Move every cached tensor (and, if asked, the model) to `device`; returns self."""
+        self.cache_dict = {k: v.to(device) for k, v in self.cache_dict.items()}
+        if move_model:
+            self.model.to(device)
+        return self
+
+    def remove_batch_dim(self) -> "ActivationCache":
+        """Drop the leading batch axis (which must have size 1) from every activation; returns self."""
+        if not self.has_batch_dim:
+            warnings.warn("This cache has no batch dimension to remove.", stacklevel=2)
+            return self
+        wide = {k: tuple(v.shape) for k, v in self.cache_dict.items() if v.shape[0] != 1}
+        if wide:
+            name, shape = next(iter(wide.items()))
+            raise LensError(f"remove_batch_dim needs batch size 1, but {name!r} has shape {shape}.")
+        self.cache_dict = {k: v[0] for k, v in self.cache_dict.items()}
+        self.has_batch_dim = False
+        return self
+
+    # ---- residual stream analysis (TransformerLens semantics) ---------------------------------
+
+    @property
+    def _n_layers(self) -> int:
+        return self.model.cfg.n_layers
+
+    def _last_layer(self, layer: int | None) -> int:
+        return self._n_layers if layer is None or layer == -1 else layer
+
+    def accumulated_resid(
+        self,
+        layer: int | None = None,
+        incl_mid: bool = False,
+        apply_ln: bool = False,
+        pos_slice: PosSlice = None,
+        mlp_input: bool = False,
+        return_labels: bool = False,
+    ) -> Float[Tensor, "layers_covered *batch_and_pos_dims d_model"] | tuple[Tensor, list[str]]:
+        """The residual stream at the start of each layer up to `layer` (default: all, plus the final one).
+
+        layer=k gives resid_pre of layers 0..k (k == n_layers means the final resid_post);
+        incl_mid adds resid_mid between them; mlp_input adds resid_mid of layer k (what its MLP reads).
+        """
+        layer = self._last_layer(layer)
+        parts, labels = [], []
+        for l in range(layer + 1):
+            if l == self._n_layers:
+                parts.append(self[("resid_post", self._n_layers - 1)])
+                labels.append("final_post")
+                continue
+            parts.append(self[("resid_pre", l)])
+            labels.append(f"{l}_pre")
+            if (incl_mid and l < layer) or (mlp_input and l == layer):
+                parts.append(self[("resid_mid", l)])
+                labels.append(f"{l}_mid")
+        stack = torch.stack([slice_along(p, pos_slice, -2) for p in parts])
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def decompose_resid(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        mode: str = "all",
+        apply_ln: bool = False,
+        pos_slice: PosSlice = None,
+        incl_embeds: bool = True,
+        return_labels: bool = False,
+    ) -> Float[Tensor, "num_components *batch_and_pos_dims d_model"] | tuple[Tensor, list[str]]:
+        """The outputs that sum to the residual stream entering `layer`: embeddings, then each attn/mlp output.
+
+        mode "attn" or "mlp" keeps only those outputs; mlp_input adds layer `layer`'s attention output
+        (so the sum is what that layer's MLP reads).
+        """
+        if mode not in ("all", "attn", "mlp"):
+            raise LensError(f"decompose_resid mode must be 'all', 'attn' or 'mlp', not {mode!r}.")
+        layer = self._last_layer(layer)
+        parts, labels = [], []
+        if incl_embeds:
+            parts.append(self["hook_embed"])
+            labels.append("embed")
+            # Only learned positions add a vector to the residual stream; rotary ones act inside attention.
+            if getattr(self.model.cfg, "positional_embedding_type", "standard") == "standard":
+                parts.append(self["hook_pos_embed"])
+                labels.append("pos_embed")
+        for l in range(layer):
+            if mode != "mlp":
+                parts.append(self[("attn_out", l)])
+                labels.append(f"{l}_attn_out")
+            if mode != "attn":
+                parts.append(self[("mlp_out", l)])
+                labels.append(f"{l}_mlp_out")
+        if mlp_input and mode != "mlp":
+            parts.append(self[("attn_out", layer)])
+            labels.append(f"{layer}_attn_out")
+        if not parts:
+            raise LensError("decompose_resid found nothing to stack: use incl_embeds=True or a layer above 0.")
+        stack = torch.stack([slice_along(p, pos_slice, -2) for p in parts])
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def _head_results(self, l: int) -> Float[Tensor, "*batch pos head_index d_model"]:
+        name = f"blocks.{l}.attn.hook_result"
+        if name in self.cache_dict:
+            return self.cache_dict[name]
+        # Each head's output is its z times its slice of W_O; attn_out is their sum plus b_O.
+        z = self[("z", l)]
+        W_O = self.model.blocks[l].attn.W_O.detach().to(device=z.device, dtype=z.dtype)
+        return torch.einsum("...hd,hdm->...hm", z, W_O)
+
+    def stack_head_results(
+        self,
+        layer: int = -1,
+        return_labels: bool = False,
+        incl_remainder: bool = False,
+        pos_slice: PosSlice = None,
+        apply_ln: bool = False,
+    ) -> Float[Tensor, "num_components *batch_and_pos_dims d_model"] | tuple[Tensor, list[str]]:
+        """Every head's output (layer-major, labels "L{l}H{h}") for layers below `layer` (-1: all).
+
+        Uses attn.hook_result when cached, else computes it from hook_z and W_O (no need for
+        use_attn_result). incl_remainder appends resid_post[layer-1] minus the heads' sum.
+        """
+        layer = self._last_layer(layer)
+        n_heads = self.model.cfg.n_heads
+        per_layer = [slice_along(self._head_results(l), pos_slice, -3) for l in range(layer)]
+        labels = [f"L{l}H{h}" for l in range(layer) for h in range(n_heads)]
+        if per_layer:
+            # [..., head_index, d_model] per layer -> [layer*head, ..., d_model]
+            stack = torch.cat(per_layer, dim=-2).movedim(-2, 0)
+        else:
+            resid = slice_along(self[("resid_pre", 0)], pos_slice, -2)
+            stack = resid.new_zeros((0, *resid.shape))
+        if incl_remainder:
+            total = slice_along(self[("resid_post", layer - 1)] if layer > 0 else self[("resid_pre", 0)], pos_slice, -2)
+            stack = torch.cat([stack, (total - stack.sum(0))[None]])
+            labels.append("remainder")
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def apply_ln_to_stack(
+        self,
+        residual_stack: Float[Tensor, "num_components *batch_and_pos_dims d_model"],
+        layer: int | None = None,
+        mlp_input: bool = False,
+        pos_slice: PosSlice = None,
+        batch_slice: PosSlice = None,
+        has_batch_dim: bool = True,
+    ) -> Float[Tensor, "num_components *batch_and_pos_dims d_model"]:
+        """Apply the norm before `layer` (default: ln_final) to each component, using the cached scale.
+
+        A norm is linear in its input once its scale is fixed, so each component's share of the
+        normalised residual is (component - its mean for LayerNorm) / scale. The weight and bias
+        are not applied (TransformerLens semantics: fold them into the next weights instead).
+        `pos_slice` must be the one the stack was built with; it is applied to the scale only.
+        """
+        norm = getattr(self.model.cfg, "normalization_type", None)
+        if norm not in _LAYER_NORMS | _RMS_NORMS:
+            return residual_stack  # no norm, nothing to apply
+        layer = self._last_layer(layer)
+        if has_batch_dim:
+            residual_stack = slice_along(residual_stack, batch_slice, 1)
+        if norm in _LAYER_NORMS:
+            residual_stack = residual_stack - residual_stack.mean(-1, keepdim=True)
+        if layer == self._n_layers:
+            scale = self["ln_final.hook_scale"]
+        else:
+            scale = self[f"blocks.{layer}.ln{2 if mlp_input else 1}.hook_scale"]
+        scale = slice_along(scale, pos_slice, -2)  # [*batch, pos, 1]: the last axis broadcasts
+        if self.has_batch_dim:
+            scale = slice_along(scale, batch_slice, 0)
+        return residual_stack / scale.to(residual_stack.device)
+
+    def _residual_directions(self, tokens: Int[Tensor, "..."]) -> Float[Tensor, "... d_model"]:
+        if hasattr(self.model, "tokens_to_residual_directions"):
+            return self.model.tokens_to_residual_directions(tokens)
+        W_U = getattr(self.model, "W_U", None)
+        W_U = self.model.unembed.W_U if W_U is None else W_U
+        return W_U[:, tokens.to(W_U.device)].movedim(0, -1)  # [d_model, ...] -> [..., d_model]
+
+    def _as_tokens(self, tokens: str | int | Tensor) -> Tensor:
+        if isinstance(tokens, str):
+            return torch.as_tensor(self.model.to_single_token(tokens))
+        return torch.as_tensor(tokens)
+
+    def logit_attrs(
+        self,
+        residual_stack: Float[Tensor, "num_components *batch_and_pos_dims d_model"],
+        tokens: str | int | Int[Tensor, "..."],
+        incorrect_tokens: str | int | Int[Tensor, "..."] | None = None,
+        pos_slice: PosSlice = None,
+        batch_slice: PosSlice = None,
+        has_batch_dim: bool = True,
+    ) -> Float[Tensor, "num_components *batch_and_pos_dims_out"]:
+        """Each component's direct contribution to the logit of `tokens` (minus `incorrect_tokens`).
+
+        The stack goes through the final norm (apply_ln_to_stack) and is projected onto the
+        tokens' unembedding directions; b_U is left out, as in TransformerLens.
+        """
+        tokens = self._as_tokens(tokens)
+        directions = self._residual_directions(tokens)
+        if incorrect_tokens is not None:
+            incorrect_tokens = self._as_tokens(incorrect_tokens)
+            if incorrect_tokens.shape != tokens.shape:
+                raise LensError(
+                    f"tokens has shape {tuple(tokens.shape)} but incorrect_tokens has {tuple(incorrect_tokens.shape)}; "
+                    "logit differences pair them up one to one."
+                )
+            directions = directions - self._residual_directions(incorrect_tokens)
+        scaled = self.apply_ln_to_stack(
+            residual_stack, layer=-1, pos_slice=pos_slice, batch_slice=batch_slice, has_batch_dim=has_batch_dim
+        )
+        directions = directions.detach().to(device=scaled.device, dtype=scaled.dtype)
+        return (scaled * directions).sum(-1)

@@ -1,0 +1,67 @@
+"""GPT-2 (`GPT2LMHeadModel`): learned positions, LayerNorm, gelu_new, tied unembedding.
+
+GPT-2 stores its projections as Conv1D weights of shape [in, out] (the transpose of nn.Linear),
+so W_in/W_out are taken as they are and the fused q/k/v matrix is split along its output axis.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import HookedTransformerConfig
+from ..errors import ConfigError
+from . import Adapter, HFLayout, StateDictReader
+
+_ACTS = {"gelu_new", "gelu", "relu", "gelu_pytorch_tanh"}
+
+
+def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
+    unsupported = {
+        "scale_attn_by_inverse_layer_idx": (getattr(hf, "scale_attn_by_inverse_layer_idx", False), False),
+        "scale_attn_weights": (getattr(hf, "scale_attn_weights", True), True),
+        "add_cross_attention": (getattr(hf, "add_cross_attention", False), False),
+    }
+    for name, (value, supported) in unsupported.items():
+        if value != supported:
+            raise ConfigError(f"GPT-2 config sets {name}={value}; lensutil implements only {name}={supported}.")
+    if hf.activation_function not in _ACTS:
+        raise ConfigError(f"GPT-2 activation {hf.activation_function!r} is not one of {sorted(_ACTS)}.")
+    if getattr(hf, "n_inner", None) not in (None, 4 * hf.n_embd):
+        d_mlp = hf.n_inner
+    else:
+        d_mlp = 4 * hf.n_embd
+    return HookedTransformerConfig(
+        n_layers=hf.n_layer, d_model=hf.n_embd, n_ctx=hf.n_positions, n_heads=hf.n_head,
+        d_head=hf.n_embd // hf.n_head, d_mlp=d_mlp, d_vocab=hf.vocab_size, act_fn=hf.activation_function,
+        eps=hf.layer_norm_epsilon, normalization_type="LN", positional_embedding_type="standard",
+        mlp_type="dense", tie_word_embeddings=True, original_architecture="GPT2LMHeadModel", **overrides,
+    )
+
+
+def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
+    take = StateDictReader(hf_sd, ignore_suffixes=("attn.bias", "attn.masked_bias"))  # causal-mask buffers
+    h, e, d = cfg.n_heads, cfg.d_head, cfg.d_model
+    p = "transformer."
+    sd = {"embed.W_E": take(p + "wte.weight"), "pos_embed.W_pos": take(p + "wpe.weight")}
+    for i in range(cfg.n_layers):
+        b, o = f"{p}h.{i}.", f"blocks.{i}."
+        sd[o + "ln1.w"], sd[o + "ln1.b"] = take(b + "ln_1.weight"), take(b + "ln_1.bias")
+        sd[o + "ln2.w"], sd[o + "ln2.b"] = take(b + "ln_2.weight"), take(b + "ln_2.bias")
+        W = take(b + "attn.c_attn.weight").split(d, dim=1)  # three [d_model, n_heads * d_head]
+        B = take(b + "attn.c_attn.bias").split(d)
+        for name, w, bias in zip("QKV", W, B):
+            sd[o + f"attn.W_{name}"] = w.reshape(d, h, e).permute(1, 0, 2)
+            sd[o + f"attn.b_{name}"] = bias.reshape(h, e)
+        sd[o + "attn.W_O"] = take(b + "attn.c_proj.weight").reshape(h, e, d)
+        sd[o + "attn.b_O"] = take(b + "attn.c_proj.bias")
+        sd[o + "mlp.W_in"], sd[o + "mlp.b_in"] = take(b + "mlp.c_fc.weight"), take(b + "mlp.c_fc.bias")
+        sd[o + "mlp.W_out"], sd[o + "mlp.b_out"] = take(b + "mlp.c_proj.weight"), take(b + "mlp.c_proj.bias")
+    sd["ln_final.w"], sd["ln_final.b"] = take(p + "ln_f.weight"), take(p + "ln_f.bias")
+    lm_head = take.get("lm_head.weight")
+    sd["unembed.W_U"] = (lm_head if lm_head is not None else sd["embed.W_E"]).T
+    sd["unembed.b_U"] = torch.zeros(cfg.d_vocab, dtype=sd["embed.W_E"].dtype)
+    take.check_all_used()
+    return sd
+
+
+ADAPTER = Adapter(config_from_hf, convert, HFLayout("transformer.wte", "transformer.h", "attn", "mlp", "transformer.ln_f"))

@@ -1,0 +1,496 @@
+"""Is my model right? Checks against HuggingFace, and a checklist for a model's setup.
+
+- `compare_with_hf`: how far the hooked model's outputs are from HuggingFace's on the same tokens.
+- `error_table`: that error for every dtype x weight-processing option (SYMPTOMS.md item 12).
+- `locate_divergence`: where, component by component, two models that should agree first disagree.
+- `validate_model_setup`: shapes, hooks, cache keys, masks, generation, config (SYMPTOMS.md item 18).
+
+Every comparison runs each model in its own dtype, then measures |Δ| in float64, so the measurement
+adds no rounding of its own. By default we compare log-probabilities, not logits: centring the
+unembedding subtracts a constant from every logit of a position, which changes logits but not
+log-probs (softmax is shift-invariant), and a user only ever sees the distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+
+from . import tokens as tok
+from .errors import LensError
+
+if TYPE_CHECKING:
+    from .model import HookedTransformer
+
+Quantity = Literal["logprobs", "logits", "probs"]
+
+# Short prompts (<= 16 tokens with BOS): half precision on a CPU is slow, and these already cover
+# prose, code and numbers. Different lengths, so the batch is padded and masking is exercised.
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "The capital of France is",
+    "def add(a, b):\n    return a +",
+    "Once upon a time, there was a little",
+    "1, 2, 3, 4, 5,",
+)
+OPTIONS: tuple[str, ...] = ("none", "fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "all")
+_PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+_APPLIED_FLAGS = ("folded_ln", "centered_writing_weights", "centered_unembed", "folded_value_biases")
+
+
+def _dtype(d: torch.dtype | str) -> torch.dtype:
+    if isinstance(d, torch.dtype):
+        return d
+    value = getattr(torch, str(d).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype):
+        raise LensError(f"Unknown dtype {d!r}; use 'float32', 'bfloat16' or 'float16'.")
+    return value
+
+
+def _dtype_name(d: torch.dtype | str) -> str:
+    return str(_dtype(d)).removeprefix("torch.")
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# ---- error statistics ----------------------------------------------------------------------------
+
+
+@dataclass
+class ErrorStats:
+    """Summary of |Δ| between two models' outputs (over real token positions and the vocabulary)."""
+
+    max: float
+    mean: float
+    median: float
+    std: float
+    n: int
+    on: str = "logprobs"
+
+    @classmethod
+    def of(cls, diff: Tensor, on: str = "logprobs") -> "ErrorStats":
+        d = diff.detach().double().abs().flatten()
+        return cls(d.max().item(), d.mean().item(), d.median().item(), d.std(correction=0).item(), d.numel(), on)
+
+    def __str__(self) -> str:
+        return (f"|Δ {self.on}|: max {self.max:.3g}, mean {self.mean:.3g}, median {self.median:.3g}, "
+                f"std {self.std:.3g} (n={self.n})")
+
+
+def _transform(logits: Tensor, on: Quantity) -> Tensor:
+    logits = logits.double()
+    if on == "logits":
+        return logits
+    if on == "logprobs":
+        return torch.log_softmax(logits, dim=-1)
+    if on == "probs":
+        return torch.softmax(logits, dim=-1)
+    raise LensError(f"on must be 'logprobs', 'logits' or 'probs', got {on!r}.")
+
+
+@torch.no_grad()
+def compare_with_hf(
+    model: "HookedTransformer",
+    hf_model=None,
+    prompts: str | list[str] | tuple[str, ...] = DEFAULT_PROMPTS,
+    on: Quantity = "logprobs",
+) -> ErrorStats:
+    """|Δ| between this model and HuggingFace's `AutoModelForCausalLM` on the same token ids.
+
+    `hf_model` None loads the reference for `model.cfg.model_name` in the model's dtype. A padded
+    batch gets the same attention mask and position ids (cumsum(mask) - 1) on both sides, and only
+    real positions are compared.
+    """
+    _transform(torch.zeros(1), on)  # validate `on` before loading anything
+    if hf_model is None:
+        from .loading import load_hf
+
+        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype)
+        hf_model.to(model.cfg.device)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    tokens, mask = tok.tokenize(model, prompts)
+    ours = model(tokens, attention_mask=mask)
+    theirs = _hf_logits(hf_model, tokens, mask)
+    real = mask.bool().to(ours.device)
+    diff = _transform(ours, on)[real] - _transform(theirs.to(ours.device), on)[real]
+    return ErrorStats.of(diff, on)
+
+
+def _hf_logits(hf_model, tokens: Tensor, mask: Tensor) -> Tensor:
+    dev = _device_of(hf_model)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # as HuggingFace's generate computes them
+    out = hf_model(input_ids=tokens.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev))
+    return out.logits
+
+
+# ---- the dtype x option table --------------------------------------------------------------------
+
+
+def _option_kwargs(option: str) -> dict[str, bool]:
+    if option == "none":
+        return {o: False for o in _PROCESSING}
+    if option == "all":
+        return {o: True for o in _PROCESSING}
+    if option in _PROCESSING:
+        return {o: o == option for o in _PROCESSING}
+    raise LensError(f"Unknown option {option!r}; use one of {OPTIONS}.")
+
+
+@dataclass
+class ErrorTable:
+    """One row per dtype x option: |Δ| statistics against HuggingFace in that same dtype."""
+
+    model_name: str
+    on: str
+    rows: list[dict] = field(default_factory=list)
+
+    _COLUMNS = ("dtype", "option", "max", "mean", "median", "std")
+
+    def _cells(self) -> list[list[str]]:
+        return [[r["dtype"], r["option"], *(f"{r[c]:.2e}" for c in ("max", "mean", "median", "std"))] for r in self.rows]
+
+    def __str__(self) -> str:
+        cells = [list(self._COLUMNS), *self._cells()]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self._COLUMNS))]
+        lines = [f"{self.model_name}: |Δ {self.on}| against HuggingFace in the same dtype"]
+        for j, row in enumerate(cells):
+            lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+            if j == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        head = "| " + " | ".join(self._COLUMNS) + " |"
+        rule = "|" + "|".join(["---"] * 2 + ["---:"] * 4) + "|"
+        return "\n".join([head, rule, *("| " + " | ".join(r) + " |" for r in self._cells())])
+
+    def get(self, dtype: str, option: str) -> dict:
+        for r in self.rows:
+            if r["dtype"] == _dtype_name(dtype) and r["option"] == option:
+                return r
+        raise LensError(f"No row for dtype={dtype!r}, option={option!r} in this table.")
+
+    def plot(self, ax=None):
+        """Log-scale bars: for each dtype a group of options; pale bar = max |Δ|, solid bar = mean |Δ|."""
+        import matplotlib.pyplot as plt  # only the plot needs matplotlib
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(9, 4))
+        dtypes = list(dict.fromkeys(r["dtype"] for r in self.rows))
+        options = list(dict.fromkeys(r["option"] for r in self.rows))
+        width = 0.8 / len(options)
+        floor = 1e-12  # an exact 0 has no place on a log axis
+        for j, option in enumerate(options):
+            color = f"C{j}"
+            for i, dtype in enumerate(dtypes):
+                row = next((r for r in self.rows if r["dtype"] == dtype and r["option"] == option), None)
+                if row is None:
+                    continue
+                x = i + (j - (len(options) - 1) / 2) * width
+                ax.bar(x, max(row["max"], floor), width, color=color, alpha=0.35, label=option if i == 0 else None)
+                ax.bar(x, max(row["mean"], floor), width * 0.6, color=color)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(dtypes)), dtypes)
+        ax.set_ylabel(f"|Δ {self.on}| vs HuggingFace")
+        ax.set_title(f"{self.model_name}: max (pale) and mean (solid) error per processing option")
+        ax.legend(fontsize="small", ncols=2)
+        return ax
+
+
+def error_table(
+    model_name: str,
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16"),
+    options: tuple[str, ...] = OPTIONS,
+    prompts: str | list[str] | tuple[str, ...] = DEFAULT_PROMPTS,
+    on: Quantity = "logprobs",
+    device: str | None = None,
+) -> ErrorTable:
+    """Measure |Δ| against HuggingFace for each dtype x processing option.
+
+    "none" = no processing, "all" = every option, an option's name = only that one. Each lensutil
+    model is converted and processed from the float32 weights and then cast (as from_pretrained
+    does); its reference is the HuggingFace model loaded in the same dtype, on the same device.
+    """
+    from .loading import from_pretrained, load_hf
+
+    for option in options:
+        _option_kwargs(option)  # fail on a typo before loading anything
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    hf32, tokenizer = load_hf(model_name, dtype=torch.float32)
+    table = ErrorTable(model_name, on)
+    for dtype in map(_dtype, dtypes):
+        reference = hf32 if dtype == torch.float32 else load_hf(model_name, dtype=dtype)[0]
+        reference.to(device)
+        for option in options:
+            model = from_pretrained(model_name, hf_model=hf32, tokenizer=tokenizer, dtype=dtype, device=device,
+                                    **_option_kwargs(option))
+            stats = compare_with_hf(model, reference, prompts, on)
+            table.rows.append({"dtype": _dtype_name(dtype), "option": option, "max": stats.max, "mean": stats.mean,
+                               "median": stats.median, "std": stats.std, "n": stats.n})
+            del model
+        if reference is not hf32:
+            del reference
+    return table
+
+
+# ---- where two models first differ ---------------------------------------------------------------
+
+
+@dataclass
+class DivergenceReport:
+    """Component-by-component |Δ| between lensutil and HuggingFace, in forward order."""
+
+    table: list[dict]  # rows: component, hook, max, mean
+    atol: float
+
+    @property
+    def first(self) -> dict | None:
+        """The first row whose max |Δ| exceeds atol, or None when everything matches."""
+        return next((r for r in self.table if not r["max"] <= self.atol), None)  # `not <=` catches NaN
+
+    def __str__(self) -> str:
+        first = self.first
+        if first is None:
+            worst = max(self.table, key=lambda r: r["max"])
+            return (f"no divergence: every component matches HuggingFace within atol {self.atol:g} "
+                    f"(largest max |Δ| {worst['max']:.3g}, at {worst['component']})")
+        where = self.table.index(first)
+        before = "everything before matches" if where else "it is the very first component compared"
+        return f"first divergence: {first['component']} (max |Δ| {first['max']:.3g} > atol {self.atol:g}); {before}"
+
+    def to_text(self) -> str:
+        """The whole table, one component a line, with the verdict underneath."""
+        w = max(len(r["component"]) for r in self.table)
+        lines = [f"{'component':<{w}}  {'max |Δ|':>9}  {'mean |Δ|':>9}"]
+        for r in self.table:
+            mark = "" if r["max"] <= self.atol else "  <-- over atol"
+            lines.append(f"{r['component']:<{w}}  {r['max']:>9.2e}  {r['mean']:>9.2e}{mark}")
+        return "\n".join([*lines, str(self)])
+
+
+def _first_tensor(output) -> Tensor:
+    # HF attention modules return (output, weights); decoder layers return a tensor or a tuple.
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@torch.no_grad()
+def locate_divergence(
+    model: "HookedTransformer",
+    hf_model=None,
+    input: str | Tensor = "The quick brown fox jumps over the lazy dog",
+    atol: float = 1e-4,
+) -> DivergenceReport:
+    """Run both models once and compare embeddings, each layer's attention, MLP and residual
+    stream, the final norm and the logits, in that order; the report names the first mismatch."""
+    applied = [f for f in _APPLIED_FLAGS if getattr(model.cfg, f, False)]
+    if applied:
+        raise LensError(
+            f"This model's weights were processed ({', '.join(applied)}), which changes intermediate activations "
+            "on purpose, so they cannot be compared with HuggingFace's. Load it with "
+            "HookedTransformer.from_pretrained_no_processing(...) for this check (compare_with_hf works on either)."
+        )
+    from .adapters import get_adapter
+
+    if hf_model is None:
+        from .loading import load_hf
+
+        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype)
+        hf_model.to(model.cfg.device)
+    layout = get_adapter(hf_model.config).layout
+    tokens = model.to_tokens(input) if isinstance(input, str) else torch.as_tensor(input)
+    tokens = tokens[None] if tokens.ndim == 1 else tokens
+
+    # (display name, lensutil hook or "logits", HF module path or "logits"), in forward order
+    plan = [("embeddings", "hook_embed", layout.embed)]
+    for i in range(model.cfg.n_layers):
+        layer = f"{layout.layers}.{i}"
+        plan += [
+            (f"blocks.{i} attention output", f"blocks.{i}.hook_attn_out", f"{layer}.{layout.attn}"),
+            (f"blocks.{i} MLP output", f"blocks.{i}.hook_mlp_out", f"{layer}.{layout.mlp}"),
+            (f"blocks.{i} residual stream after the block", f"blocks.{i}.hook_resid_post", layer),
+        ]
+    plan += [("final norm", "ln_final.hook_normalized", layout.final_norm), ("logits", "logits", "logits")]
+
+    captured: dict[str, Tensor] = {}
+    handles = []
+    try:
+        for _, _, path in plan[:-1]:
+            def grab(module, args, output, path=path):
+                captured[path] = _first_tensor(output).detach()
+            handles.append(hf_model.get_submodule(path).register_forward_hook(grab))
+        captured["logits"] = hf_model(input_ids=tokens.to(_device_of(hf_model))).logits
+    finally:
+        for h in handles:
+            h.remove()
+    logits, cache = model.run_with_cache(tokens, names_filter=[hook for _, hook, _ in plan[:-1]])
+
+    rows = []
+    for component, hook, path in plan:
+        ours = logits if hook == "logits" else cache[hook]
+        diff = (ours.double() - captured[path].to(ours.device).double()).abs()
+        rows.append({"component": component, "hook": hook, "max": diff.max().item(), "mean": diff.mean().item()})
+    return DivergenceReport(rows, atol)
+
+
+# ---- is the model set up right? ------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    fix: str = ""  # what to do when it fails
+    notebook: str = ""  # the notebook that explains it
+
+    def __str__(self) -> str:
+        line = f"{'✓' if self.passed else '✗'} {self.name}: {self.detail}"
+        if not self.passed:
+            line += f"\n    fix: {self.fix}" + (f"\n    see: notebooks/{self.notebook}.ipynb" if self.notebook else "")
+        return line
+
+
+@dataclass
+class SetupReport:
+    rows: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [r for r in self.rows if not r.passed]
+
+    def __str__(self) -> str:
+        return "\n".join(str(r) for r in self.rows)
+
+
+NB_QUICKSTART = "01_quickstart"
+NB_HOOKS = "02_hook_configuration"
+NB_CACHE = "03_activation_cache_and_patching"
+NB_MASKS = "04_attention_masks_and_padding"
+NB_PRECISION = "05_numerical_precision_and_weight_processing"
+
+STANDARD_CACHE_KEYS = (
+    "hook_embed", "blocks.0.hook_resid_pre", "blocks.0.ln1.hook_normalized", "blocks.0.attn.hook_q",
+    "blocks.0.attn.hook_k", "blocks.0.attn.hook_v", "blocks.0.attn.hook_attn_scores", "blocks.0.attn.hook_pattern",
+    "blocks.0.attn.hook_z", "blocks.0.hook_attn_out", "blocks.0.hook_resid_mid", "blocks.0.mlp.hook_pre",
+    "blocks.0.mlp.hook_post", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post", "ln_final.hook_normalized",
+)
+
+
+def _hooks_expected_to_fire(model: "HookedTransformer") -> list[str]:
+    names = [n for n in model.hook_dict if model.hook_flag(n) is None]
+    if model.cfg.positional_embedding_type != "rotary":  # rotary hooks exist on every model, fire on rotary ones
+        names = [n for n in names if not n.endswith(("attn.hook_rot_q", "attn.hook_rot_k"))]
+    return names
+
+
+def _run(name: str, fix: str, notebook: str, fn) -> Check:
+    """Run one check; an exception is a failed check that shows the error, not a crashed report."""
+    try:
+        passed, detail = fn()
+    except Exception as err:  # noqa: BLE001 - we report any failure, whatever raised it
+        passed, detail = False, f"raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+    return Check(name, bool(passed), detail, fix, notebook)
+
+
+@torch.no_grad()
+def validate_model_setup(
+    model: "HookedTransformer",
+    prompt: str = "The quick brown fox",
+    padded_prompts: tuple[str, str] = ("Hello", "The cat sat on the mat and looked"),
+) -> SetupReport:
+    """The checklist of SYMPTOMS.md item 18, each a ✓/✗ row with the fix for a ✗."""
+    cfg = model.cfg
+    state: dict = {}
+    half = cfg.dtype in (torch.float16, torch.bfloat16)
+
+    def logits_shape():
+        tokens = model.to_tokens(prompt)
+        logits = model(tokens)
+        want = (1, tokens.shape[1], cfg.d_vocab)
+        ok = tuple(logits.shape) == want and bool(torch.isfinite(logits).all())
+        return ok, f"{tuple(logits.shape)}, expected (batch, pos, d_vocab) = {want}" + ("" if torch.isfinite(logits).all() else "; logits have NaN/inf")
+
+    def hooks_fire():
+        expected = _hooks_expected_to_fire(model)
+        _, cache = model.run_with_cache(prompt)
+        state["cache"] = cache
+        silent = [n for n in expected if n not in cache.keys()]
+        skipped = len(model.hook_dict) - len(expected)
+        detail = f"{len(expected) - len(silent)}/{len(expected)} hooks fired ({skipped} flag-gated or unused ones skipped)"
+        return not silent, detail + (f"; silent: {silent[:4]}" if silent else "")
+
+    def cache_keys():
+        cache = state.get("cache") or model.run_with_cache(prompt)[1]
+        missing = [k for k in STANDARD_CACHE_KEYS if k not in cache.keys()]
+        return not missing, (f"missing {missing}" if missing else f"{len(STANDARD_CACHE_KEYS)} standard keys present, incl. blocks.0.attn.hook_pattern")
+
+    def padded_patterns():
+        if "padded" not in state:
+            tokens, mask = tok.tokenize(model, list(padded_prompts))
+            _, cache = model.run_with_cache(list(padded_prompts), names_filter=lambda n: n.endswith("hook_pattern"))
+            state["padded"] = (mask.bool(), [cache[f"blocks.{i}.attn.hook_pattern"] for i in range(cfg.n_layers)])
+        return state["padded"]
+
+    def rows_sum_to_one():
+        mask, patterns = padded_patterns()
+        tol = 1e-2 if half else 1e-4
+        worst = max((p.float().sum(-1) - 1).abs()[mask[:, None, :].expand(-1, p.shape[1], -1)].max().item() for p in patterns)
+        return worst <= tol, f"max |row sum - 1| over real queries = {worst:.2e} (tolerance {tol:g})"
+
+    def masked_keys_zero():
+        mask, patterns = padded_patterns()
+        if mask.all():
+            return False, "the two prompts tokenised to the same length, so nothing was padded; use prompts of different lengths"
+        leak = max(p[:, :, :, :][~mask[:, None, None, :].expand_as(p)].abs().max().item() for p in patterns)
+        return leak == 0, f"largest attention to a padding key = {leak:.2e} (must be exactly 0), padded batch of {len(padded_prompts)}"
+
+    def generation():
+        out = model.generate(prompt, max_new_tokens=3, do_sample=False, stop_at_eos=False)
+        ok = isinstance(out, str) and len(out) > len(prompt)
+        return ok, f"returned {type(out).__name__} {out!r}"[:120]
+
+    def config_sane():
+        problems = [f"{k}={getattr(cfg, k)}" for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx")
+                    if not (isinstance(getattr(cfg, k), int) and getattr(cfg, k) > 0)]
+        if len(model.blocks) != cfg.n_layers:
+            problems.append(f"{len(model.blocks)} blocks but n_layers={cfg.n_layers}")
+        if tuple(model.W_E.shape) != (cfg.d_vocab, cfg.d_model):
+            problems.append(f"W_E {tuple(model.W_E.shape)} != (d_vocab, d_model)")
+        if model.tokenizer is not None and len(model.tokenizer) > cfg.d_vocab:
+            problems.append(f"tokenizer has {len(model.tokenizer)} tokens > d_vocab={cfg.d_vocab}")
+        detail = f"n_layers={cfg.n_layers} d_model={cfg.d_model} n_heads={cfg.n_heads} d_head={cfg.d_head} d_vocab={cfg.d_vocab}"
+        return not problems, detail + (f"; problems: {problems}" if problems else "")
+
+    def device_matches():
+        want = torch.device(cfg.device)
+        devices = {p.device for p in model.parameters()}
+        dtypes = {p.dtype for p in model.parameters()}
+        same = all(d.type == want.type and (want.index is None or d.index == want.index) for d in devices)
+        ok = same and dtypes == {cfg.dtype}
+        return ok, f"cfg.device={cfg.device}, parameters on {sorted(map(str, devices))}; cfg.dtype={_dtype_name(cfg.dtype)}, parameters {sorted(_dtype_name(d) for d in dtypes)}"
+
+    rows = [
+        _run("logits shape", "Call the model on tokens from model.to_tokens(...) and check the loaded config matches the checkpoint (reload with HookedTransformer.from_pretrained).", NB_QUICKSTART, logits_shape),
+        _run("every hook fires", "A hook that never fires is not on the forward path: list them with model.print_hook_list(); flag-gated hooks need model.set_use_*(True).", NB_HOOKS, hooks_fire),
+        _run("standard cache keys", "Use the TransformerLens names (the pattern is blocks.0.attn.hook_pattern, not hook_attn; MLP output is blocks.0.hook_mlp_out) and do not filter them out with names_filter.", NB_CACHE, cache_keys),
+        _run("attention rows sum to one", "Softmax must run over the key axis in float32; an attention hook that edits the pattern should renormalise it.", NB_MASKS, rows_sum_to_one),
+        _run("padding keys get zero attention", "Pass a list of strings (the model builds the mask) or attention_mask = 1 for real tokens, 0 for padding, of the tokens' shape; never an additive -inf mask.", NB_MASKS, masked_keys_zero),
+        _run("generation returns text", "Call model.generate('text', max_new_tokens=..., do_sample=False); text in gives text out, token ids in give ids out.", NB_QUICKSTART, generation),
+        _run("config sizes sane", "The config does not describe these weights: load through HookedTransformer.from_pretrained so the config comes from the checkpoint.", NB_QUICKSTART, config_sane),
+        _run("cfg.device and dtype match the parameters", "Move the model with model.to(device) / model.to(dtype), which updates cfg, rather than moving parameters one by one or editing cfg.", NB_QUICKSTART, device_matches),
+    ]
+    return SetupReport(rows)
+
+
+def bound_check(name: str, value: float, bound: float, what: str, fix: str, notebook: str = NB_PRECISION) -> Check:
+    """A ✓/✗ row for `value <= bound` (used by `lensutil doctor` for the HuggingFace comparisons)."""
+    return Check(name, bool(value <= bound), f"{what} {value:.2e} {'≤' if value <= bound else '>'} {bound:g}", fix, notebook)
+

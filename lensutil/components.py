@@ -1,0 +1,275 @@
+"""The transformer's parts: embeddings, norms, attention, MLP and the block that joins them.
+
+Axis glossary (TransformerLens' names): batch, pos (query position), key_pos, head_index,
+kv_head_index (grouped-query attention: fewer key/value heads than query heads), d_model, d_head,
+d_mlp, d_vocab. Every HookPoint says its shape where it is made.
+
+Components read only config fields, never a model name. Norms and softmax run in float32 and cast
+back, as HuggingFace does, so half-precision runs stay comparable with it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from .config import HookedTransformerConfig
+from .errors import ConfigError
+from .hook_points import HookPoint
+
+
+def _param(*shape: int, dtype: torch.dtype) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape, dtype=dtype))
+
+
+def gelu_new(x: Tensor) -> Tensor:
+    # GPT-2's tanh approximation, written as HuggingFace writes it so rounding matches.
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+ACTIVATIONS = {
+    "gelu_new": gelu_new,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "relu": F.relu,
+}
+
+
+@dataclass
+class AttentionContext:
+    """What every attention layer of one forward pass needs to know about positions and padding."""
+
+    positions: Int[Tensor, "batch pos"]  # position ids, counted from each row's first real token
+    key_mask: Bool[Tensor, "batch key_pos"] | None  # True = real token; None = no padding anywhere
+    query_is_pad: Bool[Tensor, "batch pos"] | None
+    past_len: int = 0
+
+
+class Embed(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig):
+        super().__init__()
+        self.W_E = _param(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype)
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return F.embedding(tokens, self.W_E)
+
+
+class PosEmbed(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig):
+        super().__init__()
+        self.W_pos = _param(cfg.n_ctx, cfg.d_model, dtype=cfg.dtype)
+
+    def forward(self, positions: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return F.embedding(positions, self.W_pos)
+
+
+class Unembed(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig):
+        super().__init__()
+        self.W_U = _param(cfg.d_model, cfg.d_vocab, dtype=cfg.dtype)
+        self.b_U = _param(cfg.d_vocab, dtype=cfg.dtype)
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return F.linear(x, self.W_U.T, self.b_U)
+
+
+class Norm(nn.Module):
+    """LayerNorm ("LN"), RMSNorm ("RMS"), or either with its weights folded away ("LNPre"/"RMSPre").
+
+    LN centres then divides by the root mean square; RMS only divides. The *Pre forms keep the
+    division (it is not linear, so it cannot be folded) and drop w and b, which weight processing
+    has folded into the next layer's weights.
+    """
+
+    def __init__(self, cfg: HookedTransformerConfig, kind: str | None = None):
+        super().__init__()
+        self.kind = kind or cfg.normalization_type
+        self.eps = cfg.eps
+        self.center = self.kind in ("LN", "LNPre")
+        if self.kind in ("LN", "RMS"):
+            self.w = _param(cfg.d_model, dtype=cfg.dtype)
+        if self.kind == "LN":
+            self.b = _param(cfg.d_model, dtype=cfg.dtype)
+        self.hook_scale = HookPoint("batch pos 1")  # sqrt(mean(x^2) + eps), after centring for LN
+        self.hook_normalized = HookPoint("batch pos d_model")
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        dtype = x.dtype
+        x = x.float()
+        if self.center:
+            x = x - x.mean(-1, keepdim=True)
+        mean_square = x.pow(2).mean(-1, keepdim=True) + self.eps
+        scale = mean_square.sqrt()
+        hooked = self.hook_scale(scale)
+        # Multiplying by rsqrt is HuggingFace's rounding; divide only if a hook replaced the scale.
+        x = x * torch.rsqrt(mean_square) if hooked is scale else x / hooked
+        if self.kind == "RMS":  # HuggingFace casts back before the weight for RMSNorm ...
+            return self.hook_normalized(self.w * x.to(dtype))
+        if self.kind == "LN":  # ... and applies LayerNorm's affine part in float32.
+            x = x * self.w.float() + self.b.float()
+        return self.hook_normalized(x.to(dtype))
+
+
+def rotary_cos_sin(positions: Int[Tensor, "batch pos"], dim: int, base: float, dtype: torch.dtype):
+    # Same float32 arithmetic as HuggingFace's rotary embedding, so angles agree bit for bit.
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=positions.device).float() / dim))
+    freqs = positions.float()[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # broadcast over heads
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: Float[Tensor, "batch pos head d_head"], cos: Tensor, sin: Tensor) -> Tensor:
+    # Rotates pairs (i, i + dim/2) of the first `dim` features (the "rotate half" layout of the
+    # Llama family); features past `dim` pass through (partial rotary).
+    dim = cos.shape[-1]
+    rot, rest = x[..., :dim], x[..., dim:]
+    half = dim // 2
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    out = rot * cos + rotated * sin
+    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, kv, m, e, dt = cfg.n_heads, cfg.n_kv_heads, cfg.d_model, cfg.d_head, cfg.dtype
+        self.W_Q, self.b_Q = _param(h, m, e, dtype=dt), _param(h, e, dtype=dt)
+        self.W_K, self.b_K = _param(kv, m, e, dtype=dt), _param(kv, e, dtype=dt)
+        self.W_V, self.b_V = _param(kv, m, e, dtype=dt), _param(kv, e, dtype=dt)
+        self.W_O, self.b_O = _param(h, e, m, dtype=dt), _param(m, dtype=dt)
+        self.hook_q = HookPoint("batch pos head_index d_head")
+        self.hook_k = HookPoint("batch pos kv_head_index d_head")
+        self.hook_v = HookPoint("batch pos kv_head_index d_head")
+        self.hook_rot_q = HookPoint("batch pos head_index d_head")  # rotary models only
+        self.hook_rot_k = HookPoint("batch pos kv_head_index d_head")  # rotary models only
+        self.hook_attn_scores = HookPoint("batch head_index pos key_pos")  # -inf where masked
+        self.hook_pattern = HookPoint("batch head_index pos key_pos")  # exactly 0 where masked
+        self.hook_z = HookPoint("batch pos head_index d_head")
+        self.hook_result = HookPoint("batch pos head_index d_model")  # needs use_attn_result
+
+    @staticmethod
+    def _project(x: Tensor, W: Tensor, b: Tensor) -> Float[Tensor, "batch pos head d_head"]:
+        if x.ndim == 4:  # one input per head (use_split_qkv_input / use_attn_in)
+            return torch.einsum("bphm,hme->bphe", x, W) + b
+        n_heads, d_model, d_head = W.shape
+        flat = F.linear(x, W.permute(1, 0, 2).reshape(d_model, n_heads * d_head).T, b.reshape(-1))
+        return flat.view(*x.shape[:-1], n_heads, d_head)
+
+    def forward(self, q_in: Tensor, k_in: Tensor, v_in: Tensor, ctx: AttentionContext, kv_cache_entry=None):
+        cfg = self.cfg
+        q = self.hook_q(self._project(q_in, self.W_Q, self.b_Q))
+        k = self.hook_k(self._project(k_in, self.W_K, self.b_K))
+        v = self.hook_v(self._project(v_in, self.W_V, self.b_V))
+        if cfg.positional_embedding_type == "rotary":
+            cos, sin = rotary_cos_sin(ctx.positions, cfg.rotary_dim, cfg.rotary_base, q.dtype)
+            q = self.hook_rot_q(apply_rotary(q, cos, sin))
+            k = self.hook_rot_k(apply_rotary(k, cos, sin))
+        if kv_cache_entry is not None:
+            k, v = kv_cache_entry.append(k, v)
+        # [batch, head, pos, d_head]; each key/value head serves n_heads / n_kv_heads query heads.
+        group = cfg.n_heads // cfg.n_kv_heads
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if group > 1:
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        allowed = self._allowed(ctx, q.shape[2], k.shape[2], q.device, cfg.window_size)
+        # Written out rather than F.scaled_dot_product_attention: the pattern must exist for its
+        # hooks, and this is HuggingFace's eager order of operations, so logits agree bit for bit.
+        scores = torch.matmul(q, k.transpose(-1, -2)) / cfg.attn_scale
+        scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
+        pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        if ctx.query_is_pad is not None:  # a padding query sees nothing: its row is 0, not NaN
+            pattern = pattern.masked_fill(ctx.query_is_pad[:, None, :, None], 0.0)
+        z = torch.matmul(self.hook_pattern(pattern), v)
+        z = self.hook_z(z.transpose(1, 2))
+        if cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bphe,hem->bphm", z, self.W_O))
+            return result.sum(dim=2) + self.b_O
+        return F.linear(z.reshape(*z.shape[:2], -1), self.W_O.reshape(-1, cfg.d_model).T, self.b_O)
+
+    @staticmethod
+    def _allowed(ctx: AttentionContext, q_len: int, k_len: int, device, window: int | None) -> Bool[Tensor, "batch 1 pos key_pos"]:
+        # Causal: query i (at absolute index past_len + i) sees keys 0..past_len + i, and with a
+        # sliding window only the last `window` of them.
+        q_idx = torch.arange(ctx.past_len, ctx.past_len + q_len, device=device)[:, None]
+        k_idx = torch.arange(k_len, device=device)[None, :]
+        allowed = k_idx <= q_idx
+        if window is not None:
+            allowed = allowed & (q_idx - k_idx < window)
+        allowed = allowed[None, None]
+        if ctx.key_mask is not None:
+            allowed = allowed & ctx.key_mask[:, None, None, :]
+        return allowed
+
+
+class MLP(nn.Module):
+    """Dense: W_out·act(W_in·x + b_in). Gated (SwiGLU): W_out·(act(W_gate·x) * (W_in·x + b_in))."""
+
+    def __init__(self, cfg: HookedTransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        dt = cfg.dtype
+        self.W_in, self.b_in = _param(cfg.d_model, cfg.d_mlp, dtype=dt), _param(cfg.d_mlp, dtype=dt)
+        if cfg.gated_mlp:
+            self.W_gate = _param(cfg.d_model, cfg.d_mlp, dtype=dt)
+            self.hook_pre_linear = HookPoint("batch pos d_mlp")
+        self.W_out, self.b_out = _param(cfg.d_mlp, cfg.d_model, dtype=dt), _param(cfg.d_model, dtype=dt)
+        self.hook_pre = HookPoint("batch pos d_mlp")  # gated: the gate's pre-activation
+        self.hook_post = HookPoint("batch pos d_mlp")
+        self.act = ACTIVATIONS[cfg.act_fn]
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        if self.cfg.gated_mlp:
+            gate = self.hook_pre(F.linear(x, self.W_gate.T))
+            linear = self.hook_pre_linear(F.linear(x, self.W_in.T, self.b_in))
+            post = self.hook_post(self.act(gate) * linear)
+        else:
+            post = self.hook_post(self.act(self.hook_pre(F.linear(x, self.W_in.T, self.b_in))))
+        return F.linear(post, self.W_out.T, self.b_out)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig, index: int):
+        super().__init__()
+        if cfg.use_attn_in and cfg.n_kv_heads != cfg.n_heads:
+            raise ConfigError(
+                "use_attn_in gives one attention input per query head, which grouped-query attention "
+                "cannot use (key/value heads are shared); use set_use_split_qkv_input(True) instead."
+            )
+        self.cfg, self.index = cfg, index
+        self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
+        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.hook_resid_pre = HookPoint("batch pos d_model")
+        self.hook_attn_in = HookPoint("batch pos head_index d_model")  # needs use_attn_in
+        self.hook_q_input = HookPoint("batch pos head_index d_model")  # needs use_split_qkv_input
+        self.hook_k_input = HookPoint("batch pos kv_head_index d_model")  # needs use_split_qkv_input
+        self.hook_v_input = HookPoint("batch pos kv_head_index d_model")  # needs use_split_qkv_input
+        self.hook_attn_out = HookPoint("batch pos d_model")
+        self.hook_resid_mid = HookPoint("batch pos d_model")
+        self.hook_mlp_in = HookPoint("batch pos d_model")  # needs use_hook_mlp_in
+        self.hook_mlp_out = HookPoint("batch pos d_model")
+        self.hook_resid_post = HookPoint("batch pos d_model")
+
+    def forward(self, resid: Float[Tensor, "batch pos d_model"], ctx: AttentionContext, kv_cache_entry=None):
+        cfg = self.cfg
+        resid = self.hook_resid_pre(resid)
+        if cfg.use_split_qkv_input:  # a separate copy of the residual per head and per q/k/v
+            per_head = lambda n: resid.unsqueeze(2).expand(-1, -1, n, -1).clone()  # noqa: E731
+            q_in = self.ln1(self.hook_q_input(per_head(cfg.n_heads)))
+            k_in = self.ln1(self.hook_k_input(per_head(cfg.n_kv_heads)))
+            v_in = self.ln1(self.hook_v_input(per_head(cfg.n_kv_heads)))
+        elif cfg.use_attn_in:
+            q_in = k_in = v_in = self.ln1(self.hook_attn_in(resid.unsqueeze(2).expand(-1, -1, cfg.n_heads, -1).clone()))
+        else:
+            q_in = k_in = v_in = self.ln1(resid)
+        attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, ctx, kv_cache_entry))
+        resid = self.hook_resid_mid(resid + attn_out)
+        mlp_in = self.hook_mlp_in(resid.clone()) if cfg.use_hook_mlp_in else resid
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
+        return self.hook_resid_post(resid + mlp_out)

@@ -1,0 +1,396 @@
+"""Hook plumbing: `HookPoint` (an identity module you can attach functions to) and `HookedRootModule`.
+
+TransformerLens' API and semantics: a hook function is `fn(activation, hook) -> None | tensor`;
+returning None keeps the activation, returning a tensor replaces it. Names are checked before
+anything is attached, so a typo never leaves half a set of hooks behind, and every temporary hook
+is removed when its call ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from .activation_cache import ActivationCache
+from .errors import HookFlagError, HookNameError, HookShapeError, LensError, close_matches
+
+HookFn = Callable[..., Any]  # fn(tensor, hook: HookPoint) -> None | Tensor
+NameOrFilter = str | Callable[[str], bool]
+NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+Direction = Literal["fwd", "bwd"]
+
+
+@dataclass
+class LensHandle:
+    """A registered hook's torch handle plus what decides when it is removed."""
+
+    handle: RemovableHandle
+    is_permanent: bool = False
+    context_level: int | None = None  # set by hooks(): the nesting depth that added it
+
+
+class HookPoint(nn.Module):
+    """Identity module marking a place in the forward pass where activations can be read or changed."""
+
+    def __init__(self, shape_comment: str | None = None):
+        super().__init__()
+        self.shape_comment = shape_comment  # e.g. "batch pos d_model"; shown by print_hook_list
+        self.name: str | None = None  # set by HookedRootModule.setup()
+        self.ctx: dict = {}  # scratch space shared by a hook's calls (TransformerLens' hook.ctx)
+        self.fwd_hooks: list[LensHandle] = []
+        self.bwd_hooks: list[LensHandle] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    @property
+    def has_hooks(self) -> bool:
+        """Whether any forward hook is attached: lets attention skip materialising the pattern."""
+        return bool(self._forward_hooks)
+
+    def add_hook(
+        self,
+        hook: HookFn,
+        dir: Direction = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+    ) -> LensHandle:
+        """Attach `hook(tensor, hook=self)`; for dir="bwd" the tensor is the gradient of this point's output."""
+        if dir == "fwd":
+
+            def fwd_wrapper(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+                return self._checked(hook, hook(output, hook=self), output)
+
+            handle = self.register_forward_hook(fwd_wrapper, prepend=prepend)
+            lens_handle = LensHandle(handle, is_permanent, level)
+            self.fwd_hooks.append(lens_handle)
+        elif dir == "bwd":
+
+            def bwd_wrapper(module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple | None:
+                grad = grad_output[0]
+                new = self._checked(hook, hook(grad, hook=self), grad)
+                # The module is the identity, so the gradient w.r.t. its input is the one we were given.
+                return None if new is None else (new,)
+
+            handle = self.register_full_backward_hook(bwd_wrapper, prepend=prepend)
+            lens_handle = LensHandle(handle, is_permanent, level)
+            self.bwd_hooks.append(lens_handle)
+        else:
+            raise LensError(f"Hook direction must be 'fwd' or 'bwd', not {dir!r}.")
+        return lens_handle
+
+    def _checked(self, hook: HookFn, result: Any, activation: Tensor) -> Tensor | None:
+        if result is None:
+            return None
+        fn_name = getattr(hook, "__name__", repr(hook))
+        if not isinstance(result, Tensor):
+            raise LensError(
+                f"Hook function {fn_name} on '{self.name}' returned a {type(result).__name__}; a hook must "
+                "return None (keep the activation) or a tensor (replace it)."
+            )
+        if result.shape != activation.shape:
+            raise HookShapeError(
+                f"Hook function {fn_name} on '{self.name}' returned a tensor of shape {tuple(result.shape)}, "
+                f"but the activation has shape {tuple(activation.shape)} ({self.shape_comment or 'no shape comment'}). "
+                "Return a tensor of the same shape, or None to keep the activation."
+            )
+        return result
+
+    def remove_hooks(
+        self,
+        dir: Literal["fwd", "bwd", "both"] = "fwd",
+        including_permanent: bool = False,
+        level: int | None = None,
+    ) -> None:
+        """Remove hooks in direction `dir`; permanent ones only if asked, and only those of `level` if given."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise LensError(f"Hook direction must be 'fwd', 'bwd' or 'both', not {dir!r}.")
+
+        def keep(h: LensHandle) -> bool:
+            if h.is_permanent and not including_permanent:
+                return True
+            if level is not None and h.context_level != level:
+                return True
+            h.handle.remove()
+            return False
+
+        if dir in ("fwd", "both"):
+            self.fwd_hooks = [h for h in self.fwd_hooks if keep(h)]
+        if dir in ("bwd", "both"):
+            self.bwd_hooks = [h for h in self.bwd_hooks if keep(h)]
+
+    def clear_context(self) -> None:
+        self.ctx = {}
+
+    def extra_repr(self) -> str:
+        return self.shape_comment or ""
+
+
+class HookedRootModule(nn.Module):
+    """Base class of a model made of HookPoints. Call `setup()` at the end of the subclass' __init__."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__()
+        self.context_level = 0  # depth of nested hooks() contexts
+        self.mod_dict: dict[str, nn.Module] = {}
+        self.hook_dict: dict[str, HookPoint] = {}
+
+    def setup(self) -> None:
+        """Name every HookPoint after its attribute path and index them in `hook_dict`."""
+        self.mod_dict = {}
+        self.hook_dict = {}
+        for name, module in self.named_modules():
+            if not name:
+                continue
+            self.mod_dict[name] = module
+            if isinstance(module, HookPoint):
+                module.name = name
+                self.hook_dict[name] = module
+
+    def hook_points(self) -> list[HookPoint]:
+        return list(self.hook_dict.values())
+
+    def hook_flag(self, name: str) -> str | None:
+        """The config flag hook `name` needs, if that flag is off (so the hook would never fire). Subclasses override."""
+        return None
+
+    # ---- name checking -------------------------------------------------------------------------
+
+    def check_hook_name(self, name: str) -> None:
+        """Raise HookNameError for an unknown name, HookFlagError for a hook whose flag is off."""
+        if name not in self.hook_dict:
+            matches = close_matches(name, self.hook_dict)
+            hint = f" Did you mean: {', '.join(repr(m) for m in matches)}?" if matches else ""
+            raise HookNameError(f"No hook named {name!r}.{hint} See model.list_hooks() or model.print_hook_list().")
+        flag = self.hook_flag(name)
+        if flag is not None:
+            raise HookFlagError(f"Hook {name!r} only fires when {flag}=True; call model.set_{flag}(True) first.")
+
+    def _check_hook_list(self, hooks: Sequence[tuple[NameOrFilter, HookFn]], arg: str) -> None:
+        for entry in hooks:
+            if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and callable(entry[1])):
+                raise LensError(f"Each entry of {arg} must be a (name_or_filter, hook_fn) pair; got {entry!r}.")
+            if isinstance(entry[0], str):
+                self.check_hook_name(entry[0])
+            elif not callable(entry[0]):
+                raise LensError(f"A hook name must be a string or a filter function of the name; got {entry[0]!r} in {arg}.")
+
+    def hook_names_matching(self, names_filter: NamesFilter) -> list[str]:
+        """The names a filter selects: None = every hook that fires; strings are checked; a callable filters."""
+        if names_filter is None:
+            return [n for n in self.hook_dict if self.hook_flag(n) is None]
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if callable(names_filter):
+            return [n for n in self.hook_dict if self.hook_flag(n) is None and names_filter(n)]
+        names = list(names_filter)
+        for name in names:
+            if not isinstance(name, str):
+                raise LensError(f"names_filter lists must hold hook names (strings); got {name!r}.")
+            self.check_hook_name(name)
+        return names
+
+    # ---- adding and removing hooks ------------------------------------------------------------
+
+    def add_hook(
+        self,
+        name: NameOrFilter,
+        hook: HookFn,
+        dir: Direction = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+    ) -> None:
+        """Attach `hook` to the hook called `name`, or to every hook whose name passes the filter `name`."""
+        if isinstance(name, str):
+            self.check_hook_name(name)
+            targets = [name]
+        elif callable(name):
+            targets = [n for n in self.hook_dict if self.hook_flag(n) is None and name(n)]
+        else:
+            raise LensError(f"add_hook takes a hook name or a filter function of the name; got {name!r}.")
+        for target in targets:
+            self.hook_dict[target].add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def reset_hooks(
+        self,
+        clear_contexts: bool = True,
+        direction: Literal["fwd", "bwd", "both"] = "both",
+        including_permanent: bool = False,
+        level: int | None = None,
+    ) -> None:
+        """Remove hooks (all non-permanent ones by default) and, unless told not to, clear every hook.ctx."""
+        for hp in self.hook_dict.values():
+            hp.remove_hooks(direction, including_permanent=including_permanent, level=level)
+            if clear_contexts:
+                hp.clear_context()
+
+    def remove_all_hook_fns(
+        self, direction: Literal["fwd", "bwd", "both"] = "both", including_permanent: bool = False, level: int | None = None
+    ) -> None:
+        for hp in self.hook_dict.values():
+            hp.remove_hooks(direction, including_permanent=including_permanent, level=level)
+
+    def clear_contexts(self) -> None:
+        for hp in self.hook_dict.values():
+            hp.clear_context()
+
+    @contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Sequence[tuple[NameOrFilter, HookFn]] = (),
+        bwd_hooks: Sequence[tuple[NameOrFilter, HookFn]] = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+    ) -> Iterator["HookedRootModule"]:
+        """Attach hooks for the duration of a `with` block; they are removed on exit, even on an exception."""
+        # Check every name first: a bad one must not leave the others attached.
+        self._check_hook_list(fwd_hooks, "fwd_hooks")
+        self._check_hook_list(bwd_hooks, "bwd_hooks")
+        self.context_level += 1
+        level = self.context_level  # tag our hooks so an inner context removes only its own
+        try:
+            for name, fn in fwd_hooks:
+                self.add_hook(name, fn, dir="fwd", level=level)
+            for name, fn in bwd_hooks:
+                self.add_hook(name, fn, dir="bwd", level=level)
+            yield self
+        finally:
+            if reset_hooks_end:
+                self.reset_hooks(clear_contexts, including_permanent=False, level=level)
+            self.context_level -= 1
+
+    def run_with_hooks(
+        self,
+        *model_args: Any,
+        fwd_hooks: Sequence[tuple[NameOrFilter, HookFn]] = (),
+        bwd_hooks: Sequence[tuple[NameOrFilter, HookFn]] = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        **model_kwargs: Any,
+    ) -> Any:
+        """Run the model with temporary hooks. bwd_hooks need reset_hooks_end=False to see a later .backward()."""
+        if bwd_hooks and reset_hooks_end:
+            warnings.warn(
+                "run_with_hooks removes its hooks when it returns, so backward hooks will not see a later "
+                ".backward(); pass reset_hooks_end=False and call model.reset_hooks() after backward.",
+                stacklevel=2,
+            )
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+            return self(*model_args, **model_kwargs)
+
+    # ---- caching ------------------------------------------------------------------------------
+
+    def get_caching_hooks(
+        self,
+        names_filter: NamesFilter = None,
+        incl_bwd: bool = False,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict | None = None,
+    ) -> tuple[dict[str, Tensor], list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
+        """(cache dict, fwd_hooks, bwd_hooks) that fill the dict with detached activations (and gradients)."""
+        cache = {} if cache is None else cache
+        names = self.hook_names_matching(names_filter)
+
+        def save(tensor: Tensor, hook: HookPoint, key: str) -> None:
+            t = tensor.detach()
+            if device is not None:
+                t = t.to(device)
+            if remove_batch_dim:
+                if t.shape[0] != 1:
+                    raise LensError(
+                        f"remove_batch_dim=True needs a batch of one, but '{hook.name}' has batch size "
+                        f"{t.shape[0]}; run one prompt at a time or leave remove_batch_dim=False."
+                    )
+                t = t[0]
+            cache[key] = t
+
+        fwd = [(n, lambda t, hook: save(t, hook, hook.name)) for n in names]
+        bwd = [(n, lambda t, hook: save(t, hook, hook.name + "_grad")) for n in names] if incl_bwd else []
+        return cache, fwd, bwd
+
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: NamesFilter = None,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        return_cache_object: bool = True,
+        **model_kwargs: Any,
+    ) -> tuple[Any, ActivationCache | dict[str, Tensor]]:
+        """Run the model and return (output, ActivationCache of the hooks `names_filter` selects).
+
+        return_cache_object=False returns the plain dict instead (TransformerLens' option).
+        """
+        selected = self.hook_names_matching(names_filter)  # checks names before anything runs
+        cache_dict, fwd, bwd = self.get_caching_hooks(selected, incl_bwd, device, remove_batch_dim)
+        with self.hooks(fwd, bwd, reset_hooks_end, clear_contexts):
+            out = self(*model_args, **model_kwargs)
+            if incl_bwd:
+                if not isinstance(out, Tensor) or out.numel() != 1:
+                    shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                    raise LensError(
+                        f"incl_bwd=True backpropagates from the model's output, which must be a scalar; got {shape}. "
+                        "Ask the model for a loss (e.g. return_type='loss')."
+                    )
+                out.backward()
+        if not return_cache_object:
+            return out, cache_dict
+        cache = ActivationCache(
+            cache_dict,
+            self,
+            has_batch_dim=not remove_batch_dim,
+            names_filter_description=describe_names_filter(names_filter),
+            selected_names=set(selected),
+        )
+        return out, cache
+
+    # ---- discovery ----------------------------------------------------------------------------
+
+    def list_hooks(self, pattern: str | re.Pattern | None = None) -> list[str]:
+        """Hook names matching `pattern`: None = all; a glob if it has * ? or [; else a substring; or a regex."""
+        names = list(self.hook_dict)
+        if pattern is None:
+            return names
+        if isinstance(pattern, re.Pattern):
+            return [n for n in names if pattern.search(n)]
+        if any(c in pattern for c in "*?["):
+            return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        return [n for n in names if pattern in n]
+
+    def print_hook_list(self, pattern: str | re.Pattern | None = None) -> None:
+        """Print each matching hook with its shape, noting hooks that need a config flag to fire."""
+        names = self.list_hooks(pattern)
+        if not names:
+            print(f"No hook matches {pattern!r}; model.print_hook_list() shows them all.")
+            return
+        name_w = max(len(n) for n in names)
+        shape_w = max(len(self.hook_dict[n].shape_comment or "") for n in names)
+        for name in names:
+            shape = self.hook_dict[name].shape_comment or ""
+            flag = self.hook_flag(name)
+            note = f"  (needs {flag}=True)" if flag else ""
+            print(f"{name:<{name_w}}  {shape:<{shape_w}}{note}".rstrip())
+
+
+def describe_names_filter(names_filter: NamesFilter) -> str:
+    """How a names_filter reads in an error message."""
+    if names_filter is None or isinstance(names_filter, str):
+        return f"names_filter={names_filter!r}"
+    if callable(names_filter):
+        return f"names_filter={getattr(names_filter, '__name__', repr(names_filter))} (a filter function)"
+    return f"names_filter={list(names_filter)!r}"

@@ -1,0 +1,52 @@
+"""Shared pytest set-up.
+
+Notebook part: `make test` runs `pytest tests notebooks --nbval ...` in one process. nbval's hooks
+must reach the notebooks in notebooks/, which a conftest in tests/ does not cover, so we register
+them as a plugin object (global, not limited to this directory) when pytest starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+# Outputs nbval should not compare: rich HTML/JS (circuitsvis embeds a random element id and a
+# 1.3 MB script), widget state, and stderr (warnings, progress bars).
+SKIP_COMPARE = ("text/html", "application/javascript", "application/vnd.jupyter.widget-view+json",
+                "application/vnd.jupyter.widget-state+json", "stderr")
+
+
+def notebook_skip_reason(path: Path) -> str | None:
+    """Why a notebook cannot run here (from `metadata.lensutil.requires`), or None if it can."""
+    from lensutil.notebook import _has_gpu, _has_internet
+
+    needs = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("lensutil", {}).get("requires", [])
+    checks = {"gpu": _has_gpu, "internet": _has_internet}
+    missing = [need for need in needs if not checks.get(need, lambda: False)()]
+    return f"{path.name} needs {', '.join(missing)}, which this machine lacks" if missing else None
+
+
+class _NbvalSetup:
+    def pytest_collectstart(self, collector):
+        # nbval's documented way to ignore output types: extend the notebook collector's skip_compare.
+        if getattr(collector, "path", None) is not None and collector.path.suffix == ".ipynb":
+            collector.skip_compare = tuple(collector.skip_compare) + SKIP_COMPARE
+
+    def pytest_collection_modifyitems(self, items):
+        reasons: dict[Path, str | None] = {}
+        for item in items:
+            if item.path.suffix != ".ipynb":
+                continue
+            if item.path not in reasons:
+                reasons[item.path] = notebook_skip_reason(item.path)
+            if reasons[item.path]:
+                item.add_marker(pytest.mark.skip(reason=reasons[item.path]))
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("lensutil-nbval"):
+        config.pluginmanager.register(_NbvalSetup(), "lensutil-nbval")

