@@ -55,6 +55,7 @@ SOLO_PROMPT = "The quick brown fox jumps over the lazy dog. Then it"
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
     """Median wall time of each function; one run of each per round, so drift hits all alike."""
+    print(f"  timing {', '.join(fns)} ...", file=sys.stderr, flush=True)
     with torch.inference_mode():
         for _ in range(warmup):
             for fn in fns.values():

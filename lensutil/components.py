@@ -23,8 +23,23 @@ from .errors import ConfigError
 from .hook_points import HookPoint
 
 
-def _param(*shape: int, dtype: torch.dtype) -> nn.Parameter:
-    return nn.Parameter(torch.empty(*shape, dtype=dtype))
+def _param(*shape: int, dtype: torch.dtype, memory_order: tuple[int, ...] | None = None) -> nn.Parameter:
+    """A parameter of TransformerLens' shape, optionally laid out in memory in another axis order.
+
+    `memory_order` lists the axes outermost first. Matrices that feed F.linear are stored as
+    nn.Linear stores them ([out, in]), so the view F.linear receives is contiguous, and BLAS takes
+    the same kernel, with the same rounding, as HuggingFace's own Linear layers. A transposed view
+    makes BLAS pick other kernels for some sizes, and logits drift by ~1e-5.
+    """
+    if memory_order is None:
+        return nn.Parameter(torch.empty(*shape, dtype=dtype))
+    storage = torch.empty([shape[i] for i in memory_order], dtype=dtype)
+    return nn.Parameter(storage.permute(*sorted(range(len(shape)), key=memory_order.__getitem__)))
+
+
+_OUT_IN = (1, 0)  # [in, out] matrices stored as [out, in]
+_HEADS_OUT_IN = (0, 2, 1)  # W_Q/W_K/W_V [head, d_model, d_head] stored as [head, d_head, d_model]
+_MODEL_HEADS = (2, 0, 1)  # W_O [head, d_head, d_model] stored as [d_model, head, d_head]
 
 
 def gelu_new(x: Tensor) -> Tensor:
@@ -72,7 +87,7 @@ class PosEmbed(nn.Module):
 class Unembed(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig):
         super().__init__()
-        self.W_U = _param(cfg.d_model, cfg.d_vocab, dtype=cfg.dtype)
+        self.W_U = _param(cfg.d_model, cfg.d_vocab, dtype=cfg.dtype, memory_order=_OUT_IN)
         self.b_U = _param(cfg.d_vocab, dtype=cfg.dtype)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
@@ -140,10 +155,10 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         h, kv, m, e, dt = cfg.n_heads, cfg.n_kv_heads, cfg.d_model, cfg.d_head, cfg.dtype
-        self.W_Q, self.b_Q = _param(h, m, e, dtype=dt), _param(h, e, dtype=dt)
-        self.W_K, self.b_K = _param(kv, m, e, dtype=dt), _param(kv, e, dtype=dt)
-        self.W_V, self.b_V = _param(kv, m, e, dtype=dt), _param(kv, e, dtype=dt)
-        self.W_O, self.b_O = _param(h, e, m, dtype=dt), _param(m, dtype=dt)
+        self.W_Q, self.b_Q = _param(h, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(h, e, dtype=dt)
+        self.W_K, self.b_K = _param(kv, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(kv, e, dtype=dt)
+        self.W_V, self.b_V = _param(kv, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(kv, e, dtype=dt)
+        self.W_O, self.b_O = _param(h, e, m, dtype=dt, memory_order=_MODEL_HEADS), _param(m, dtype=dt)
         self.hook_q = HookPoint("batch pos head_index d_head")
         self.hook_k = HookPoint("batch pos kv_head_index d_head")
         self.hook_v = HookPoint("batch pos kv_head_index d_head")
@@ -159,7 +174,7 @@ class Attention(nn.Module):
         if x.ndim == 4:  # one input per head (use_split_qkv_input / use_attn_in)
             return torch.einsum("bphm,hme->bphe", x, W) + b
         n_heads, d_model, d_head = W.shape
-        flat = F.linear(x, W.permute(1, 0, 2).reshape(d_model, n_heads * d_head).T, b.reshape(-1))
+        flat = F.linear(x, W.transpose(1, 2).reshape(n_heads * d_head, d_model), b.reshape(-1))
         return flat.view(*x.shape[:-1], n_heads, d_head)
 
     def forward(self, q_in: Tensor, k_in: Tensor, v_in: Tensor, ctx: AttentionContext, kv_cache_entry=None):
@@ -191,7 +206,7 @@ class Attention(nn.Module):
         if cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bphe,hem->bphm", z, self.W_O))
             return result.sum(dim=2) + self.b_O
-        return F.linear(z.reshape(*z.shape[:2], -1), self.W_O.reshape(-1, cfg.d_model).T, self.b_O)
+        return F.linear(z.reshape(*z.shape[:2], -1), self.W_O.reshape(-1, cfg.d_model).T, self.b_O)  # a view, no copy
 
     @staticmethod
     def _allowed(ctx: AttentionContext, q_len: int, k_len: int, device, window: int | None) -> Bool[Tensor, "batch 1 pos key_pos"]:
@@ -215,11 +230,11 @@ class MLP(nn.Module):
         super().__init__()
         self.cfg = cfg
         dt = cfg.dtype
-        self.W_in, self.b_in = _param(cfg.d_model, cfg.d_mlp, dtype=dt), _param(cfg.d_mlp, dtype=dt)
+        self.W_in, self.b_in = _param(cfg.d_model, cfg.d_mlp, dtype=dt, memory_order=_OUT_IN), _param(cfg.d_mlp, dtype=dt)
         if cfg.gated_mlp:
-            self.W_gate = _param(cfg.d_model, cfg.d_mlp, dtype=dt)
+            self.W_gate = _param(cfg.d_model, cfg.d_mlp, dtype=dt, memory_order=_OUT_IN)
             self.hook_pre_linear = HookPoint("batch pos d_mlp")
-        self.W_out, self.b_out = _param(cfg.d_mlp, cfg.d_model, dtype=dt), _param(cfg.d_model, dtype=dt)
+        self.W_out, self.b_out = _param(cfg.d_mlp, cfg.d_model, dtype=dt, memory_order=_OUT_IN), _param(cfg.d_model, dtype=dt)
         self.hook_pre = HookPoint("batch pos d_mlp")  # gated: the gate's pre-activation
         self.hook_post = HookPoint("batch pos d_mlp")
         self.act = ACTIVATIONS[cfg.act_fn]
@@ -234,14 +249,18 @@ class MLP(nn.Module):
         return F.linear(post, self.W_out.T, self.b_out)
 
 
+def check_hook_flags(cfg: HookedTransformerConfig) -> None:
+    if cfg.use_attn_in and cfg.n_kv_heads != cfg.n_heads:
+        raise ConfigError(
+            "use_attn_in gives one attention input per query head, which grouped-query attention "
+            "cannot use (key/value heads are shared); use set_use_split_qkv_input(True) instead."
+        )
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig, index: int):
         super().__init__()
-        if cfg.use_attn_in and cfg.n_kv_heads != cfg.n_heads:
-            raise ConfigError(
-                "use_attn_in gives one attention input per query head, which grouped-query attention "
-                "cannot use (key/value heads are shared); use set_use_split_qkv_input(True) instead."
-            )
+        check_hook_flags(cfg)
         self.cfg, self.index = cfg, index
         self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
         self.attn, self.mlp = Attention(cfg), MLP(cfg)

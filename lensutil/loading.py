@@ -130,7 +130,7 @@ def _load_strict(model: HookedTransformer, state_dict: dict) -> None:
     model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
 
 
-def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **options) -> None:
+def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **options):
     """Load a lensutil state dict, or a HuggingFace one for the model's architecture, then process it.
 
     Options are those of from_pretrained (fold_ln, center_writing_weights, center_unembed,
@@ -158,7 +158,8 @@ def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **op
     if any(settings.values()):
         from .processing import process_weights_
 
-        process_weights_(model, **settings)
+        return process_weights_(model, **settings)
+    return None
 
 
 _UNFOLDED = {"LNPre": "LN", "RMSPre": "RMS"}

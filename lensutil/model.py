@@ -14,9 +14,9 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from . import tokens as tok
-from .components import AttentionContext, Embed, Norm, PosEmbed, TransformerBlock, Unembed
+from .components import AttentionContext, Embed, Norm, PosEmbed, TransformerBlock, Unembed, check_hook_flags
 from .config import FLAG_GATED_HOOKS, HookedTransformerConfig
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .hook_points import HookedRootModule, HookPoint
 
 ReturnType = Literal["logits", "loss", "both"] | None
@@ -45,10 +45,13 @@ class HookedTransformer(HookedRootModule):
         return None
 
     def _set_flag(self, flag: str, value: bool) -> None:
+        old = getattr(self.cfg, flag)
         setattr(self.cfg, flag, value)
-        if self.cfg.use_attn_in and self.cfg.n_kv_heads != self.cfg.n_heads:
-            self.cfg.use_attn_in = False
-            TransformerBlock(self.cfg, 0)  # raises the ConfigError that explains why
+        try:
+            check_hook_flags(self.cfg)
+        except ConfigError:
+            setattr(self.cfg, flag, old)
+            raise
 
     def set_use_attn_result(self, value: bool) -> None:
         self._set_flag("use_attn_result", value)
@@ -180,15 +183,15 @@ class HookedTransformer(HookedRootModule):
 
         return from_pretrained_no_processing(name_or_path, **kwargs)
 
-    def load_and_process_state_dict(self, state_dict: dict, **options) -> None:
+    def load_and_process_state_dict(self, state_dict: dict, **options):
         from .loading import load_and_process_state_dict
 
-        load_and_process_state_dict(self, state_dict, **options)
+        return load_and_process_state_dict(self, state_dict, **options)
 
-    def process_weights_(self, **options) -> None:
+    def process_weights_(self, **options):
         from .processing import process_weights_
 
-        process_weights_(self, **options)
+        return process_weights_(self, **options)
 
     def tokens_to_residual_directions(self, tokens) -> Float[Tensor, "... d_model"]:
         tokens = torch.as_tensor(tokens) if not isinstance(tokens, str) else torch.tensor(self.to_single_token(tokens))

@@ -1,0 +1,28 @@
+"""Models shared by the test modules, loaded once per test session."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from lensutil.loading import from_pretrained_no_processing, load_hf
+from lensutil.zoo import ZOO_NAMES
+
+TINY = [n for n in ZOO_NAMES if n.startswith("tiny-")]
+ALL = [*TINY, "smollm2-135m"]
+
+
+@functools.lru_cache(maxsize=None)
+def lens(name: str):
+    return from_pretrained_no_processing(name)
+
+
+@functools.lru_cache(maxsize=None)
+def hf(name: str):
+    return load_hf(name)[0]
+
+
+def hf_positions(mask: torch.Tensor) -> torch.Tensor:
+    """The position ids HuggingFace's generate builds from a mask (forward alone does not)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)

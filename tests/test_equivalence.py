@@ -1,0 +1,62 @@
+"""lensutil against HuggingFace (eager attention) on the same weights, float32."""
+
+import pytest
+import torch
+
+from _models import ALL, hf, lens
+
+PROMPTS = ["The Eiffel Tower is in the city of", "def fibonacci(n):\n    return", "1, 2, 3, 5, 8, 13,"]
+
+
+def _param(name):
+    return pytest.param(name, marks=pytest.mark.slow) if name == "smollm2-135m" else name
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in ALL])
+def test_logits_match_huggingface(name):
+    model, ref = lens(name), hf(name)
+    for prompt in PROMPTS:
+        tokens = model.to_tokens(prompt)
+        with torch.no_grad():
+            diff = (model(tokens) - ref(tokens).logits).abs().max().item()
+        assert diff <= 1e-5, f"{name}: max |Δ logit| {diff:.2e} on {prompt!r}"
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in ALL])
+def test_logits_match_with_every_hook_cached(name):
+    model = lens(name)
+    tokens = model.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        plain = model(tokens)
+        cached, cache = model.run_with_cache(tokens)
+    assert torch.equal(plain, cached)
+    assert len(cache) > 10 * model.cfg.n_layers
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in ALL])
+def test_greedy_generation_matches_huggingface(name):
+    model, ref = lens(name), hf(name)
+    tokens = model.to_tokens(PROMPTS[0])
+    ours = model.generate(tokens, max_new_tokens=30, do_sample=False, stop_at_eos=False)
+    theirs = ref.generate(tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=30,
+                          min_new_tokens=30, do_sample=False)
+    assert ours.tolist() == theirs.tolist()
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_greedy_generation_same_with_and_without_kv_cache(name):
+    model = lens(name)
+    cached = model.generate(PROMPTS[1], max_new_tokens=20, do_sample=False, stop_at_eos=False)
+    uncached = model.generate(PROMPTS[1], max_new_tokens=20, do_sample=False, stop_at_eos=False, use_past_kv_cache=False)
+    assert isinstance(cached, str) and cached == uncached and cached.startswith(PROMPTS[1])
+
+
+def test_variants_are_covered():
+    # The zoo spans the variants the equivalence tests are meant to cover.
+    cfgs = {n: lens(n).cfg for n in ALL}
+    assert {c.normalization_type for c in cfgs.values()} == {"LN", "RMS"}
+    assert {c.positional_embedding_type for c in cfgs.values()} == {"standard", "rotary"}
+    assert any(c.n_kv_heads < c.n_heads for c in cfgs.values())  # grouped-query attention
+    assert lens("tiny-qwen2").blocks[0].attn.b_Q.abs().sum() > 0  # q/k/v bias taken
+    assert {c.tie_word_embeddings for c in cfgs.values()} == {True, False}
+    assert cfgs["tiny-llama"].rotary_base == 50000.0

@@ -1,0 +1,137 @@
+"""The HookedTransformer's own behaviour: hooks on a real model, forward options, tokens, loading errors."""
+
+import pytest
+import torch
+
+from _models import lens
+from lensutil import HookedTransformer
+from lensutil.config import HookedTransformerConfig
+from lensutil.errors import (ConfigError, HookFlagError, HookNameError, InputError, UnsupportedArchitectureError,
+                             WeightLoadError)
+from lensutil.loading import from_pretrained_no_processing
+
+TEXT = "The Eiffel Tower is in the city of"
+
+
+def test_zeroing_attn_out_changes_the_logits():
+    model = lens("tiny-llama")
+    clean = model(TEXT)
+    zeroed = model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.hook_attn_out", lambda x, hook: torch.zeros_like(x))])
+    assert (clean - zeroed).abs().max() > 1e-3
+    assert torch.equal(model(TEXT), clean)  # and the hook is gone afterwards
+
+
+def test_hooks_removed_after_exception_in_forward():
+    model = lens("tiny-gpt2")
+
+    def boom(x, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.1.hook_mlp_out", boom)])
+    assert not any(hp.has_hooks for hp in model.hook_dict.values())
+
+
+def test_names_filter_caches_exactly_the_named_hooks():
+    model = lens("tiny-qwen2")
+    names = ["blocks.0.attn.hook_pattern", "blocks.1.hook_resid_post", "ln_final.hook_normalized"]
+    _, cache = model.run_with_cache(TEXT, names_filter=names)
+    assert sorted(cache.keys()) == sorted(names)
+    _, cache = model.run_with_cache(TEXT, names_filter="blocks.0.hook_mlp_out")
+    assert list(cache.keys()) == ["blocks.0.hook_mlp_out"]
+
+
+def test_every_transformerlens_hook_name_exists():
+    model = lens("tiny-llama")
+    per_block = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+                 "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
+                 "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized",
+                 "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
+                 "hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in", "hook_mlp_in"]
+    expected = {"hook_embed", "ln_final.hook_scale", "ln_final.hook_normalized"}
+    expected |= {f"blocks.{i}.{n}" for i in range(model.cfg.n_layers) for n in per_block}
+    assert expected <= set(model.hook_dict)
+    assert "hook_pos_embed" in lens("tiny-gpt2").hook_dict
+
+
+@pytest.mark.parametrize("hook,flag", [("blocks.0.attn.hook_result", "use_attn_result"),
+                                       ("blocks.1.hook_q_input", "use_split_qkv_input"),
+                                       ("blocks.0.hook_mlp_in", "use_hook_mlp_in"),
+                                       ("blocks.0.hook_attn_in", "use_attn_in")])
+def test_flag_gated_hook_names_its_flag_and_fires_once_on(hook, flag):
+    model = from_pretrained_no_processing("tiny-gpt2")
+    with pytest.raises(HookFlagError, match=rf"{flag}=True.*set_{flag}\(True\)"):
+        model.run_with_hooks(TEXT, fwd_hooks=[(hook, lambda x, hook: None)])
+    clean = model(TEXT)
+    getattr(model, f"set_{flag}")(True)
+    seen = []
+    out = model.run_with_hooks(TEXT, fwd_hooks=[(hook, lambda x, hook: seen.append(x.shape))])
+    assert seen and (out - clean).abs().max() <= 1e-5  # the flag changes what is computed, not the result
+
+
+def test_use_attn_in_refused_for_grouped_query_attention():
+    model = from_pretrained_no_processing("tiny-llama")
+    with pytest.raises(ConfigError, match="use_split_qkv_input"):
+        model.set_use_attn_in(True)
+    assert model.cfg.use_attn_in is False
+
+
+def test_unknown_hook_name_suggests_the_real_one():
+    model = lens("tiny-gpt2")
+    with pytest.raises(HookNameError, match=r"blocks\.0\.hook_mlp_out"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.mlp.hook_mlp_out", lambda x, hook: None)])
+
+
+def test_stop_and_start_at_layer_compose_to_the_full_forward():
+    model = lens("tiny-mistral")
+    tokens = model.to_tokens(TEXT)
+    residual = model(tokens, stop_at_layer=1)
+    assert residual.shape == (1, tokens.shape[1], model.cfg.d_model)
+    assert torch.equal(model(residual, start_at_layer=1), model(tokens))
+
+
+def test_return_types():
+    model = lens("tiny-gpt2")
+    logits, loss = model(TEXT, return_type="both")
+    assert logits.shape[-1] == model.cfg.d_vocab and loss.ndim == 0
+    assert torch.equal(model(TEXT, return_type="loss"), loss)
+    assert model(TEXT, return_type=None) is None
+    with pytest.raises(InputError):
+        model(TEXT, return_type="probs")
+
+
+def test_tokens_round_trip():
+    model = lens("tiny-llama")
+    tokens = model.to_tokens(TEXT, prepend_bos=False)
+    assert model.to_string(tokens[0]) == TEXT
+    assert "".join(model.to_str_tokens(TEXT, prepend_bos=False)) == TEXT
+    assert model.to_single_token(" Paris") in model.to_tokens(" Paris", prepend_bos=False)[0].tolist()
+    with pytest.raises(InputError, match="not one"):
+        model.to_single_token(" Paris is lovely")
+
+
+def test_unsupported_architecture_lists_the_supported_ones():
+    from transformers import BertConfig
+
+    from lensutil.adapters import get_adapter
+
+    with pytest.raises(UnsupportedArchitectureError, match="GPT2LMHeadModel.*LlamaForCausalLM"):
+        get_adapter(BertConfig(architectures=["BertForMaskedLM"]))
+
+
+def test_missing_weight_is_an_error_not_a_fresh_init():
+    from lensutil.loading import load_hf
+
+    hf_model, _ = load_hf("tiny-llama")
+    state = hf_model.state_dict()
+    del state["model.layers.1.mlp.down_proj.weight"]
+    model = lens("tiny-llama")
+    with pytest.raises(WeightLoadError, match="down_proj"):
+        model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
+                                          center_unembed=False, fold_value_biases=False)
+
+
+def test_config_refuses_inconsistent_heads():
+    with pytest.raises(ConfigError, match="multiple"):
+        HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=2, n_heads=4, d_mlp=8, d_vocab=5,
+                                n_key_value_heads=3)
