@@ -250,6 +250,8 @@ class MLP(nn.Module):
 
 
 def check_hook_flags(cfg: HookedTransformerConfig) -> None:
+    if cfg.use_split_qkv_input and cfg.use_attn_in:
+        raise ConfigError("use_split_qkv_input and use_attn_in cannot both be on; turn one off first.")
     if cfg.use_attn_in and cfg.n_kv_heads != cfg.n_heads:
         raise ConfigError(
             "use_attn_in gives one attention input per query head, which grouped-query attention "

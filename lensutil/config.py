@@ -77,8 +77,6 @@ class HookedTransformerConfig:
                 f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={self.n_key_value_heads}; "
                 "grouped-query attention shares each key/value head among an equal number of query heads."
             )
-        if self.use_split_qkv_input and self.use_attn_in:
-            raise ConfigError("use_split_qkv_input and use_attn_in cannot both be on; choose one.")
 
     @property
     def n_kv_heads(self) -> int:

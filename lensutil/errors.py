@@ -52,6 +52,10 @@ class AttentionMaskError(InputError):
     """An attention mask of the wrong shape or values."""
 
 
+class ModelAccessError(LensError):
+    """The hub refused or could not be reached (gated model, no token, offline)."""
+
+
 class ZooError(LensError):
     """A zoo model that could not be fetched or built."""
 

@@ -13,14 +13,10 @@ import torch
 
 from . import zoo
 from .adapters import get_adapter
-from .errors import LensError, WeightLoadError
+from .errors import LensError, ModelAccessError, WeightLoadError
 from .model import HookedTransformer
 
 PROCESSING_OPTIONS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
-
-
-class ModelAccessError(LensError):
-    """The hub refused or could not be reached (gated model, no token, offline)."""
 
 
 def resolve_source(name_or_path: str) -> str:

@@ -14,8 +14,8 @@ ALL = [*TINY, "smollm2-135m"]
 
 
 @functools.lru_cache(maxsize=None)
-def lens(name: str):
-    return from_pretrained_no_processing(name)
+def lens(name: str, dtype: torch.dtype = torch.float32):
+    return from_pretrained_no_processing(name, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,7 +6,6 @@ import torch
 from _models import ALL, hf, hf_positions, lens
 from lensutil.errors import AttentionMaskError, InputError
 from lensutil.generation import KVCache
-from lensutil.loading import from_pretrained_no_processing
 from lensutil.tokens import positions_from_mask, tokenize
 
 PROMPTS = ["The Eiffel Tower is in the city of", "Hi", "Once upon a time, in a land far away, there"]
@@ -39,7 +38,7 @@ def test_padded_batch_equals_each_prompt_alone_and_huggingface(name, side):
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("name", [_param(n) for n in ALL])
 def test_padded_batch_equals_each_prompt_alone_in_float64(name, side):
-    model = from_pretrained_no_processing(name, dtype=torch.float64)
+    model = lens(name, torch.float64)
     tokens, mask = tokenize(model, PROMPTS, padding_side=side)
     with torch.no_grad():
         batched = model(tokens, attention_mask=mask)

@@ -1,0 +1,52 @@
+"""Loading from names, directories and the hub, and what users see when it fails."""
+
+import pytest
+import torch
+
+from _models import lens
+from lensutil import HookedTransformer, zoo
+from lensutil.errors import ModelAccessError
+from lensutil.loading import load_torch_file
+
+
+def test_local_directory_loads_like_the_zoo_name():
+    path = str(zoo.resolve("tiny-gpt2"))
+    model = HookedTransformer.from_pretrained_no_processing(path)
+    assert torch.equal(model("Hello there"), lens("tiny-gpt2")("Hello there"))
+
+
+def _refuse(message):
+    def from_pretrained(*args, **kwargs):
+        raise OSError(message)
+
+    return from_pretrained
+
+
+def test_gated_model_error_says_how_to_get_access_and_hides_the_token(monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        _refuse("403 Client Error. Access to model mistralai/Mistral-7B-v0.1 is gated."))
+    secret = "not" + "-a-real-" + "value"
+    with pytest.raises(ModelAccessError, match="HF_TOKEN") as err:
+        HookedTransformer.from_pretrained("mistralai/Mistral-7B-v0.1", token=secret)
+    assert "licence" in str(err.value) and secret not in str(err.value)
+
+
+def test_unreachable_hub_points_to_the_zoo(monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", _refuse("We couldn't connect to the hub."))
+    with pytest.raises(ModelAccessError, match="smollm2-135m"):
+        HookedTransformer.from_pretrained("someone/some-model")
+
+
+def test_fine_tuned_state_dict_round_trips_through_torch_save(tmp_path):
+    model = HookedTransformer.from_pretrained_no_processing("tiny-llama")
+    with torch.no_grad():
+        model.blocks[0].mlp.W_out.mul_(1.5)  # stand-in for fine-tuning
+    torch.save(model.state_dict(), tmp_path / "finetuned.pt")
+    fresh = HookedTransformer.from_pretrained_no_processing("tiny-llama")
+    fresh.load_and_process_state_dict(load_torch_file(tmp_path / "finetuned.pt"), fold_ln=False,
+                                      center_writing_weights=False, center_unembed=False, fold_value_biases=False)
+    assert torch.equal(fresh("Hello"), model("Hello"))
