@@ -5,7 +5,9 @@ Run by hand (never part of the test suite):
     .venv/bin/python benchmarks/bench_vs_hf.py [--model smollm2-135m] [--repeats 7]
 
 Four measurements, each against two HuggingFace references (its default attention
-implementation, "sdpa" in transformers 5, and "eager"):
+implementation, "sdpa" in transformers 5, and "eager"), each timed against lensutil in the same
+attention mode (from_pretrained(..., attn_implementation=...); run_with_cache always writes the
+pattern out, so it is eager in both):
 
 1. forward, batch x seq tokens:             lensutil model(tokens)  vs hf_model(tokens)       goal <= 1.05
 2. run_with_cache (every hook) vs HF forward                                                  goal <= 1.25
@@ -74,10 +76,21 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _release_free_memory() -> None:
+    # glibc keeps freed blocks for reuse, which would hide a second run's growth; hand them back first.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_rss_delta(fn: Callable[[], object]) -> int | None:
     """Peak resident memory above the starting level while fn runs (sampled every ~1 ms; Linux only)."""
     if not os.path.exists("/proc/self/statm"):
         return None
+    _release_free_memory()
     base, peak, done = _rss_bytes(), [0], threading.Event()
 
     def sample() -> None:
@@ -103,16 +116,19 @@ def load_models(name: str, processed: bool):
     from transformers import AutoModelForCausalLM
 
     load = loading.from_pretrained if processed else loading.from_pretrained_no_processing
-    model = load(name, device="cpu", dtype=torch.float32)
     hf_eager, tokenizer = loading.load_hf(name)  # eager attention
     hf_default = AutoModelForCausalLM.from_pretrained(loading.resolve_source(name), dtype=torch.float32).eval()
-    return model, {f"HF {hf_default.config._attn_implementation}": hf_default, "HF eager": hf_eager}, tokenizer
+    default = hf_default.config._attn_implementation
+    # Like against like: each HF attention implementation is timed against lensutil's same mode.
+    hfs = {f"HF {default}": hf_default, "HF eager": hf_eager}
+    ours = {f"HF {default}": load(name, device="cpu", dtype=torch.float32, attn_implementation=default),
+            "HF eager": load(name, device="cpu", dtype=torch.float32, attn_implementation="eager")}
+    return ours, hfs, tokenizer
 
 
-def check_same_logits(model, hfs: dict, tokens: torch.Tensor) -> dict[str, float]:
+def check_same_logits(models: dict, hfs: dict, tokens: torch.Tensor) -> dict[str, float]:
     with torch.inference_mode():
-        ours = model(tokens)
-        return {name: (ours - hf(tokens).logits).abs().max().item() for name, hf in hfs.items()}
+        return {name: (models[name](tokens) - hf(tokens).logits).abs().max().item() for name, hf in hfs.items()}
 
 
 def machine_report(args) -> str:
@@ -180,22 +196,24 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
 
     print(machine_report(args))
-    model, hfs, tokenizer = load_models(args.model, args.processed)
+    models, hfs, tokenizer = load_models(args.model, args.processed)
+    model = models["HF eager"]  # the default mode, used for everything not timed per mode
     tokens = torch.randint(100, model.cfg.d_vocab, (args.batch, args.seq))
-    diffs = check_same_logits(model, hfs, tokens)
-    print("max |logit diff| vs " + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items()))
+    diffs = check_same_logits(models, hfs, tokens)
+    print("max |logit diff| (lensutil in the same attention mode) vs " + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items()))
     print()
     rows: list[tuple] = []
     n_new = args.new_tokens
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     # 1 + 2: forward and run_with_cache, against each HF forward.
-    fns = {"lensutil": lambda: model(tokens), "run_with_cache": lambda: model.run_with_cache(tokens)}
+    fns = {f"lens {name}": (lambda m=m: m(tokens)) for name, m in models.items()}
+    fns |= {"run_with_cache": lambda: model.run_with_cache(tokens)}
     fns |= {name: (lambda hf=hf: hf(tokens)) for name, hf in hfs.items()}
     t = interleaved_medians(fns, args.repeats, args.warmup)
     shape = f"{args.batch}x{args.seq}"
     for name in hfs:
-        rows.append(time_row(f"1 forward {shape}", name, t["lensutil"], t[name], 1.05))
+        rows.append(time_row(f"1 forward {shape}", name, t[f"lens {name}"], t[name], 1.05))
     for name in hfs:
         rows.append(time_row(f"2 run_with_cache {shape}", name, t["run_with_cache"], t[name], 1.25))
 
@@ -203,48 +221,66 @@ def main(argv: list[str] | None = None) -> None:
     solo = model.to_tokens(SOLO_PROMPT)
     solo_mask = torch.ones_like(solo)
     gen_kw = dict(do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=pad)
-    fns = {"lensutil": lambda: model.generate(solo, max_new_tokens=n_new, do_sample=False, stop_at_eos=False)}
+    fns = {f"lens {name}": (lambda m=m: m.generate(solo, max_new_tokens=n_new, do_sample=False, stop_at_eos=False))
+           for name, m in models.items()}
     fns |= {name: (lambda hf=hf: hf.generate(solo, attention_mask=solo_mask, **gen_kw)) for name, hf in hfs.items()}
     t = interleaved_medians(fns, args.repeats, 1)
     for name in hfs:
-        rows.append(rate_row(f"3 generate 1 prompt x {n_new}", name, n_new / t["lensutil"], n_new / t[name], 1.0))
+        rows.append(rate_row(f"3 generate 1 prompt x {n_new}", name, n_new / t[f"lens {name}"], n_new / t[name], 1.0))
 
     # 4: batched greedy generation, 8 left-padded prompts; the same ids and mask go to both.
     ids, mask = tokenize(model, BATCH_PROMPTS, padding_side="left")
     n_out = len(BATCH_PROMPTS) * n_new
-    fns = {"lensutil": lambda: model.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False, stop_at_eos=False)}
+    fns = {f"lens {name}": (lambda m=m: m.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False, stop_at_eos=False))
+           for name, m in models.items()}
     fns |= {name: (lambda hf=hf: hf.generate(ids, attention_mask=mask, **gen_kw)) for name, hf in hfs.items()}
     t = interleaved_medians(fns, args.repeats, 1)
     for name in hfs:
-        rows.append(rate_row(f"4 generate {len(BATCH_PROMPTS)} prompts x {n_new}", name, n_out / t["lensutil"], n_out / t[name], 1.0))
+        rows.append(rate_row(f"4 generate {len(BATCH_PROMPTS)} prompts x {n_new}", name, n_out / t[f"lens {name}"], n_out / t[name], 1.0))
 
     print_table(rows)
     print()
 
-    # Do the generations agree token for token?
+    # Do the generations agree token for token? Timed runs force 32 tokens (min_new_tokens suppresses
+    # EOS in HF, stop_at_eos=False lets lensutil emit it), so compare the natural runs instead: both
+    # stop a row at EOS and fill it with EOS (HF's pad_token_id set to EOS).
+    eos = tokenizer.eos_token_id
+    nat_kw = dict(do_sample=False, max_new_tokens=n_new, pad_token_id=eos)
     with torch.inference_mode():
-        ours_solo = model.generate(solo, max_new_tokens=n_new, do_sample=False, stop_at_eos=False)
-        ours_batch = model.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False, stop_at_eos=False)
-        from_text = model.generate(BATCH_PROMPTS, max_new_tokens=n_new, do_sample=False, stop_at_eos=False)
+        ours_solo = model.generate(solo, max_new_tokens=n_new, do_sample=False)
+        ours_batch = model.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False)
+        from_text = model.generate(BATCH_PROMPTS, max_new_tokens=n_new, do_sample=False)
         for name, hf in hfs.items():
-            same_solo = torch.equal(ours_solo, hf.generate(solo, attention_mask=solo_mask, **gen_kw))
-            hf_batch = hf.generate(ids, attention_mask=mask, **gen_kw)
-            rows_same = (ours_batch == hf_batch).all(-1)
-            print(f"generated ids identical to {name}: 1 prompt {same_solo}; batch {bool(rows_same.all())} "
+            hf_solo = hf.generate(solo, attention_mask=solo_mask, **nat_kw)
+            hf_batch = hf.generate(ids, attention_mask=mask, **nat_kw)
+            width = min(hf_batch.shape[1], ours_batch.shape[1])
+            rows_same = (ours_batch[:, :width] == hf_batch[:, :width]).all(-1)
+            print(f"generated ids identical to {name}: 1 prompt {torch.equal(ours_solo, hf_solo)}; batch {bool(rows_same.all())} "
                   f"({int(rows_same.sum())}/{len(rows_same)} rows)")
-        solo_rows = [model.generate(ids[i : i + 1, mask[i].bool()], max_new_tokens=n_new, do_sample=False, stop_at_eos=False)
+        solo_rows = [model.generate(ids[i : i + 1, mask[i].bool()], max_new_tokens=n_new, do_sample=False)
                      for i in range(len(BATCH_PROMPTS))]
-    same_as_alone = all(torch.equal(ours_batch[i, -n_new:], s[0, -n_new:]) for i, s in enumerate(solo_rows))
-    decoded = [model.to_string(r[m.bool()][1:]) for r, m in zip(ours_batch, torch.cat([mask, torch.ones(len(ids), n_new, dtype=mask.dtype)], 1))]
+    n_done = ours_batch.shape[1] - ids.shape[1]
+
+    def same_row(batched_new: torch.Tensor, alone_new: torch.Tensor) -> bool:  # alone may stop early at EOS
+        k = len(alone_new)
+        return torch.equal(batched_new[:k], alone_new) and bool((batched_new[k:] == eos).all())
+
+    same_as_alone = all(same_row(ours_batch[i, ids.shape[1] :], s[0, int(mask[i].sum()) :]) for i, s in enumerate(solo_rows))
+    new_mask = torch.cat([mask, torch.ones(len(ids), n_done, dtype=mask.dtype)], 1)
+    decoded = []
+    for row, m in zip(ours_batch, new_mask):
+        new = row[ids.shape[1] :].tolist()
+        new = new[: new.index(eos)] if eos in new else new
+        decoded.append(model.to_string(torch.tensor(row[: ids.shape[1]][m[: ids.shape[1]].bool()][1:].tolist() + new)))
     print(f"lensutil batched == each prompt alone: {same_as_alone}; list-of-strings input gives the same text: {decoded == from_text}")
 
     # Memory: what run_with_cache keeps, and the peak resident growth while it runs.
+    rss_fwd = peak_rss_delta(lambda: model(tokens))  # before run_with_cache: freed memory stays in the process
+    rss_hf = peak_rss_delta(lambda: next(iter(hfs.values()))(tokens))
+    rss_cache = peak_rss_delta(lambda: model.run_with_cache(tokens))
     _, cache = model.run_with_cache(tokens)
     cache_bytes = sum(v.numel() * v.element_size() for v in cache.values())
     del cache
-    rss_cache = peak_rss_delta(lambda: model.run_with_cache(tokens))
-    rss_fwd = peak_rss_delta(lambda: model(tokens))
-    rss_hf = peak_rss_delta(lambda: next(iter(hfs.values()))(tokens))
     mb = lambda b: "n/a" if b is None else f"{b / 2**20:.0f} MB"  # noqa: E731
     print(f"memory: run_with_cache stores {mb(cache_bytes)} ({len(model.hook_names_matching(None))} hooks); "
           f"peak RSS delta run_with_cache {mb(rss_cache)}, lensutil forward {mb(rss_fwd)}, {next(iter(hfs))} forward {mb(rss_hf)}")

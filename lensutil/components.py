@@ -58,12 +58,32 @@ ACTIVATIONS = {
 
 @dataclass
 class AttentionContext:
-    """What every attention layer of one forward pass needs to know about positions and padding."""
+    """What every attention layer of one forward pass needs; built once per forward, not per layer."""
 
     positions: Int[Tensor, "batch pos"]  # position ids, counted from each row's first real token
     key_mask: Bool[Tensor, "batch key_pos"] | None  # True = real token; None = no padding anywhere
     query_is_pad: Bool[Tensor, "batch pos"] | None
-    past_len: int = 0
+    past_len: int
+    allowed: Bool[Tensor, "batch 1 pos key_pos"]  # causal (and sliding-window) and padding mask
+    rotary: tuple[Tensor, Tensor] | None  # cos, sin for rotary models
+
+    @classmethod
+    def build(cls, cfg: HookedTransformerConfig, positions, key_mask, query_is_pad, past_len: int) -> "AttentionContext":
+        q_len, device = positions.shape[1], positions.device
+        # Causal: query i (at absolute index past_len + i) sees keys 0..past_len + i, and with a
+        # sliding window only the last `window_size` of them.
+        q_idx = torch.arange(past_len, past_len + q_len, device=device)[:, None]
+        k_idx = torch.arange(past_len + q_len, device=device)[None, :]
+        allowed = k_idx <= q_idx
+        if cfg.window_size is not None:
+            allowed = allowed & (q_idx - k_idx < cfg.window_size)
+        allowed = allowed[None, None]
+        if key_mask is not None:
+            allowed = allowed & key_mask[:, None, None, :]
+        rotary = None
+        if cfg.positional_embedding_type == "rotary":
+            rotary = rotary_cos_sin(positions, cfg.rotary_dim, cfg.rotary_base, cfg.dtype)
+        return cls(positions, key_mask, query_is_pad, past_len, allowed, rotary)
 
 
 class Embed(nn.Module):
@@ -182,8 +202,8 @@ class Attention(nn.Module):
         q = self.hook_q(self._project(q_in, self.W_Q, self.b_Q))
         k = self.hook_k(self._project(k_in, self.W_K, self.b_K))
         v = self.hook_v(self._project(v_in, self.W_V, self.b_V))
-        if cfg.positional_embedding_type == "rotary":
-            cos, sin = rotary_cos_sin(ctx.positions, cfg.rotary_dim, cfg.rotary_base, q.dtype)
+        if ctx.rotary is not None:
+            cos, sin = (t.to(q.dtype) for t in ctx.rotary)
             q = self.hook_rot_q(apply_rotary(q, cos, sin))
             k = self.hook_rot_k(apply_rotary(k, cos, sin))
         if kv_cache_entry is not None:
@@ -193,34 +213,37 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if group > 1:
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        allowed = self._allowed(ctx, q.shape[2], k.shape[2], q.device, cfg.window_size)
-        # Written out rather than F.scaled_dot_product_attention: the pattern must exist for its
-        # hooks, and this is HuggingFace's eager order of operations, so logits agree bit for bit.
-        scores = torch.matmul(q, k.transpose(-1, -2)) / cfg.attn_scale
-        scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
-        pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        if ctx.query_is_pad is not None:  # a padding query sees nothing: its row is 0, not NaN
-            pattern = pattern.masked_fill(ctx.query_is_pad[:, None, :, None], 0.0)
-        z = torch.matmul(self.hook_pattern(pattern), v)
+        if cfg.attn_implementation == "sdpa" and not (self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks):
+            z = self._fused_attention(q, k, v, ctx)
+        else:
+            z = self._eager_attention(q, k, v, ctx)
         z = self.hook_z(z.transpose(1, 2))
         if cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bphe,hem->bphm", z, self.W_O))
             return result.sum(dim=2) + self.b_O
         return F.linear(z.reshape(*z.shape[:2], -1), self.W_O.reshape(-1, cfg.d_model).T, self.b_O)  # a view, no copy
 
-    @staticmethod
-    def _allowed(ctx: AttentionContext, q_len: int, k_len: int, device, window: int | None) -> Bool[Tensor, "batch 1 pos key_pos"]:
-        # Causal: query i (at absolute index past_len + i) sees keys 0..past_len + i, and with a
-        # sliding window only the last `window` of them.
-        q_idx = torch.arange(ctx.past_len, ctx.past_len + q_len, device=device)[:, None]
-        k_idx = torch.arange(k_len, device=device)[None, :]
-        allowed = k_idx <= q_idx
-        if window is not None:
-            allowed = allowed & (q_idx - k_idx < window)
-        allowed = allowed[None, None]
-        if ctx.key_mask is not None:
-            allowed = allowed & ctx.key_mask[:, None, None, :]
-        return allowed
+    def _eager_attention(self, q, k, v, ctx: AttentionContext):
+        # HuggingFace's eager order of operations, so logits agree with it bit for bit.
+        scores = torch.matmul(q, k.transpose(-1, -2)) / self.cfg.attn_scale
+        scores = self.hook_attn_scores(scores.masked_fill(~ctx.allowed, float("-inf")))
+        pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        if ctx.query_is_pad is not None:  # a padding query sees nothing: its row is 0, not NaN
+            pattern = pattern.masked_fill(ctx.query_is_pad[:, None, :, None], 0.0)
+        return torch.matmul(self.hook_pattern(pattern), v)
+
+    def _fused_attention(self, q, k, v, ctx: AttentionContext):
+        # torch's fused kernel: faster, never materialises the pattern, rounds like HF's "sdpa".
+        # Used only when nobody hooks the scores or the pattern.
+        scale = 1 / self.cfg.attn_scale
+        if ctx.query_is_pad is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.allowed, scale=scale)
+        # A padding query would see no key at all; let it see itself, then zero its output.
+        pad = ctx.query_is_pad[:, None, :, None]
+        q_idx = torch.arange(ctx.past_len, ctx.past_len + q.shape[2], device=q.device)[:, None]
+        itself = q_idx == torch.arange(k.shape[2], device=q.device)[None, :]
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.allowed | (pad & itself), scale=scale)
+        return z.masked_fill(pad, 0.0)
 
 
 class MLP(nn.Module):

@@ -61,6 +61,9 @@ class HookedTransformerConfig:
     use_attn_in: bool = False
     use_hook_mlp_in: bool = False
     attn_scale: float | None = None
+    # "eager" writes attention out (HuggingFace's eager rounding, bit for bit); "sdpa" uses torch's
+    # fused kernel whenever no hook watches the scores or the pattern (faster, HF's "sdpa" rounding).
+    attn_implementation: Literal["eager", "sdpa"] = "eager"
     # Set by weight processing (lensutil.processing) so a saved state dict says how it was made.
     folded_ln: bool = False
     centered_writing_weights: bool = False

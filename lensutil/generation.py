@@ -114,11 +114,13 @@ def generate(
     cache = KVCache(model.cfg.n_layers) if use_past_kv_cache else None
     prompt_len, step_input = tokens.shape[1], tokens
     for _ in range(max_new_tokens):
+        # Run the blocks, then the final norm and unembedding for the last position only (as
+        # HuggingFace's generate does): the other positions' logits would be thrown away.
         if cache is not None:
-            logits = model(step_input, attention_mask=mask, past_kv_cache=cache)
+            residual = model(step_input, attention_mask=mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
         else:
-            logits = model(tokens, attention_mask=mask)
-        next_logits = logits[:, -1].float()
+            residual = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+        next_logits = model.unembed(model.ln_final(residual[:, -1:]))[:, -1].float()
         if greedy:
             nxt = next_logits.argmax(-1)
         else:

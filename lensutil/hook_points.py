@@ -54,7 +54,7 @@ class HookPoint(nn.Module):
 
     @property
     def has_hooks(self) -> bool:
-        """Whether any forward hook is attached: lets attention skip materialising the pattern."""
+        """Whether any forward hook is attached."""
         return bool(self._forward_hooks)
 
     def add_hook(

@@ -69,6 +69,7 @@ def from_pretrained(
     token: str | None = None,
     n_ctx: int | None = None,
     default_prepend_bos: bool | None = None,
+    attn_implementation: str = "eager",
     fold_ln: bool = True,
     center_writing_weights: bool = True,
     center_unembed: bool = True,
@@ -77,14 +78,16 @@ def from_pretrained(
     """Load a model by zoo name, local directory or hub name, convert it, and process its weights.
 
     Weights are converted and processed in float32 and only then cast to `dtype`, so processing adds
-    no half-precision rounding of its own.
+    no half-precision rounding of its own. attn_implementation="sdpa" uses torch's fused attention
+    whenever no hook reads the scores or pattern (faster; rounds like HuggingFace's "sdpa");
+    the default "eager" rounds like HuggingFace's eager attention, bit for bit.
     """
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if hf_model is None:
         hf_model, loaded_tokenizer = load_hf(name_or_path, revision=revision, token=token)
         tokenizer = tokenizer or loaded_tokenizer
     adapter = get_adapter(hf_model.config)
-    overrides = {"model_name": str(name_or_path), "tokenizer_name": resolve_source(name_or_path) if zoo.is_zoo_name(name_or_path) else str(name_or_path)}
+    overrides = {"attn_implementation": attn_implementation, "model_name": str(name_or_path), "tokenizer_name": resolve_source(name_or_path) if zoo.is_zoo_name(name_or_path) else str(name_or_path)}
     if n_ctx is not None:
         overrides["n_ctx"] = n_ctx
     if default_prepend_bos is not None:

@@ -136,13 +136,14 @@ class HookedTransformer(HookedRootModule):
             mask, past_mask = (mask[:, past_len:], mask[:, :past_len]) if mask is not None else (None, None)
         if mask is None and past_mask is None:
             positions = torch.arange(past_len, past_len + pos, device=device).expand(batch, pos)
-            return AttentionContext(positions, None, None, past_len), None
+            return AttentionContext.build(self.cfg, positions, None, None, past_len), None
         full = torch.cat([
             past_mask if past_mask is not None else torch.ones(batch, past_len, dtype=torch.bool, device=device),
             mask if mask is not None else torch.ones(batch, pos, dtype=torch.bool, device=device),
         ], dim=1)
         query_is_pad = ~full[:, past_len:]
-        ctx = AttentionContext(tok.positions_from_mask(full, past_len), full, query_is_pad if query_is_pad.any() else None, past_len)
+        positions = tok.positions_from_mask(full, past_len)
+        ctx = AttentionContext.build(self.cfg, positions, full, query_is_pad if query_is_pad.any() else None, past_len)
         return ctx, full
 
     # ---- one-line doors to the other modules ------------------------------------------------

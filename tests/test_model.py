@@ -135,3 +135,19 @@ def test_config_refuses_inconsistent_heads():
     with pytest.raises(ConfigError, match="multiple"):
         HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=2, n_heads=4, d_mlp=8, d_vocab=5,
                                 n_key_value_heads=3)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_sdpa_mode_agrees_with_eager_and_falls_back_when_the_pattern_is_hooked(name):
+    eager = lens(name)
+    fused = from_pretrained_no_processing(name, attn_implementation="sdpa")
+    texts = ["The Eiffel Tower is in the city of", "Hi"]
+    for side in ("left", "right"):
+        ref = eager(texts, padding_side=side)
+        out = fused(texts, padding_side=side)
+        mask = eager.generate_attention_mask(eager.to_tokens(texts, padding_side=side), padding_side=side).bool()
+        assert (out - ref)[mask].abs().max() <= 1e-5
+    seen = []
+    fused.run_with_hooks(texts[0], fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, hook: seen.append(x))])
+    assert seen and torch.allclose(seen[0].sum(-1), torch.tensor(1.0))
+    assert fused.generate(texts, max_new_tokens=6, do_sample=False) == eager.generate(texts, max_new_tokens=6, do_sample=False)
