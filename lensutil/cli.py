@@ -1,0 +1,103 @@
+"""`lensutil doctor`: is this machine, and this model, set up right?
+
+Prints the environment (never a token, only whether one is configured), loads a model, runs
+`validate_model_setup` and the HuggingFace comparisons, and prints ✓/✗ per check with the fix and
+the notebook that explains each ✗. Exits non-zero if any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+
+# How far from HuggingFace each dtype may be (max |Δ|). float32 with no processing computes the same
+# thing in the same order (the equivalence tests hold it to 1e-5); half precision rounds each
+# activation to 8 (bfloat16) or 11 (float16) bits of mantissa, and the bounds say so.
+LOGIT_BOUND = {"float32": 1e-5, "bfloat16": 5e-2, "float16": 5e-2}
+LOGPROB_BOUND = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 5e-2}
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def hf_token_configured() -> bool:
+    """Whether a HuggingFace token is set up: env vars or the hub's stored login. Never its value."""
+    if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
+        return True
+    try:
+        from huggingface_hub import get_token
+
+        return get_token() is not None
+    except Exception:  # noqa: BLE001 - an old or broken huggingface_hub just means "not configured"
+        return False
+
+
+def environment_report() -> list[str]:
+    import torch
+
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    return [
+        f"python        {platform.python_version()}",
+        f"torch         {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
+        f"transformers  {_version('transformers')}",
+        f"bitsandbytes  {_version('bitsandbytes')}",
+        f"lensutil      {_version('lensutil')}",
+        f"device        {device}",
+        f"HF token      {'configured' if hf_token_configured() else 'not configured'}",
+    ]
+
+
+def doctor(model_name: str, dtype: str) -> int:
+    from . import checks
+    from .loading import from_pretrained, from_pretrained_no_processing, load_hf
+
+    print("== environment")
+    print("\n".join(environment_report()))
+    print(f"\n== {model_name} ({dtype})")
+    start = time.perf_counter()
+    rows = []
+    try:
+        model = from_pretrained_no_processing(model_name, dtype=dtype)
+    except Exception as err:  # noqa: BLE001 - the doctor reports, it does not crash
+        print(f"✗ loading {model_name}: {type(err).__name__}: {err}")
+        print("    fix: use a zoo name (lensutil.zoo.ZOO_NAMES), a local save_pretrained() directory, or see notebooks/01_quickstart.ipynb")
+        return 1
+    rows += checks.validate_model_setup(model).rows
+    hf_model, _ = load_hf(model_name, dtype=model.cfg.dtype)
+    raw = checks.compare_with_hf(model, hf_model, on="logits")
+    rows.append(checks.bound_check(
+        "logits equal HuggingFace's (no processing)", raw.max, LOGIT_BOUND[dtype], "max |Δ logit|",
+        "Load with from_pretrained_no_processing and float32; run checks.locate_divergence(model, hf_model) to find the first component that differs."))
+    processed = from_pretrained(model_name, dtype=dtype)
+    full = checks.compare_with_hf(processed, hf_model, on="logprobs")
+    rows.append(checks.bound_check(
+        "log-probs equal HuggingFace's (all weight processing)", full.max, LOGPROB_BOUND[dtype], "max |Δ log-prob|",
+        "Weight processing should preserve log-probs; compare each option alone with checks.error_table(name) to find the one that does not."))
+    print("\n".join(str(r) for r in rows))
+    print(f"\n== error against HuggingFace ({dtype}, log-probs)")
+    print(checks.error_table(model_name, dtypes=(dtype,), options=("none", "all")))
+    failed = [r for r in rows if not r.passed]
+    print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed ({time.perf_counter() - start:.0f} s)")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lensutil", description="lensutil: a troubleshooting kit for hooked transformers")
+    sub = parser.add_subparsers(dest="command", required=True)
+    doc = sub.add_parser("doctor", help="check the environment and a model against HuggingFace")
+    doc.add_argument("--model", default="smollm2-135m", help="zoo name, local directory or hub name (default: smollm2-135m)")
+    doc.add_argument("--dtype", default="float32", choices=sorted(LOGIT_BOUND))
+    args = parser.parse_args(argv)
+    return doctor(args.model, args.dtype)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""lensutil.checks: the HuggingFace comparisons, the divergence finder and the setup checklist."""
+
+import pytest
+import torch
+
+from _models import ALL, hf, lens
+from lensutil import checks
+from lensutil.errors import LensError
+from lensutil.loading import from_pretrained, from_pretrained_no_processing
+
+OPTIONS = ["fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"]
+
+
+def _param(name):
+    return pytest.param(name, marks=pytest.mark.slow) if name == "smollm2-135m" else name
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in ALL])
+def test_no_processing_matches_huggingface_logits(name):
+    stats = checks.compare_with_hf(lens(name), hf(name), on="logits")
+    assert stats.max <= 1e-5, str(stats)
+
+
+@pytest.mark.parametrize("option", [*OPTIONS, "all"])
+@pytest.mark.parametrize("name", [_param(n) for n in ALL])
+def test_each_processing_option_preserves_log_probs(name, option):
+    chosen = {o: (option == "all" or o == option) for o in OPTIONS}
+    with pytest.warns(UserWarning) if (chosen["center_writing_weights"] and lens(name).cfg.normalization_type == "RMS") else _no_warning():
+        model = from_pretrained(name, **chosen)
+    stats = checks.compare_with_hf(model, hf(name), on="logprobs")
+    assert stats.max <= 1e-4, str(stats)
+
+
+class _no_warning:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_locate_divergence_names_the_corrupted_mlp_first(name):
+    model = from_pretrained_no_processing(name)
+    assert checks.locate_divergence(model, hf(name), input="The cat sat on the mat", atol=1e-4).first is None
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.blocks[1].mlp.W_out.add_(0.05 * torch.randn_like(model.blocks[1].mlp.W_out))
+    report = checks.locate_divergence(model, hf(name), input="The cat sat on the mat", atol=1e-4)
+    assert report.first is not None and "blocks.1" in str(report.first) and "mlp" in str(report.first).lower()
+    assert "blocks.1" in str(report)
+
+
+def test_locate_divergence_refuses_a_processed_model():
+    with pytest.raises(LensError, match="from_pretrained_no_processing"):
+        checks.locate_divergence(from_pretrained("tiny-gpt2"), hf("tiny-gpt2"), input="Hello")
+
+
+def test_validate_model_setup_passes_on_a_good_model():
+    report = checks.validate_model_setup(lens("tiny-qwen2"))
+    assert report.ok, str(report)
+
+
+def test_validate_model_setup_fails_with_a_fix_when_the_config_lies():
+    model = from_pretrained_no_processing("tiny-gpt2")
+    model.cfg.device = "meta"  # the config now lies about where the parameters are
+    report = checks.validate_model_setup(model)
+    assert not report.ok
+    failed = report.failed[0]
+    assert failed.fix and "✗" in str(report)
+
+
+def test_error_table_has_a_row_per_dtype_and_option():
+    table = checks.error_table("tiny-gpt2", dtypes=("float32", "bfloat16"), options=("none", "fold_ln", "all"))
+    assert len(table.rows) == 6
+    assert {"max", "mean", "median", "std"} <= set(table.rows[0])
+    assert table.get("float32", "none")["max"] <= 1e-5
+    # Each cell is measured against HuggingFace in the same dtype, so half precision can agree exactly.
+    assert all(0 <= row["max"] < 1 for row in table.rows)
+    assert "bfloat16" in str(table)
