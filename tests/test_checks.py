@@ -8,8 +8,6 @@ from lensutil import checks
 from lensutil.errors import LensError
 from lensutil.loading import from_pretrained, from_pretrained_no_processing
 
-OPTIONS = ["fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"]
-
 
 def _param(name):
     return pytest.param(name, marks=pytest.mark.slow) if name == "smollm2-135m" else name
@@ -21,22 +19,12 @@ def test_no_processing_matches_huggingface_logits(name):
     assert stats.max <= 1e-5, str(stats)
 
 
-@pytest.mark.parametrize("option", [*OPTIONS, "all"])
-@pytest.mark.parametrize("name", [_param(n) for n in ALL])
-def test_each_processing_option_preserves_log_probs(name, option):
-    chosen = {o: (option == "all" or o == option) for o in OPTIONS}
-    with pytest.warns(UserWarning) if (chosen["center_writing_weights"] and lens(name).cfg.normalization_type == "RMS") else _no_warning():
-        model = from_pretrained(name, **chosen)
-    stats = checks.compare_with_hf(model, hf(name), on="logprobs")
-    assert stats.max <= 1e-4, str(stats)
-
-
-class _no_warning:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-qwen2"])
+def test_all_processing_preserves_log_probs_but_not_logits(name):
+    # Each option alone is covered by test_processing.py; here, the checks' own API on the default load.
+    model = from_pretrained(name)
+    assert checks.compare_with_hf(model, hf(name), on="logprobs").max <= 1e-4
+    assert checks.compare_with_hf(model, hf(name), on="logits").max > 1e-4  # centre_unembed shifts logits
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
