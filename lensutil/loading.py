@@ -16,7 +16,10 @@ from .adapters import get_adapter
 from .errors import LensError, ModelAccessError, WeightLoadError
 from .model import HookedTransformer
 
-PROCESSING_OPTIONS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+# On by default, as in TransformerLens. center_writing_weights=None: "where valid" (LayerNorm
+# models); on RMSNorm models it is skipped quietly, and recorded in the ProcessingReport.
+DEFAULT_PROCESSING = {"fold_ln": True, "center_writing_weights": None, "center_unembed": True, "fold_value_biases": True}
+PROCESSING_OPTIONS = tuple(DEFAULT_PROCESSING)
 
 
 def resolve_source(name_or_path: str) -> str:
@@ -71,7 +74,7 @@ def from_pretrained(
     default_prepend_bos: bool | None = None,
     attn_implementation: str = "eager",
     fold_ln: bool = True,
-    center_writing_weights: bool = True,
+    center_writing_weights: bool | None = None,
     center_unembed: bool = True,
     fold_value_biases: bool = True,
 ) -> HookedTransformer:
@@ -98,7 +101,7 @@ def from_pretrained(
     _load_strict(model, state_dict)
     options = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                    center_unembed=center_unembed, fold_value_biases=fold_value_biases)
-    if any(options.values()):
+    if any(v is not False for v in options.values()):
         from .processing import process_weights_
 
         process_weights_(model, **options)
@@ -153,8 +156,8 @@ def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **op
     state_dict = {k: torch.as_tensor(v).float() for k, v in state_dict.items()}
     _prepare_norms_for(model, state_dict)
     _load_strict(model, state_dict)
-    settings = {o: options.get(o, True) for o in PROCESSING_OPTIONS}
-    if any(settings.values()):
+    settings = {o: options.get(o, default) for o, default in DEFAULT_PROCESSING.items()}
+    if any(v is not False for v in settings.values()):
         from .processing import process_weights_
 
         return process_weights_(model, **settings)

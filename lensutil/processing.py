@@ -223,7 +223,7 @@ def process_weights_(
     model,
     *,
     fold_ln: bool = True,
-    center_writing_weights: bool = True,
+    center_writing_weights: bool | None = True,
     center_unembed: bool = True,
     fold_value_biases: bool = True,
 ) -> ProcessingReport:
@@ -233,7 +233,9 @@ def process_weights_(
     folded_ln, centered_writing_weights, centered_unembed, folded_value_biases. Options that cannot
     be applied without changing the function (center_writing_weights on RMSNorm models; fold_ln on a
     LayerNorm model with a gated MLP and a non-zero ln2 bias) are skipped, listed in the returned
-    report with the reason, and announced by one warning.
+    report with the reason, and announced by one warning when the option was asked for explicitly
+    (True). center_writing_weights=None means "where valid": from_pretrained's default, so loading a
+    Llama-family model does not warn about an option nobody asked for; the report still lists it.
 
     Safe to call twice: fold_ln on a model whose norms have no weights does nothing (reported); the
     other three are projections (centring a centred tensor, zeroing a zero b_V), so re-applying them
@@ -259,7 +261,7 @@ def process_weights_(
             else:
                 new_kind = _FOLDED_KIND[cfg.normalization_type]
                 report.applied.append("fold_ln")
-    if wanted["center_writing_weights"]:
+    if wanted["center_writing_weights"] is not False:  # None: where valid
         if cfg.normalization_type in ("LN", "LNPre"):
             sd = _center_writing_weights(sd, cfg)
             report.applied.append("center_writing_weights")
@@ -282,7 +284,7 @@ def process_weights_(
     for option in report.applied:
         setattr(cfg, _CFG_FLAG[option], True)
 
-    not_applicable = {k: v for k, v in report.skipped.items() if not v.endswith(_NOTHING_TO_DO)}
+    not_applicable = {k: v for k, v in report.skipped.items() if not v.endswith(_NOTHING_TO_DO) and wanted[k] is True}
     if not_applicable:
         warnings.warn(
             "process_weights_ did not apply " + "; ".join(f"{k} ({v})" for k, v in not_applicable.items())

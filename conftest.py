@@ -1,7 +1,7 @@
 """Shared pytest set-up.
 
 Notebook part: `make test` runs `pytest tests notebooks --nbval ...` in one process. nbval's hooks
-must reach the notebooks in notebooks/, which a conftest in tests/ does not cover, so we register
+must reach the notebooks in notebooks/ (also when a notebook is run on its own), so we register
 them as a plugin object (global, not limited to this directory) when pytest starts.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
 
 # Outputs nbval should not compare: rich HTML/JS (circuitsvis embeds a random element id and a
 # 1.3 MB script), widget state, and stderr (warnings, progress bars).
