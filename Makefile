@@ -9,7 +9,7 @@ HASH := $(shell python3 -c 'import hashlib; print(hashlib.sha256(open("pyproject
 STAMP := $(VENV)/.installed-$(HASH)
 
 # One pytest run: unit tests, every notebook under nbval, the papermill runs and the book build.
-PYTEST_ARGS := tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
+PYTEST_ARGS := tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --durations=10
 
 .PHONY: help install doctor test test-fast book clean-book
 
