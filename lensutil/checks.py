@@ -13,6 +13,8 @@ log-probs (softmax is shift-invariant), and a user only ever sees the distributi
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -142,30 +144,44 @@ def _option_kwargs(option: str) -> dict[str, bool]:
 
 @dataclass
 class ErrorTable:
-    """One row per dtype x option: |Δ| statistics against HuggingFace in that same dtype."""
+    """One row per dtype x option: |Δ| statistics against HuggingFace (reference: see `reference`)."""
 
     model_name: str
     on: str
     rows: list[dict] = field(default_factory=list)
+    reference: str = "same_dtype"  # or "float32": HuggingFace in float32 whatever the row's dtype
 
     _COLUMNS = ("dtype", "option", "max", "mean", "median", "std")
 
+    def add(self, dtype, option: str, stats: ErrorStats, not_applied: str = "") -> None:
+        """Append a row; `not_applied` names options processing skipped (they do not apply to this model)."""
+        self.rows.append({"dtype": _dtype_name(dtype), "option": option, "max": stats.max, "mean": stats.mean,
+                          "median": stats.median, "std": stats.std, "n": stats.n, "not_applied": not_applied})
+
+    def _columns(self) -> tuple[str, ...]:
+        return self._COLUMNS + (("not applied",) if any(r.get("not_applied") for r in self.rows) else ())
+
     def _cells(self) -> list[list[str]]:
-        return [[r["dtype"], r["option"], *(f"{r[c]:.2e}" for c in ("max", "mean", "median", "std"))] for r in self.rows]
+        extra = len(self._columns()) > len(self._COLUMNS)
+        return [[r["dtype"], r["option"], *(f"{r[c]:.2e}" for c in ("max", "mean", "median", "std")),
+                 *([r.get("not_applied") or "-"] if extra else [])] for r in self.rows]
 
     def __str__(self) -> str:
-        cells = [list(self._COLUMNS), *self._cells()]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self._COLUMNS))]
-        lines = [f"{self.model_name}: |Δ {self.on}| against HuggingFace in the same dtype"]
+        columns = self._columns()
+        cells = [list(columns), *self._cells()]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+        against = "in the same dtype" if self.reference == "same_dtype" else "in float32"
+        lines = [f"{self.model_name}: |Δ {self.on}| against HuggingFace {against}"]
         for j, row in enumerate(cells):
-            lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+            lines.append("  ".join(c.rjust(w) if 2 <= i < 6 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
             if j == 0:
                 lines.append("  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
-        head = "| " + " | ".join(self._COLUMNS) + " |"
-        rule = "|" + "|".join(["---"] * 2 + ["---:"] * 4) + "|"
+        columns = self._columns()
+        head = "| " + " | ".join(columns) + " |"
+        rule = "|" + "|".join(["---"] * 2 + ["---:"] * 4 + ["---"] * (len(columns) - 6)) + "|"
         return "\n".join([head, rule, *("| " + " | ".join(r) + " |" for r in self._cells())])
 
     def get(self, dtype: str, option: str) -> dict:
@@ -208,32 +224,51 @@ def error_table(
     prompts: str | list[str] | tuple[str, ...] = DEFAULT_PROMPTS,
     on: Quantity = "logprobs",
     device: str | None = None,
+    reference: Literal["same_dtype", "float32"] = "same_dtype",
 ) -> ErrorTable:
     """Measure |Δ| against HuggingFace for each dtype x processing option.
 
     "none" = no processing, "all" = every option, an option's name = only that one. Each lensutil
     model is converted and processed from the float32 weights and then cast (as from_pretrained
-    does); its reference is the HuggingFace model loaded in the same dtype, on the same device.
+    does). Its reference is the HuggingFace model in the same dtype ("same_dtype": does lensutil
+    agree with HuggingFace?) or in float32 ("float32": how far is this dtype/option from the
+    float32 answer?), on the same device.
     """
-    from .loading import from_pretrained, load_hf
+    if reference not in ("same_dtype", "float32"):
+        raise LensError(f"reference must be 'same_dtype' or 'float32', got {reference!r}.")
+    from .loading import from_pretrained_no_processing, load_hf
 
     for option in options:
         _option_kwargs(option)  # fail on a typo before loading anything
+    if reference not in ("same_dtype", "float32"):
+        raise LensError(f"reference must be 'same_dtype' or 'float32', got {reference!r}.")
+    dtypes = [_dtype(d) for d in dtypes]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     hf32, tokenizer = load_hf(model_name, dtype=torch.float32)
-    table = ErrorTable(model_name, on)
-    for dtype in map(_dtype, dtypes):
-        reference = hf32 if dtype == torch.float32 else load_hf(model_name, dtype=dtype)[0]
-        reference.to(device)
-        for option in options:
-            model = from_pretrained(model_name, hf_model=hf32, tokenizer=tokenizer, dtype=dtype, device=device,
-                                    **_option_kwargs(option))
-            stats = compare_with_hf(model, reference, prompts, on)
-            table.rows.append({"dtype": _dtype_name(dtype), "option": option, "max": stats.max, "mean": stats.mean,
-                               "median": stats.median, "std": stats.std, "n": stats.n})
+    hf32.to(device)
+    refs = {d: hf32 if reference == "float32" or d == torch.float32 else load_hf(model_name, dtype=d)[0].to(device)
+            for d in dtypes}
+    # Convert once; process each option once in float32; then cast to each dtype. This is exactly
+    # what from_pretrained(..., dtype=d, **option) does, without repeating the shared steps.
+    base = from_pretrained_no_processing(model_name, hf_model=hf32, tokenizer=tokenizer, device=device)
+    table = ErrorTable(model_name, on, reference=reference)
+    results: dict[tuple, tuple[ErrorStats, str]] = {}
+    for option in options:
+        processed = copy.deepcopy(base, memo={id(tokenizer): tokenizer})
+        skipped = ""
+        if option != "none":
+            with warnings.catch_warnings():  # the skip is recorded in the table instead
+                warnings.simplefilter("ignore")
+                report = processed.process_weights_(**_option_kwargs(option))
+            skipped = ", ".join(k for k, why in report.skipped.items() if "nothing to fold" not in why)
+        for dtype in dtypes:
+            model = processed if dtype == torch.float32 else copy.deepcopy(processed, memo={id(tokenizer): tokenizer}).to(dtype)
+            results[dtype, option] = (compare_with_hf(model, refs[dtype], prompts, on), skipped)
             del model
-        if reference is not hf32:
-            del reference
+    for dtype in dtypes:
+        for option in options:
+            stats, skipped = results[dtype, option]
+            table.add(dtype, option, stats, skipped)
     return table
 
 

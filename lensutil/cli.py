@@ -14,12 +14,16 @@ import platform
 import sys
 import time
 
-# How far from HuggingFace each dtype may be (max |Δ|). float32 with no processing computes the same
-# thing in the same order (the equivalence tests hold it to 1e-5); half precision rounds each
-# activation to 8 (bfloat16) or 11 (float16) bits of mantissa, and the bounds say so.
-LOGIT_BOUND = {"float32": 1e-5, "bfloat16": 5e-2, "float16": 5e-2}
-LOGPROB_BOUND = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 5e-2}
-
+# How far from HuggingFace each dtype may be. float32 with no processing computes the same thing in
+# the same order: 1e-5 on logits (measured: 0 on smollm2-135m, <= 2.3e-6 on the tiny models). Half
+# precision is judged against HuggingFace in that same dtype: a few units in the last place of a
+# logit of ~40 (bfloat16/float16 steps there are 0.25/0.03; measured on smollm2-135m: 0 and 0.11).
+LOGIT_BOUND = {"float32": 1e-5, "bfloat16": 0.25, "float16": 0.25}
+# Weight processing must keep log-probs: within 1e-4 of HuggingFace in float32 (measured 5.3e-5).
+# In half precision processing re-rounds the weights, so it is judged against the float32 answer:
+# it may cost at most 1.5x what the dtype costs without processing (measured, bfloat16: 1.08x).
+LOGPROB_BOUND = {"float32": 1e-4}
+HALF_PROCESSING_RATIO = 1.5
 
 def _version(package: str) -> str:
     try:
@@ -56,6 +60,8 @@ def environment_report() -> list[str]:
 
 
 def doctor(model_name: str, dtype: str) -> int:
+    import torch
+
     from . import checks
     from .loading import from_pretrained, from_pretrained_no_processing, load_hf
 
@@ -63,27 +69,38 @@ def doctor(model_name: str, dtype: str) -> int:
     print("\n".join(environment_report()))
     print(f"\n== {model_name} ({dtype})")
     start = time.perf_counter()
-    rows = []
-    try:
-        model = from_pretrained_no_processing(model_name, dtype=dtype)
+    try:  # HuggingFace in float32 is both the conversion source and the float32 reference
+        hf32, tokenizer = load_hf(model_name, dtype=torch.float32)
+        model = from_pretrained_no_processing(model_name, hf_model=hf32, tokenizer=tokenizer, dtype=dtype)
     except Exception as err:  # noqa: BLE001 - the doctor reports, it does not crash
         print(f"✗ loading {model_name}: {type(err).__name__}: {err}")
         print("    fix: use a zoo name (lensutil.zoo.ZOO_NAMES), a local save_pretrained() directory, or see notebooks/01_quickstart.ipynb")
         return 1
-    rows += checks.validate_model_setup(model).rows
-    hf_model, _ = load_hf(model_name, dtype=model.cfg.dtype)
-    raw = checks.compare_with_hf(model, hf_model, on="logits")
+    hf32.to(model.cfg.device)
+    reference = hf32 if dtype == "float32" else load_hf(model_name, dtype=model.cfg.dtype)[0].to(model.cfg.device)
+    rows = checks.validate_model_setup(model).rows
+    raw = checks.compare_with_hf(model, reference, on="logits")
     rows.append(checks.bound_check(
-        "logits equal HuggingFace's (no processing)", raw.max, LOGIT_BOUND[dtype], "max |Δ logit|",
+        f"logits equal HuggingFace's in {dtype} (no processing)", raw.max, LOGIT_BOUND[dtype], "max |Δ logit|",
         "Load with from_pretrained_no_processing and float32; run checks.locate_divergence(model, hf_model) to find the first component that differs."))
-    processed = from_pretrained(model_name, dtype=dtype)
-    full = checks.compare_with_hf(processed, hf_model, on="logprobs")
-    rows.append(checks.bound_check(
-        "log-probs equal HuggingFace's (all weight processing)", full.max, LOGPROB_BOUND[dtype], "max |Δ log-prob|",
-        "Weight processing should preserve log-probs; compare each option alone with checks.error_table(name) to find the one that does not."))
+    processed = from_pretrained(model_name, hf_model=hf32, tokenizer=tokenizer, dtype=dtype)
+    table = checks.ErrorTable(model_name, "logprobs")
+    table.add(dtype, "none", checks.compare_with_hf(model, reference))
+    table.add(dtype, "all", checks.compare_with_hf(processed, reference))
+    fix = ("Weight processing should preserve log-probs; compare each option alone with checks.error_table(name) to find "
+           "the one that does not, or load with from_pretrained_no_processing.")
+    if dtype == "float32":
+        rows.append(checks.bound_check("log-probs equal HuggingFace's (all weight processing)", table.rows[1]["max"],
+                                       LOGPROB_BOUND[dtype], "max |Δ log-prob|", fix))
+    else:  # in half precision both models round; ask whether processing makes the rounding worse
+        cost = {o: checks.compare_with_hf(m, hf32).max for o, m in (("none", model), ("all", processed))}
+        ratio = cost["all"] / max(cost["none"], 1e-12)
+        rows.append(checks.bound_check(
+            f"weight processing costs little in {dtype} (vs float32: all {cost['all']:.2g}, none {cost['none']:.2g})",
+            ratio, HALF_PROCESSING_RATIO, "ratio", fix + " In half precision prefer float32 for exact comparisons."))
     print("\n".join(str(r) for r in rows))
     print(f"\n== error against HuggingFace ({dtype}, log-probs)")
-    print(checks.error_table(model_name, dtypes=(dtype,), options=("none", "all")))
+    print(table)
     failed = [r for r in rows if not r.passed]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed ({time.perf_counter() - start:.0f} s)")
     return 1 if failed else 0
@@ -94,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     doc = sub.add_parser("doctor", help="check the environment and a model against HuggingFace")
     doc.add_argument("--model", default="smollm2-135m", help="zoo name, local directory or hub name (default: smollm2-135m)")
-    doc.add_argument("--dtype", default="float32", choices=sorted(LOGIT_BOUND))
+    doc.add_argument("--dtype", default="float32", choices=sorted(LOGIT_BOUND), help="dtype to check (default: float32)")
     args = parser.parse_args(argv)
     return doctor(args.model, args.dtype)
 
