@@ -129,11 +129,12 @@ class HookedTransformer(HookedRootModule):
                 "Shorten the input, or for rotary models load with from_pretrained(..., n_ctx=...) up to the model's trained context."
             )
         device = self.cfg.device
-        mask = None if attention_mask is None else tok.check_attention_mask(attention_mask.to(device), batch, pos, past_len)
+        mask = None
+        if attention_mask is not None:  # None back when nothing is masked
+            mask = tok.check_attention_mask(torch.as_tensor(attention_mask, device=device), batch, pos, past_len)
         past_mask = past_kv_cache.mask if past_kv_cache is not None else None
         if mask is not None and mask.shape[1] == past_len + pos:  # a mask over past and new tokens
-            mask = None if mask.all() else mask
-            mask, past_mask = (mask[:, past_len:], mask[:, :past_len]) if mask is not None else (None, None)
+            mask, past_mask = mask[:, past_len:], mask[:, :past_len]
         if mask is None and past_mask is None:
             positions = torch.arange(past_len, past_len + pos, device=device).expand(batch, pos)
             return AttentionContext.build(self.cfg, positions, None, None, past_len), None

@@ -185,3 +185,10 @@ def test_generate_attention_mask_recovers_the_tokenizer_mask(side):
     model = lens("tiny-llama")
     tokens, mask = tokenize(model, PROMPTS, padding_side=side)
     assert torch.equal(model.generate_attention_mask(tokens, padding_side=side), mask)
+
+
+def test_mask_given_as_nested_lists_works_like_a_tensor():
+    model = lens("tiny-gpt2")
+    tokens, mask = tokenize(model, PROMPTS[:2], padding_side="right")
+    with torch.no_grad():
+        assert torch.equal(model(tokens, attention_mask=mask.tolist()), model(tokens, attention_mask=mask))
