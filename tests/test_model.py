@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from _models import lens
-from lensutil import HookedTransformer
 from lensutil.config import HookedTransformerConfig
 from lensutil.errors import (ConfigError, HookFlagError, HookNameError, InputError, UnsupportedArchitectureError,
                              WeightLoadError)
