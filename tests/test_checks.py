@@ -66,3 +66,18 @@ def test_error_table_has_a_row_per_dtype_and_option():
     # Each cell is measured against HuggingFace in the same dtype, so half precision can agree exactly.
     assert all(0 <= row["max"] < 1 for row in table.rows)
     assert "bfloat16" in str(table)
+
+
+def test_validate_model_setup_catches_padding_that_is_not_masked(monkeypatch):
+    model = from_pretrained_no_processing("tiny-llama")
+    monkeypatch.setattr("lensutil.tokens.check_attention_mask", lambda mask, *args, **kwargs: None)  # masks ignored
+    report = checks.validate_model_setup(model)
+    row = next(r for r in report.rows if r.name == "padding keys get zero attention")
+    assert not row.passed and "attention_mask" in row.fix and row.notebook == "04_attention_masks_and_padding"
+    assert "notebooks/04_attention_masks_and_padding.ipynb" in str(report)
+
+
+def test_error_table_reference_float32_measures_accuracy_not_agreement():
+    table = checks.error_table("tiny-gpt2", dtypes=("bfloat16",), options=("none",), reference="float32")
+    assert table.get("bfloat16", "none")["max"] > 0  # bfloat16 rounds; against float32 that shows
+    assert "in float32" in str(table) and table.to_markdown().startswith("| dtype | option |")
