@@ -122,8 +122,8 @@ class ActivationCache:
                 "to the names_filter list) or pass names_filter=None to cache every hook."
             )
         return (
-            f"{name!r} exists but did not fire in this run (e.g. hook_rot_q/hook_rot_k fire only in rotary "
-            "models, hook_pos_embed only with learned positional embeddings)."
+            f"{name!r} exists but did not fire in this run (a run that stopped early, e.g. stop_at_layer, "
+            "or started late, e.g. start_at_layer, skips the hooks outside it)."
         )
 
     # ---- moving and reshaping -----------------------------------------------------------------

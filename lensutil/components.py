@@ -182,8 +182,9 @@ class Attention(nn.Module):
         self.hook_q = HookPoint("batch pos head_index d_head")
         self.hook_k = HookPoint("batch pos kv_head_index d_head")
         self.hook_v = HookPoint("batch pos kv_head_index d_head")
-        self.hook_rot_q = HookPoint("batch pos head_index d_head")  # rotary models only
-        self.hook_rot_k = HookPoint("batch pos kv_head_index d_head")  # rotary models only
+        if cfg.positional_embedding_type == "rotary":  # elsewhere they would be names that never fire
+            self.hook_rot_q = HookPoint("batch pos head_index d_head")
+            self.hook_rot_k = HookPoint("batch pos kv_head_index d_head")
         self.hook_attn_scores = HookPoint("batch head_index pos key_pos")  # -inf where masked
         self.hook_pattern = HookPoint("batch head_index pos key_pos")  # exactly 0 where masked
         self.hook_z = HookPoint("batch pos head_index d_head")

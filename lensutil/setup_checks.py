@@ -67,10 +67,7 @@ STANDARD_CACHE_KEYS = (
 
 
 def _hooks_expected_to_fire(model: "HookedTransformer") -> list[str]:
-    names = [n for n in model.hook_dict if model.hook_flag(n) is None]
-    if model.cfg.positional_embedding_type != "rotary":  # rotary hooks exist on every model, fire on rotary ones
-        names = [n for n in names if not n.endswith(("attn.hook_rot_q", "attn.hook_rot_k"))]
-    return names
+    return [n for n in model.hook_dict if model.hook_flag(n) is None]
 
 
 def _run(name: str, fix: str, notebook: str, fn) -> Check:

@@ -107,8 +107,10 @@ def test_flag_gated_name_names_the_flag(gpt2):
 
 
 def test_hook_that_did_not_fire_says_so(gpt2):
-    _, cache = gpt2.run_with_cache(tokens())  # learned positions: no rotary hooks fire
+    _, cache = gpt2.run_with_cache(tokens(), stop_at_layer=1)  # blocks after 0 never run
     with pytest.raises(CacheKeyError, match="did not fire"):
+        cache["blocks.1.hook_resid_pre"]
+    with pytest.raises(CacheKeyError):  # learned positions: GPT-2 has no rotary hooks at all
         cache["rot_q", 0]
 
 

@@ -150,3 +150,9 @@ def test_sdpa_mode_agrees_with_eager_and_falls_back_when_the_pattern_is_hooked(n
     fused.run_with_hooks(texts[0], fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, hook: seen.append(x))])
     assert seen and torch.allclose(seen[0].sum(-1), torch.tensor(1.0))
     assert fused.generate(texts, max_new_tokens=6, do_sample=False) == eager.generate(texts, max_new_tokens=6, do_sample=False)
+
+
+def test_rotary_hooks_exist_only_where_they_fire():
+    assert "blocks.0.attn.hook_rot_q" in lens("tiny-llama").hook_dict
+    with pytest.raises(HookNameError):  # on GPT-2 it would be a hook that silently never fires
+        lens("tiny-gpt2").run_with_hooks(TEXT, fwd_hooks=[("blocks.0.attn.hook_rot_q", lambda x, hook: None)])
