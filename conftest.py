@@ -1,8 +1,12 @@
 """Shared pytest set-up.
 
-Notebook part: `make test` runs `pytest tests notebooks --nbval ...` in one process. nbval's hooks
-must reach the notebooks in notebooks/ (also when a notebook is run on its own), so we register
-them as a plugin object (global, not limited to this directory) when pytest starts.
+Notebook part: `make test` runs `pytest tests notebooks --nbval` in one process, and a user may
+type `pytest --nbval notebooks/` (or name one notebook). Both must compare outputs the same way, so
+the rules live here, not in Makefile flags: the sanitiser (notebooks/sanitize.cfg, unless
+--nbval-sanitize-with names another), the kernel of this Python (unless --nbval-kernel-name names
+one), the output types nbval does not compare, and the skips for notebooks whose needs this machine
+lacks. nbval's hooks must reach the notebooks wherever they are collected from, so they are
+registered as a plugin object (global, not limited to this directory) when pytest starts.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
+SANITIZE_FILE = NOTEBOOK_DIR / "sanitize.cfg"
 
 # Outputs nbval should not compare: rich HTML/JS (circuitsvis embeds a random element id and a
 # 1.3 MB script), widget state, and stderr (warnings, progress bars).
@@ -48,5 +53,11 @@ class _NbvalSetup:
 
 
 def pytest_configure(config):
+    option = config.option
+    if getattr(option, "nbval", False) or getattr(option, "nbval_lax", False):
+        if getattr(option, "nbval_sanitize_with", None) is None and not getattr(option, "sanitize_with", None):
+            option.nbval_sanitize_with = str(SANITIZE_FILE)
+        if not getattr(option, "nbval_kernel_name", None) and not getattr(option, "current_env", False):
+            option.nbval_current_env = True  # the kernel of the Python running pytest (the project's venv)
     if not config.pluginmanager.has_plugin("lensutil-nbval"):
         config.pluginmanager.register(_NbvalSetup(), "lensutil-nbval")

@@ -14,6 +14,7 @@ A missing name raises CacheKeyError saying why it is missing and how to get it.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
 from typing import Any
 
@@ -28,12 +29,22 @@ _LAYER_NORMS = {"LN", "LNPre"}  # centre, then divide by the scale
 _RMS_NORMS = {"RMS", "RMSPre"}  # divide by the scale only
 
 
+def _version(t: Tensor) -> int | None:
+    """The tensor's in-place version counter; None for inference-mode tensors, which keep none."""
+    return None if t.is_inference() else t._version
+
+
 class ActivationCache:
     """A dict of hook name -> detached activation, tied to the model that produced it.
 
     `names_filter_description` and `selected_names` record how run_with_cache chose what to cache,
     so that a missing key can say whether it was filtered out or simply never fired. `edited` holds
-    the names assigned with `cache[name] = ...` (patching reads it).
+    the names changed since the cache was made, by `cache[name] = ...` or in place
+    (`cache[name].zero_()`, `cache[name][:, 3] = 0`); run_with_cache_from_cache patches those in.
+
+    Assigning (`cache[name] = tensor`) is lensutil's own: TransformerLens' ActivationCache has no
+    __setitem__ (`TypeError: 'ActivationCache' object does not support item assignment`); there
+    one edits `cache.cache_dict[name]` or the tensor itself.
     """
 
     def __init__(
@@ -49,7 +60,45 @@ class ActivationCache:
         self.has_batch_dim = has_batch_dim
         self.names_filter_description = names_filter_description
         self.selected_names = selected_names
-        self.edited: set[str] = set()
+        self._assigned: set[str] = set()
+        self._record_versions()
+
+    # ---- edits --------------------------------------------------------------------------------
+
+    def _record_versions(self) -> None:
+        # torch bumps a tensor's _version on every in-place change (zero_(), t[:] = 0, t[0].mul_(2)...),
+        # so comparing it later finds edits made to the tensors themselves. The weak reference makes
+        # sure it is the same tensor being compared, without keeping a replaced one alive.
+        self._versions = {name: (weakref.ref(t), _version(t)) for name, t in self.cache_dict.items()}
+
+    @property
+    def edited(self) -> set[str]:
+        """Names assigned with `cache[name] = ...` or whose tensor was changed in place since the cache was made.
+
+        Tensors that two hooks share (a block's hook_resid_post is the next block's hook_resid_pre)
+        change together, so an in-place edit of one marks both. Tensors made under
+        torch.inference_mode() keep no version counter: in-place edits to those cannot be seen.
+        """
+        changed = {
+            name for name, (ref, version) in self._versions.items()
+            if version is not None and (t := self.cache_dict.get(name)) is not None and ref() is t and _version(t) != version
+        }
+        return self._assigned | changed
+
+    def __getstate__(self) -> dict:  # copy.deepcopy and pickle: weak references do not travel
+        state = {k: v for k, v in self.__dict__.items() if k != "_versions"}
+        state["_assigned"] = self.edited
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._record_versions()  # of the copy's own tensors
+
+    def _replace_tensors(self, new: dict[str, Tensor]) -> None:
+        """Swap in moved or reshaped tensors, keeping the record of what was edited before."""
+        self._assigned = self.edited
+        self.cache_dict = new
+        self._record_versions()
 
     # ---- mapping ------------------------------------------------------------------------------
 
@@ -74,9 +123,10 @@ class ActivationCache:
         return self.cache_dict[name]
 
     def __setitem__(self, key: str | tuple, value: Tensor) -> None:
+        """Replace an activation (lensutil's own; TransformerLens' cache cannot be assigned to)."""
         name = self._resolve(key)
         self.cache_dict[name] = value
-        self.edited.add(name)
+        self._assigned.add(name)
 
     def __contains__(self, key: object) -> bool:
         try:
@@ -112,7 +162,7 @@ class ActivationCache:
         if name not in hook_dict:
             matches = close_matches(name, hook_dict or self.cache_dict)
             hint = f" Did you mean: {', '.join(repr(m) for m in matches)}?" if matches else ""
-            return f"No hook named {name!r} in this model.{hint} See model.list_hooks() or model.print_hook_list()."
+            return f"No hook named {name!r} in this model.{hint} See model.find_hooks() or model.print_hook_list()."
         flag = self.model.hook_flag(name) if hasattr(self.model, "hook_flag") else None
         if flag is not None:
             return f"{name!r} did not fire: it needs {flag}=True. Call model.set_{flag}(True) and run again."
@@ -130,7 +180,7 @@ class ActivationCache:
 
     def to(self, device: str | torch.device, move_model: bool = False) -> "ActivationCache":
         """Move every cached tensor (and, if asked, the model) to `device`; returns self."""
-        self.cache_dict = {k: v.to(device) for k, v in self.cache_dict.items()}
+        self._replace_tensors({k: v.to(device) for k, v in self.cache_dict.items()})
         if move_model:
             self.model.to(device)
         return self
@@ -144,7 +194,7 @@ class ActivationCache:
         if wide:
             name, shape = next(iter(wide.items()))
             raise LensError(f"remove_batch_dim needs batch size 1, but {name!r} has shape {shape}.")
-        self.cache_dict = {k: v[0] for k, v in self.cache_dict.items()}
+        self._replace_tensors({k: v[0] for k, v in self.cache_dict.items()})
         self.has_batch_dim = False
         return self
 
@@ -170,6 +220,9 @@ class ActivationCache:
 
         layer=k gives resid_pre of layers 0..k (k == n_layers means the final resid_post);
         incl_mid adds resid_mid between them; mlp_input adds resid_mid of layer k (what its MLP reads).
+        apply_ln: up to the unembed (the default), ln_final applied to each snapshot by itself
+        (apply_ln_to_stack(recompute_ln=True): its weight too, so `stack @ W_U` is the logit lens);
+        up to a block, that block's ln1 (ln2 with mlp_input) with its cached scale.
         """
         layer = self._last_layer(layer)
         parts, labels = [], []
@@ -185,7 +238,10 @@ class ActivationCache:
                 labels.append(f"{l}_mid")
         stack = torch.stack([slice_along(p, pos_slice, -2) for p in parts])
         if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+            # As TransformerLens 2.18: up to the unembed, each snapshot gets ln_final with its own
+            # statistics (the logit lens); before a block, that block's cached norm scale.
+            recompute = layer == self._n_layers
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice, recompute_ln=recompute)
         return (stack, labels) if return_labels else stack
 
     def decompose_resid(
@@ -279,13 +335,21 @@ class ActivationCache:
         pos_slice: PosSlice = None,
         batch_slice: PosSlice = None,
         has_batch_dim: bool = True,
+        recompute_ln: bool = False,
     ) -> Float[Tensor, "num_components *batch_and_pos_dims d_model"]:
-        """Apply the norm before `layer` (default: ln_final) to each component, using the cached scale.
+        """Apply the norm before `layer` (default: ln_final) to each component.
 
-        A norm is linear in its input once its scale is fixed, so each component's share of the
-        normalised residual is (component - its mean for LayerNorm) / scale. The weight and bias
-        are not applied (TransformerLens semantics: fold them into the next weights instead).
-        `pos_slice` must be the one the stack was built with; it is applied to the scale only.
+        By default with the cached scale: a norm is linear in its input once its scale is fixed, so
+        each component's share of the normalised residual is (component - its mean for LayerNorm)
+        / scale. The weight and bias are not applied (TransformerLens semantics: fold them into the
+        next weights instead). `pos_slice` must be the one the stack was built with; it is applied
+        to the scale only.
+
+        recompute_ln=True (TransformerLens 2.18; the final norm only) runs model.ln_final on each
+        component by itself: its own mean and scale, and ln_final's weight and bias too (a model
+        processed with fold_ln has none left). That reads each component as a whole residual
+        stream, as the logit lens does with accumulated_resid; it is not additive over components,
+        so decompositions keep the cached scale. Hooks on ln_final fire, as in TransformerLens.
         """
         norm = getattr(self.model.cfg, "normalization_type", None)
         if norm not in _LAYER_NORMS | _RMS_NORMS:
@@ -293,6 +357,14 @@ class ActivationCache:
         layer = self._last_layer(layer)
         if has_batch_dim:
             residual_stack = slice_along(residual_stack, batch_slice, 1)
+        if recompute_ln and layer == self._n_layers:
+            return self._recompute_final_norm(residual_stack)
+        if recompute_ln:  # TransformerLens ignores it here without a word
+            warnings.warn(
+                f"recompute_ln=True recomputes only the final norm (layer=None, -1 or {self._n_layers}), as in "
+                f"TransformerLens; for layer={layer} the cached scale of blocks.{layer}.ln{2 if mlp_input else 1} is used.",
+                stacklevel=2,
+            )
         if norm in _LAYER_NORMS:
             residual_stack = residual_stack - residual_stack.mean(-1, keepdim=True)
         if layer == self._n_layers:
@@ -303,6 +375,22 @@ class ActivationCache:
         if self.has_batch_dim:
             scale = slice_along(scale, batch_slice, 0)
         return residual_stack / scale.to(residual_stack.device)
+
+    def _recompute_final_norm(
+        self, stack: Float[Tensor, "num_components *batch_and_pos_dims d_model"]
+    ) -> Float[Tensor, "num_components *batch_and_pos_dims d_model"]:
+        ln = self.model.ln_final
+        param = next(ln.parameters(), None)  # LNPre/RMSPre have none
+        device = stack.device if param is None else param.device
+        out = []
+        # Cached activations are detached; keep the result so unless the stack itself carries a gradient.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and stack.requires_grad):
+            for component in stack:
+                x = component.to(device)
+                one_pos = x.ndim == 2  # [batch, d_model] (a pos_slice took one position): ln_final reads [batch, pos, d_model]
+                y = ln(x.unsqueeze(1) if one_pos else x)
+                out.append((y.squeeze(1) if one_pos else y).to(stack.device))
+        return torch.stack(out) if out else stack.clone()
 
     def _residual_directions(self, tokens: Int[Tensor, "..."]) -> Float[Tensor, "... d_model"]:
         if hasattr(self.model, "tokens_to_residual_directions"):

@@ -365,6 +365,9 @@ def locate_divergence(
     rows = []
     for component, hook, path in plan:
         ours = logits if hook == "logits" else cache[hook]
+        if hook == "ln_final.hook_normalized" and model.cfg.normalization_type == "RMS":
+            # RMSNorm's hook_normalized is before the weight (TransformerLens); HF's module output is after it.
+            ours = model.ln_final.w * ours
         diff = (ours.double() - captured[path].to(ours.device).double()).abs()
         rows.append({"component": component, "hook": hook, "max": diff.max().item(), "mean": diff.mean().item()})
     return DivergenceReport(rows, atol)

@@ -4,8 +4,9 @@ Axis glossary (TransformerLens' names): batch, pos (query position), key_pos, he
 kv_head_index (grouped-query attention: fewer key/value heads than query heads), d_model, d_head,
 d_mlp, d_vocab. Every HookPoint says its shape where it is made.
 
-Components read only config fields, never a model name. Norms and softmax run in float32 and cast
-back, as HuggingFace does, so half-precision runs stay comparable with it.
+Components read only config fields, never a model name. Norms, softmax and rotary angles run in
+at least float32 (`compute_dtype`) and cast back, as HuggingFace does, so half-precision runs stay
+comparable with it; a float64 model computes them in float64, never silently in float32.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def _param(*shape: int, dtype: torch.dtype, memory_order: tuple[int, ...] | None
         return nn.Parameter(torch.empty(*shape, dtype=dtype))
     storage = torch.empty([shape[i] for i in memory_order], dtype=dtype)
     return nn.Parameter(storage.permute(*sorted(range(len(shape)), key=memory_order.__getitem__)))
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half precision (HuggingFace's upcast), the dtype itself for float32 and float64."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 _OUT_IN = (1, 0)  # [in, out] matrices stored as [out, in]
@@ -89,6 +95,11 @@ class AttentionContext:
 class Embed(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig):
         super().__init__()
+        if cfg.d_vocab < 1:
+            raise ConfigError(
+                f"d_vocab={cfg.d_vocab}: the vocabulary size is not set. Pass d_vocab=... to the config "
+                "(TransformerLens takes it from a tokenizer when d_vocab is -1)."
+            )
         self.W_E = _param(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype)
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
@@ -107,8 +118,8 @@ class PosEmbed(nn.Module):
 class Unembed(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig):
         super().__init__()
-        self.W_U = _param(cfg.d_model, cfg.d_vocab, dtype=cfg.dtype, memory_order=_OUT_IN)
-        self.b_U = _param(cfg.d_vocab, dtype=cfg.dtype)
+        self.W_U = _param(cfg.d_model, cfg.d_vocab_out, dtype=cfg.dtype, memory_order=_OUT_IN)
+        self.b_U = _param(cfg.d_vocab_out, dtype=cfg.dtype)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         return F.linear(x, self.W_U.T, self.b_U)
@@ -136,25 +147,46 @@ class Norm(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         dtype = x.dtype
-        x = x.float()
+        x = x.to(compute_dtype(dtype))
         if self.center:
             x = x - x.mean(-1, keepdim=True)
         mean_square = x.pow(2).mean(-1, keepdim=True) + self.eps
-        scale = mean_square.sqrt()
-        hooked = self.hook_scale(scale)
-        # Multiplying by rsqrt is HuggingFace's rounding; divide only if a hook replaced the scale.
-        x = x * torch.rsqrt(mean_square) if hooked is scale else x / hooked
-        if self.kind == "RMS":  # HuggingFace casts back before the weight for RMSNorm ...
-            return self.hook_normalized(self.w * x.to(dtype))
-        if self.kind == "LN":  # ... and applies LayerNorm's affine part in float32.
-            x = x * self.w.float() + self.b.float()
+        x = self._divide_by_scale(x, mean_square)
+        if self.kind == "RMS":  # HuggingFace casts back before the weight for RMSNorm; TransformerLens
+            return self.w * self.hook_normalized(x.to(dtype))  # hooks the value before w
+        if self.kind == "LN":  # LayerNorm's affine part runs in the compute dtype, inside the hook
+            x = x * self.w.to(x.dtype) + self.b.to(x.dtype)
         return self.hook_normalized(x.to(dtype))
+
+    def _divide_by_scale(self, x: Float[Tensor, "batch pos d_model"], mean_square: Float[Tensor, "batch pos 1"]):
+        # Multiplying by rsqrt(mean_square) is HuggingFace's rounding; x / sqrt(mean_square) (what
+        # TransformerLens computes) differs in the last bit of ~1/4 of the elements. So x is divided
+        # by the hooked scale only when a hook changed it: returned another tensor, or edited it in
+        # place (its version counter moved). A hook that only reads it keeps HuggingFace's bits, so
+        # run_with_cache returns exactly the logits of a plain forward.
+        if not self.hook_scale.has_hooks:
+            return x * torch.rsqrt(mean_square)
+        scale = mean_square.sqrt()
+        # Inference-mode tensors keep no version counter: compare values instead ([batch, pos, 1], cheap).
+        seen = scale.detach().clone() if scale.is_inference() else scale._version
+        hooked = self.hook_scale(scale)
+        unchanged = torch.equal(hooked, seen) if isinstance(seen, Tensor) else scale._version == seen
+        if hooked is not scale or not unchanged:
+            return x / hooked
+        inverse = torch.rsqrt(mean_square)
+        if hooked.requires_grad:  # a hook may want the scale's gradient (retain_grad): route it through the scale.
+            # r - r.detach() is exactly 0, so the value stays rsqrt's, while the gradient flows through 1 / scale.
+            r = 1 / hooked
+            inverse = inverse.detach() + (r - r.detach())
+        return x * inverse
 
 
 def rotary_cos_sin(positions: Int[Tensor, "batch pos"], dim: int, base: float, dtype: torch.dtype):
-    # Same float32 arithmetic as HuggingFace's rotary embedding, so angles agree bit for bit.
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=positions.device).float() / dim))
-    freqs = positions.float()[..., None] * inv_freq
+    # HuggingFace's rotary arithmetic, in float32 for float32 and half-precision models so angles
+    # agree bit for bit, and in float64 for float64 models.
+    angle_dtype = compute_dtype(dtype)
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=positions.device).to(angle_dtype) / dim))
+    freqs = positions.to(angle_dtype)[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # broadcast over heads
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -171,13 +203,14 @@ def apply_rotary(x: Float[Tensor, "batch pos head d_head"], cos: Tensor, sin: Te
 
 
 class Attention(nn.Module):
+    """Multi-head attention: one key/value head per query head (cfg.n_key_value_heads is None)."""
+
     def __init__(self, cfg: HookedTransformerConfig):
         super().__init__()
         self.cfg = cfg
-        h, kv, m, e, dt = cfg.n_heads, cfg.n_kv_heads, cfg.d_model, cfg.d_head, cfg.dtype
+        h, m, e, dt = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.dtype
         self.W_Q, self.b_Q = _param(h, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(h, e, dtype=dt)
-        self.W_K, self.b_K = _param(kv, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(kv, e, dtype=dt)
-        self.W_V, self.b_V = _param(kv, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(kv, e, dtype=dt)
+        self._make_key_value_weights(cfg)
         self.W_O, self.b_O = _param(h, e, m, dtype=dt, memory_order=_MODEL_HEADS), _param(m, dtype=dt)
         self.hook_q = HookPoint("batch pos head_index d_head")
         self.hook_k = HookPoint("batch pos kv_head_index d_head")
@@ -190,6 +223,15 @@ class Attention(nn.Module):
         self.hook_z = HookPoint("batch pos head_index d_head")
         self.hook_result = HookPoint("batch pos head_index d_model")  # needs use_attn_result
 
+    def _make_key_value_weights(self, cfg: HookedTransformerConfig) -> None:
+        h, m, e, dt = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.dtype
+        self.W_K, self.b_K = _param(h, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(h, e, dtype=dt)
+        self.W_V, self.b_V = _param(h, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(h, e, dtype=dt)
+
+    def key_value_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """W_K, b_K, W_V, b_V with one entry per key/value head: what the forward pass uses."""
+        return self.W_K, self.b_K, self.W_V, self.b_V
+
     @staticmethod
     def _project(x: Tensor, W: Tensor, b: Tensor) -> Float[Tensor, "batch pos head d_head"]:
         if x.ndim == 4:  # one input per head (use_split_qkv_input / use_attn_in)
@@ -200,9 +242,10 @@ class Attention(nn.Module):
 
     def forward(self, q_in: Tensor, k_in: Tensor, v_in: Tensor, ctx: AttentionContext, kv_cache_entry=None):
         cfg = self.cfg
+        W_K, b_K, W_V, b_V = self.key_value_weights()
         q = self.hook_q(self._project(q_in, self.W_Q, self.b_Q))
-        k = self.hook_k(self._project(k_in, self.W_K, self.b_K))
-        v = self.hook_v(self._project(v_in, self.W_V, self.b_V))
+        k = self.hook_k(self._project(k_in, W_K, b_K))  # compact: one per key/value head, as in TransformerLens
+        v = self.hook_v(self._project(v_in, W_V, b_V))
         if ctx.rotary is not None:
             cos, sin = (t.to(q.dtype) for t in ctx.rotary)
             q = self.hook_rot_q(apply_rotary(q, cos, sin))
@@ -226,17 +269,22 @@ class Attention(nn.Module):
 
     def _eager_attention(self, q, k, v, ctx: AttentionContext):
         # HuggingFace's eager order of operations, so logits agree with it bit for bit.
-        scores = torch.matmul(q, k.transpose(-1, -2)) / self.cfg.attn_scale
+        scores = torch.matmul(q, k.transpose(-1, -2))
+        if self.cfg.attn_scale_rule == "multiply":
+            scores = scores * self.cfg.attn_scale_factor
+        else:
+            scores = scores / self.cfg.attn_scale
         scores = self.hook_attn_scores(scores.masked_fill(~ctx.allowed, float("-inf")))
-        pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        pattern = F.softmax(scores, dim=-1, dtype=compute_dtype(q.dtype)).to(q.dtype)
         if ctx.query_is_pad is not None:  # a padding query sees nothing: its row is 0, not NaN
             pattern = pattern.masked_fill(ctx.query_is_pad[:, None, :, None], 0.0)
         return torch.matmul(self.hook_pattern(pattern), v)
 
     def _fused_attention(self, q, k, v, ctx: AttentionContext):
         # torch's fused kernel: faster, never materialises the pattern, rounds like HF's "sdpa".
-        # Used only when nobody hooks the scores or the pattern.
-        scale = 1 / self.cfg.attn_scale
+        # Used only when nobody hooks the scores or the pattern. It multiplies by `scale`, as
+        # HuggingFace's sdpa path does (scale=head_dim ** -0.5), whatever attn_scale_rule says.
+        scale = self.cfg.attn_scale_factor
         if ctx.query_is_pad is None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.allowed, scale=scale)
         # A padding query would see no key at all; let it see itself, then zero its output.
@@ -245,6 +293,41 @@ class Attention(nn.Module):
         itself = q_idx == torch.arange(k.shape[2], device=q.device)[None, :]
         z = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.allowed | (pad & itself), scale=scale)
         return z.masked_fill(pad, 0.0)
+
+
+class GroupedQueryAttention(Attention):
+    """Attention whose key/value heads are each shared by n_heads // n_key_value_heads query heads.
+
+    Why the underscored names: TransformerLens (components/grouped_query_attention.py) stores the
+    compact weights as the parameters _W_K, _W_V, _b_K, _b_V ([kv_head_index, ...]) and exposes
+    W_K, W_V, b_K, b_V repeated to [head_index, ...], so QK/OV-circuit code indexes query heads.
+    lensutil uses TransformerLens' names and shapes (state-dict keys included, so a TransformerLens-
+    saved state dict loads) and its rule: this class is used exactly when cfg.n_key_value_heads is
+    not None, even when it equals n_heads. hook_k / hook_v stay compact, as in TransformerLens.
+    Query head h reads key/value head h // (n_heads // n_kv_heads).
+    """
+
+    def _make_key_value_weights(self, cfg: HookedTransformerConfig) -> None:
+        kv, m, e, dt = cfg.n_kv_heads, cfg.d_model, cfg.d_head, cfg.dtype
+        self._W_K, self._b_K = _param(kv, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(kv, e, dtype=dt)
+        self._W_V, self._b_V = _param(kv, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(kv, e, dtype=dt)
+
+    def key_value_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self._W_K, self._b_K, self._W_V, self._b_V
+
+    def _per_query_head(self, compact: Tensor) -> Tensor:
+        return compact.repeat_interleave(self.cfg.n_heads // self.cfg.n_kv_heads, dim=0)
+
+    W_K = property(lambda self: self._per_query_head(self._W_K))  # [head_index, d_model, d_head]
+    W_V = property(lambda self: self._per_query_head(self._W_V))  # [head_index, d_model, d_head]
+    b_K = property(lambda self: self._per_query_head(self._b_K))  # [head_index, d_head]
+    b_V = property(lambda self: self._per_query_head(self._b_V))  # [head_index, d_head]
+
+
+def key_value_param_name(cfg: HookedTransformerConfig, name: str) -> str:
+    """The parameter that holds `name` ("W_K", "W_V", "b_K" or "b_V"): "_W_K" etc. with grouped-query
+    attention, as TransformerLens names them (GroupedQueryAttention says why lensutil does too)."""
+    return "_" + name if cfg.n_key_value_heads is not None else name
 
 
 class MLP(nn.Module):
@@ -289,7 +372,8 @@ class TransformerBlock(nn.Module):
         check_hook_flags(cfg)
         self.cfg, self.index = cfg, index
         self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
-        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.attn = GroupedQueryAttention(cfg) if cfg.n_key_value_heads is not None else Attention(cfg)
+        self.mlp = MLP(cfg)
         self.hook_resid_pre = HookPoint("batch pos d_model")
         self.hook_attn_in = HookPoint("batch pos head_index d_model")  # needs use_attn_in
         self.hook_q_input = HookPoint("batch pos head_index d_model")  # needs use_split_qkv_input

@@ -36,9 +36,11 @@ class HookedTransformerConfig:
     d_model: int
     n_ctx: int
     d_head: int
-    n_heads: int
-    d_mlp: int
-    d_vocab: int
+    # TransformerLens' defaults: n_heads = d_model // d_head, d_mlp = 4 * d_model, d_vocab from the
+    # tokenizer (-1 until then), d_vocab_out = d_vocab.
+    n_heads: int = -1
+    d_mlp: int | None = None
+    d_vocab: int = -1
     act_fn: ActFn = "gelu_new"
     eps: float = 1e-5
     normalization_type: Normalization = "LN"
@@ -60,7 +62,13 @@ class HookedTransformerConfig:
     use_split_qkv_input: bool = False
     use_attn_in: bool = False
     use_hook_mlp_in: bool = False
-    attn_scale: float | None = None
+    attn_scale: float | None = None  # TransformerLens' divisor of the scores; sqrt(d_head) if None (or TL's -1)
+    # How the scores meet attn_scale, as the HuggingFace model being matched does it (set by the adapter):
+    # "divide": scores / attn_scale (TransformerLens; HF GPT-2 before transformers 5.4);
+    # "multiply": scores * attn_scale_factor (HF's Llama family; HF GPT-2 from 5.4).
+    # The two give the same bits when sqrt(d_head) is a power of two (d_head 4, 16, 64, 256), and
+    # differ in the last bit of many scores otherwise (d_head 80, 96, 128: every 7B/8B model).
+    attn_scale_rule: Literal["divide", "multiply"] = "divide"
     # "eager" writes attention out (HuggingFace's eager rounding, bit for bit); "sdpa" uses torch's
     # fused kernel whenever no hook watches the scores or the pattern (faster, HF's "sdpa" rounding).
     attn_implementation: Literal["eager", "sdpa"] = "eager"
@@ -69,10 +77,14 @@ class HookedTransformerConfig:
     centered_writing_weights: bool = False
     centered_unembed: bool = False
     folded_value_biases: bool = False
+    d_vocab_out: int = -1  # the unembedding's width (TransformerLens); -1: d_vocab
 
     def __post_init__(self) -> None:
-        if self.attn_scale is None:
+        self._default_sizes()
+        if self.attn_scale is None or self.attn_scale == -1.0:  # -1.0: TransformerLens' "not set"
             self.attn_scale = math.sqrt(self.d_head)
+        if self.attn_scale_rule not in ("divide", "multiply"):
+            raise ConfigError(f"attn_scale_rule must be 'divide' or 'multiply', got {self.attn_scale_rule!r}.")
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
         if self.n_heads % self.n_kv_heads:
@@ -80,6 +92,44 @@ class HookedTransformerConfig:
                 f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={self.n_key_value_heads}; "
                 "grouped-query attention shares each key/value head among an equal number of query heads."
             )
+
+    def _default_sizes(self) -> None:
+        # As TransformerLens' __post_init__, except that sizes that do not fit are an error, not a
+        # rounded-down n_heads and a log line.
+        for name in ("d_model", "n_ctx", "d_head"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if self.n_heads == -1:
+            if self.d_model % self.d_head:
+                raise ConfigError(
+                    f"n_heads is not set and d_model={self.d_model} is not a multiple of d_head={self.d_head}, "
+                    "so n_heads = d_model // d_head would drop part of the residual stream. Pass n_heads=... "
+                    "(TransformerLens rounds down here) or a d_head that divides d_model."
+                )
+            self.n_heads = self.d_model // self.d_head
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        if self.d_vocab_out == -1:
+            self.d_vocab_out = self.d_vocab
+        for name in ("n_heads", "d_mlp"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer (or left unset for the default), got {getattr(self, name)!r}.")
+        for name in ("d_vocab", "d_vocab_out"):
+            if getattr(self, name) < 1 and getattr(self, name) != -1:
+                raise ConfigError(f"{name} must be a positive integer, or -1 to take it from the tokenizer; got {getattr(self, name)!r}.")
+        if self.n_key_value_heads is not None and self.n_key_value_heads < 1:
+            raise ConfigError(f"n_key_value_heads must be a positive integer or None, got {self.n_key_value_heads!r}.")
+
+    @property
+    def attn_scale_factor(self) -> float:
+        """1 / attn_scale, the number the scores are multiplied by (rule "multiply", and torch's sdpa).
+
+        Computed as HuggingFace computes it, head_dim ** -0.5, when attn_scale is the default: in
+        float64 that differs from 1 / sqrt(head_dim) in the last bit for some sizes (128 among them).
+        """
+        if self.attn_scale == math.sqrt(self.d_head):
+            return self.d_head**-0.5
+        return 1.0 / self.attn_scale
 
     @property
     def n_kv_heads(self) -> int:

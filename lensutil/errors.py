@@ -6,6 +6,7 @@ Every error says what was wrong and what to do. Catch ``LensError`` to catch the
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -60,11 +61,33 @@ class ZooError(LensError):
     """A zoo model that could not be fetched or built."""
 
 
+_LAYER = re.compile(r"blocks\.(\d+)\.")
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
-    """The candidates nearest to ``name``, best first (for 'did you mean' messages)."""
+    """The candidates nearest to ``name`` (for 'did you mean' messages): those in the layer ``name``
+    names first, then the rest, each group best first.
+
+    Plain string similarity ranks 'blocks.20.attn.hook_pattern' next to 'blocks.0.attn.hook_pattern'
+    for a typo in layer 0, so on a deep model the other layers' namesakes would crowd out the
+    names of the layer the user meant.
+    """
     candidates = list(candidates)
-    found = difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)
+    layer = _LAYER.match(name)
+    layer = layer.group(1) if layer else None
+
+    def other_layer(c: str) -> bool:
+        m = _LAYER.match(c)
+        return layer is not None and (m.group(1) if m else None) != layer
+
+    matcher = difflib.SequenceMatcher(b=name)
+    scored = []
+    for c in candidates:
+        matcher.set_seq1(c)
+        if matcher.real_quick_ratio() >= 0.5 and matcher.quick_ratio() >= 0.5 and (r := matcher.ratio()) >= 0.5:
+            scored.append((other_layer(c), -r, c))
+    found = [c for *_, c in sorted(scored)[:n]]
     if not found:  # fall back to shared suffixes: 'mlp.hook_mlp_out' -> '...hook_mlp_out'
         tail = name.rsplit(".", 1)[-1]
-        found = [c for c in candidates if c.endswith(tail)][:n]
+        found = sorted((c for c in candidates if c.endswith(tail)), key=other_layer)[:n]
     return found

@@ -14,6 +14,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from . import tokens as tok
+from .components import compute_dtype
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -96,7 +97,12 @@ def generate(
     seed: int | None = None,
 ):
     """Continue each prompt. Text in gives text out (prompt + continuation, each row cut at its EOS);
-    token ids in give token ids out ([batch, pos + new], rows that stopped padded with EOS)."""
+    token ids in give token ids out ([batch, pos + new], rows that stopped padded with EOS).
+
+    Token ids come back left-aligned: where attention_mask shows right padding (or any pad before a
+    real token), each row's real tokens are moved to its end first, so that the continuation follows
+    the prompt's last real token, not a pad. The new tokens are out[:, pos:] either way; the prompt
+    part's mask is then attention_mask.sort(-1).values (zeros first)."""
     _check_options(max_new_tokens, temperature, top_k, top_p)
     text_in = isinstance(input, (str, list))
     if text_in:
@@ -104,6 +110,8 @@ def generate(
     else:
         tokens = torch.as_tensor(input, device=model.cfg.device)
         tokens = tokens[None] if tokens.ndim == 1 else tokens
+        if attention_mask is not None:
+            tokens, attention_mask = _left_align(tokens, attention_mask)
         mask = attention_mask if attention_mask is not None else torch.ones_like(tokens)
     mask = torch.as_tensor(mask, device=tokens.device).long()
     greedy = not do_sample or temperature == 0
@@ -120,7 +128,8 @@ def generate(
             residual = model(step_input, attention_mask=mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
         else:
             residual = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
-        next_logits = model.unembed(model.ln_final(residual[:, -1:]))[:, -1].float()
+        next_logits = model.unembed(model.ln_final(residual[:, -1:]))[:, -1]
+        next_logits = next_logits.to(compute_dtype(next_logits.dtype))  # float32, or float64 for float64
         if greedy:
             nxt = next_logits.argmax(-1)
         else:
@@ -138,6 +147,17 @@ def generate(
         return tokens
     texts = [_decode_row(model, row, m, prompt_len, eos_token_id, stop_at_eos, prepend_bos) for row, m in zip(tokens, mask)]
     return texts[0] if isinstance(input, str) else texts
+
+
+def _left_align(tokens: Int[Tensor, "batch pos"], mask) -> tuple[Int[Tensor, "batch pos"], Tensor]:
+    """Move each row's real tokens to its end (pads first), keeping their order."""
+    real = tok.check_attention_mask(torch.as_tensor(mask, device=tokens.device), *tokens.shape)
+    if real is None or (real[:, 1:] >= real[:, :-1]).all():  # nothing masked, or already left-padded
+        return tokens, mask
+    # Position ids count real tokens only and pads are never attended, so moving the pads changes
+    # no real token's computation; it only puts each row's last real token in the last column.
+    order = torch.argsort(real.long(), dim=-1, stable=True)
+    return tokens.gather(1, order), real.gather(1, order).long()
 
 
 def _decode_row(model, row, mask, prompt_len, eos_token_id, stop_at_eos, prepend_bos) -> str:

@@ -42,6 +42,12 @@ class LensHandle:
     handle: RemovableHandle
     is_permanent: bool = False
     context_level: int | None = None  # set by hooks(): the nesting depth that added it
+    user_hook: HookFn | None = None  # the function as the user gave it, before add_hook wrapped it
+
+    @property
+    def hook(self) -> RemovableHandle:
+        """TransformerLens' name for the torch handle."""
+        return self.handle
 
 
 class HookPoint(nn.Module):
@@ -61,14 +67,20 @@ class HookPoint(nn.Module):
     def __call__(self, x: Tensor) -> Tensor:
         # A model runs ~20 hook points per layer; with nothing attached (here or globally), skip
         # nn.Module's call machinery: an identity needs none, and generation calls these 600 times a token.
-        if self._forward_hooks or self._backward_hooks or self._forward_pre_hooks or _any_global_hooks():
+        if self.has_hooks or _any_global_hooks():
             return super().__call__(x)
         return x
 
     @property
     def has_hooks(self) -> bool:
-        """Whether any forward hook is attached."""
-        return bool(self._forward_hooks)
+        """Whether any hook is attached here: forward, forward-pre, backward or backward-pre, by
+        add_hook or by torch's own register_* methods.
+
+        Attention reads this to decide whether the fused kernel (which never materialises the
+        pattern) may run, so it must see every kind. (TransformerLens 3.x has a method
+        has_hooks(dir, including_permanent, level) that counts only add_hook's hooks; 2.x has none.)
+        """
+        return bool(self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks)
 
     def add_hook(
         self,
@@ -85,22 +97,38 @@ class HookPoint(nn.Module):
                 return self._checked(hook, hook(output, hook=self), output)
 
             handle = self.register_forward_hook(fwd_wrapper, prepend=prepend)
-            lens_handle = LensHandle(handle, is_permanent, level)
+            lens_handle = LensHandle(handle, is_permanent, level, user_hook=hook)
             self.fwd_hooks.append(lens_handle)
         elif dir == "bwd":
 
             def bwd_wrapper(module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple | None:
                 grad = grad_output[0]
-                new = self._checked(hook, hook(grad, hook=self), grad)
+                new = self._checked(hook, self._unwrap_grad(hook, hook(grad, hook=self)), grad)
                 # The module is the identity, so the gradient w.r.t. its input is the one we were given.
                 return None if new is None else (new,)
 
             handle = self.register_full_backward_hook(bwd_wrapper, prepend=prepend)
-            lens_handle = LensHandle(handle, is_permanent, level)
+            lens_handle = LensHandle(handle, is_permanent, level, user_hook=hook)
             self.bwd_hooks.append(lens_handle)
         else:
             raise LensError(f"Hook direction must be 'fwd' or 'bwd', not {dir!r}.")
         return lens_handle
+
+    def _unwrap_grad(self, hook: HookFn, result: Any) -> Any:
+        """A backward hook may return None, a tensor, or torch's own form, a 1-tuple (grad,)."""
+        if result is None or isinstance(result, Tensor):
+            return result
+        if isinstance(result, tuple) and len(result) == 1 and isinstance(result[0], Tensor):
+            return result[0]
+        fn_name = getattr(hook, "__name__", repr(hook))
+        if isinstance(result, tuple):
+            what = f"a tuple of {len(result)} ({', '.join(type(r).__name__ for r in result)})"
+        else:
+            what = f"a {type(result).__name__}"
+        raise LensError(
+            f"Backward hook {fn_name} on '{self.name}' returned {what}; a backward hook must return "
+            "None (keep the gradient), a tensor, or a 1-tuple (grad,) holding the new gradient."
+        )
 
     def _checked(self, hook: HookFn, result: Any, activation: Tensor) -> Tensor | None:
         if result is None:
@@ -179,12 +207,27 @@ class HookedRootModule(nn.Module):
 
     # ---- name checking -------------------------------------------------------------------------
 
-    def check_hook_name(self, name: str) -> None:
-        """Raise HookNameError for an unknown name, HookFlagError for a hook whose flag is off."""
+    def check_hook_name(self, name: str, arg: str = "") -> None:
+        """Raise HookNameError for an unknown name, HookFlagError for a hook whose flag is off.
+
+        A string that is part of real names ('attn'), or a glob that matches some, was meant as a
+        search: the error lists a few of the names and shows the filter function that selects them
+        (`arg`, e.g. "names_filter=", is how that filter is passed).
+        """
         if name not in self.hook_dict:
-            matches = close_matches(name, self.hook_dict)
-            hint = f" Did you mean: {', '.join(repr(m) for m in matches)}?" if matches else ""
-            raise HookNameError(f"No hook named {name!r}.{hint} See model.list_hooks() or model.print_hook_list().")
+            found = self.find_hooks(name)
+            if len(found) > 1:  # (part of just one name is a typo: 'Did you mean' below names it)
+                is_glob = any(c in name for c in "*?[")
+                shown = ", ".join(repr(n) for n in found[:4]) + (", ..." if len(found) > 4 else "")
+                test = f"fnmatch.fnmatchcase(name, {name!r})" if is_glob else f"{name!r} in name"
+                hint = (
+                    f" It {'matches' if is_glob else 'is part of'} {len(found)} hook names ({shown}), but a string "
+                    f"must be one whole name. To select them all, pass a filter function: {arg}lambda name: {test}."
+                )
+            else:
+                matches = close_matches(name, self.hook_dict)
+                hint = f" Did you mean: {', '.join(repr(m) for m in matches)}?" if matches else ""
+            raise HookNameError(f"No hook named {name!r}.{hint} See model.find_hooks() or model.print_hook_list().")
         flag = self.hook_flag(name)
         if flag is not None:
             raise HookFlagError(f"Hook {name!r} only fires when {flag}=True; call model.set_{flag}(True) first.")
@@ -210,7 +253,7 @@ class HookedRootModule(nn.Module):
         for name in names:
             if not isinstance(name, str):
                 raise LensError(f"names_filter lists must hold hook names (strings); got {name!r}.")
-            self.check_hook_name(name)
+            self.check_hook_name(name, arg="names_filter=")
         return names
 
     # ---- adding and removing hooks ------------------------------------------------------------
@@ -374,8 +417,12 @@ class HookedRootModule(nn.Module):
 
     # ---- discovery ----------------------------------------------------------------------------
 
-    def list_hooks(self, pattern: str | re.Pattern | None = None) -> list[str]:
-        """Hook names matching `pattern`: None = all; a glob if it has * ? or [; else a substring; or a regex."""
+    def find_hooks(self, pattern: str | re.Pattern | None = None) -> list[str]:
+        """Hook names matching `pattern`: None = all; a glob if it has * ? or [; else a substring; or a regex.
+
+        lensutil's own (it was called list_hooks before TransformerLens 3.3 gave that name to the
+        attached hooks, see list_hooks). A TransformerLens user writes `[n for n in model.hook_dict if ...]`.
+        """
         names = list(self.hook_dict)
         if pattern is None:
             return names
@@ -385,9 +432,49 @@ class HookedRootModule(nn.Module):
             return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         return [n for n in names if pattern in n]
 
+    def list_hooks(
+        self,
+        name_filter: NamesFilter = None,
+        dir: Literal["fwd", "bwd", "both"] = "both",
+        including_permanent: bool = True,
+    ) -> dict[str, list[LensHandle]]:
+        """The hooks attached with add_hook (hooks(), run_with_hooks, ...), by hook name, as in
+        TransformerLens 3.3+: {name: [LensHandle, ...]}, hook points with none left out.
+
+        `name_filter`: None = every hook point; a string = that one name; a list of names; or a
+        function of the name. Each handle's `user_hook` is the function as it was given. To search
+        the hook *names*, use find_hooks(pattern). Unlike TransformerLens, which returns {} for a
+        name it does not have, a string that is not a hook name raises HookNameError.
+        """
+        if dir not in ("fwd", "bwd", "both"):
+            raise LensError(f"Hook direction must be 'fwd', 'bwd' or 'both', not {dir!r}.")
+        if name_filter is None or callable(name_filter):
+            names = [n for n in self.hook_dict if name_filter is None or name_filter(n)]
+        else:
+            names = [name_filter] if isinstance(name_filter, str) else list(name_filter)
+            for name in (n for n in names if n not in self.hook_dict):  # probably a search, as the old list_hooks took
+                raise HookNameError(
+                    f"No hook named {name!r}. list_hooks returns the hooks attached to the named hook points "
+                    f"(as TransformerLens 3.3+ does); to search the hook names, call model.find_hooks({name!r})."
+                )
+            wanted = set(names)
+            names = [n for n in self.hook_dict if n in wanted]
+        attached = {}
+        for name in names:
+            hp = self.hook_dict[name]
+            handles = (hp.fwd_hooks if dir != "bwd" else []) + (hp.bwd_hooks if dir != "fwd" else [])
+            if handles := [h for h in handles if including_permanent or not h.is_permanent]:
+                attached[name] = handles
+        return attached
+
     def print_hook_list(self, pattern: str | re.Pattern | None = None) -> None:
-        """Print each matching hook with its shape, noting hooks that need a config flag to fire."""
-        names = self.list_hooks(pattern)
+        """Print each hook whose name matches `pattern` (as find_hooks reads it) with its shape,
+        noting hooks that need a config flag to fire.
+
+        lensutil's own: TransformerLens has no such method (a TransformerLens user writes
+        `[n for n in model.hook_dict if ...]`).
+        """
+        names = self.find_hooks(pattern)
         if not names:
             print(f"No hook matches {pattern!r}; model.print_hook_list() shows them all.")
             return

@@ -7,12 +7,15 @@ raises a WeightLoadError naming the culprit. Nothing is silently re-initialised.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from . import zoo
 from .adapters import get_adapter
+from .components import compute_dtype
 from .errors import LensError, ModelAccessError, WeightLoadError
 from .model import HookedTransformer
 
@@ -45,15 +48,40 @@ def _explain_hub_error(name: str, err: Exception) -> ModelAccessError:
     return ModelAccessError(f"{advice}\n(underlying error: {text.splitlines()[0][:300]})")
 
 
+@contextmanager
+def quiet_local_loading(local: bool = True) -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bar while reading weights from local disk.
+
+    A local model loads in a second or two, and in a notebook each bar is a widget left in the
+    stored output of every cell that loads a model. Downloads from the hub keep their bars
+    (local=False): there the bar tells the user something.
+    """
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    was_enabled, hub_was_disabled = hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+    if local and was_enabled:
+        hf_logging.disable_progress_bar()  # transformers' switch turns the hub's bars off too ...
+    try:
+        yield
+    finally:
+        if local and was_enabled:
+            hf_logging.enable_progress_bar()
+            if hub_was_disabled:  # ... so put the hub's back as the user had them
+                hub_utils.disable_progress_bars()
+
+
 def load_hf(name_or_path: str, *, revision=None, token=None, dtype=torch.float32, **kwargs):
     """The HuggingFace model and tokenizer behind a lensutil name (zoo name, directory or hub name)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_source(name_or_path)
-    hub = {"revision": revision, "token": token} if not os.path.isdir(source) else {}
+    local = os.path.isdir(source)
+    hub = {"revision": revision, "token": token} if not local else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **hub)
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager", **hub, **kwargs)
+        with quiet_local_loading(local):
+            tokenizer = AutoTokenizer.from_pretrained(source, **hub)
+            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager", **hub, **kwargs)
     except (OSError, ValueError) as err:
         if os.path.isdir(source) and not isinstance(err, OSError):
             raise
@@ -80,8 +108,8 @@ def from_pretrained(
 ) -> HookedTransformer:
     """Load a model by zoo name, local directory or hub name, convert it, and process its weights.
 
-    Weights are converted and processed in float32 and only then cast to `dtype`, so processing adds
-    no half-precision rounding of its own. attn_implementation="sdpa" uses torch's fused attention
+    Weights are converted and processed in float32 (float64 for a float64 model) and only then cast
+    to `dtype`, so processing adds no half-precision rounding of its own. attn_implementation="sdpa" uses torch's fused attention
     whenever no hook reads the scores or pattern (faster; rounds like HuggingFace's "sdpa");
     the default "eager" rounds like HuggingFace's eager attention, bit for bit.
     """
@@ -96,7 +124,8 @@ def from_pretrained(
     if default_prepend_bos is not None:
         overrides["default_prepend_bos"] = default_prepend_bos
     cfg = adapter.config_from_hf(hf_model.config, **overrides)
-    state_dict = {k: v.detach().float() for k, v in adapter.convert(hf_model.state_dict(), cfg).items()}
+    cfg.dtype = compute_dtype(dtype)  # build and process here, cast to dtype at the end
+    state_dict = {k: v.detach().to(cfg.dtype) for k, v in adapter.convert(hf_model.state_dict(), cfg).items()}
     model = HookedTransformer(cfg, tokenizer)
     _load_strict(model, state_dict)
     options = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
@@ -153,7 +182,8 @@ def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **op
         if arch not in _registry():
             raise WeightLoadError(f"This looks like a HuggingFace state dict, but the model's architecture {arch!r} has no adapter.")
         state_dict = _registry()[arch].convert(state_dict, model.cfg)
-    state_dict = {k: torch.as_tensor(v).float() for k, v in state_dict.items()}
+    work = compute_dtype(model.cfg.dtype)  # float32, or float64 for a float64 model
+    state_dict = {k: torch.as_tensor(v).to(work) for k, v in state_dict.items()}
     _prepare_norms_for(model, state_dict)
     _load_strict(model, state_dict)
     settings = {o: options.get(o, default) for o, default in DEFAULT_PROCESSING.items()}

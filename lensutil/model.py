@@ -14,7 +14,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from . import tokens as tok
-from .components import AttentionContext, Embed, Norm, PosEmbed, TransformerBlock, Unembed, check_hook_flags
+from .components import AttentionContext, Embed, Norm, PosEmbed, TransformerBlock, Unembed, check_hook_flags, compute_dtype
 from .config import FLAG_GATED_HOOKS, HookedTransformerConfig
 from .errors import ConfigError, InputError
 from .hook_points import HookedRootModule, HookPoint
@@ -96,9 +96,18 @@ class HookedTransformer(HookedRootModule):
             if input.is_floating_point():
                 raise InputError("Got a float tensor without start_at_layer; token ids must be integers.")
             input = input[None] if input.ndim == 1 else input
+            tok.check_token_ids(input, self.cfg.d_vocab)
             tokens = input
         elif input.ndim != 3 or input.shape[-1] != self.cfg.d_model:
             raise InputError(f"With start_at_layer, input is a residual stream [batch, pos, {self.cfg.d_model}]; got {list(input.shape)}.")
+        layers = range(*slice(start_at_layer, stop_at_layer).indices(self.cfg.n_layers))
+        if past_kv_cache is not None and len(layers) != self.cfg.n_layers:
+            # Layers outside the range would append no keys, leaving the cache's layers out of step.
+            raise InputError(
+                f"past_kv_cache needs every layer to run, but start_at_layer={start_at_layer}, "
+                f"stop_at_layer={stop_at_layer} runs layers {list(layers)} of {self.cfg.n_layers}. Run the "
+                "partial forward without past_kv_cache, or run all layers with the cache."
+            )
         ctx, key_mask = self._context(input.shape[0], input.shape[1], attention_mask, past_kv_cache)
         if start_at_layer is None:
             residual = self.hook_embed(self.embed(input))
@@ -106,7 +115,7 @@ class HookedTransformer(HookedRootModule):
                 residual = residual + self.hook_pos_embed(self.pos_embed(ctx.positions))
         else:
             residual = input
-        for i in range(*slice(start_at_layer, stop_at_layer).indices(self.cfg.n_layers)):
+        for i in layers:
             entry = past_kv_cache[i] if past_kv_cache is not None else None
             residual = self.blocks[i](residual, ctx, entry)
         if past_kv_cache is not None:
@@ -160,8 +169,8 @@ class HookedTransformer(HookedRootModule):
     def to_single_token(self, string: str) -> int:
         return tok.to_single_token(self, string)
 
-    def generate_attention_mask(self, tokens, padding_side=None) -> Int[Tensor, "batch pos"]:
-        return tok.generate_attention_mask(self, tokens, padding_side)
+    def generate_attention_mask(self, tokens, padding_side=None, prepend_bos=None) -> Int[Tensor, "batch pos"]:
+        return tok.generate_attention_mask(self, tokens, padding_side, prepend_bos)
 
     def generate(self, input, max_new_tokens: int = 10, **kwargs):
         from .generation import generate
@@ -196,11 +205,16 @@ class HookedTransformer(HookedRootModule):
         return process_weights_(self, **options)
 
     def tokens_to_residual_directions(self, tokens) -> Float[Tensor, "... d_model"]:
+        # As TransformerLens: one token (int, str, or a one-element tensor of any shape) gives [d_model].
         tokens = torch.as_tensor(tokens) if not isinstance(tokens, str) else torch.tensor(self.to_single_token(tokens))
+        tokens = tokens.reshape(()) if tokens.numel() == 1 else tokens
         return self.unembed.W_U[:, tokens].movedim(0, -1)
 
-    def to(self, *args, **kwargs):
-        out = super().to(*args, **kwargs)
+    def _apply(self, fn, *args, **kwargs):
+        # Every way of moving or casting a module (.to, .half, .float, .bfloat16, .double, .type,
+        # .cuda, .cpu, ...) goes through nn.Module._apply, so cfg follows the parameters here:
+        # components build rotary angles and masks from cfg.dtype and cfg.device at each forward.
+        out = super()._apply(fn, *args, **kwargs)
         p = next(self.parameters(), None)
         if p is not None:
             self.cfg.device, self.cfg.dtype = str(p.device), p.dtype
@@ -219,8 +233,8 @@ class HookedTransformer(HookedRootModule):
         return torch.stack([getattr(getattr(b, part), name) for b in self.blocks])
 
     W_Q = property(lambda self: self._stacked("attn.W_Q"))  # [n_layers, n_heads, d_model, d_head]
-    W_K = property(lambda self: self._stacked("attn.W_K"))
-    W_V = property(lambda self: self._stacked("attn.W_V"))
+    W_K = property(lambda self: self._stacked("attn.W_K"))  # per query head, GQA's repeated (TransformerLens)
+    W_V = property(lambda self: self._stacked("attn.W_V"))  # [n_layers, n_heads, d_model, d_head]
     W_O = property(lambda self: self._stacked("attn.W_O"))
     W_in = property(lambda self: self._stacked("mlp.W_in"))
     W_out = property(lambda self: self._stacked("mlp.W_out"))
@@ -229,12 +243,16 @@ class HookedTransformer(HookedRootModule):
 def lm_cross_entropy_loss(
     logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"], mask=None, per_token: bool = False
 ):
-    """Next-token cross-entropy; positions whose input or target is padding do not count."""
-    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    """Next-token cross-entropy; transitions whose input or target is padding do not count.
+
+    As TransformerLens' utils.lm_cross_entropy_loss: per_token gives [batch, pos - 1] with 0 at the
+    transitions that do not count, and the loss is the sum of those over the number that count.
+    """
+    log_probs = F.log_softmax(logits[:, :-1].to(compute_dtype(logits.dtype)), dim=-1)
     nll = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    if per_token:
-        return nll
     if mask is None:
-        return nll.mean()
-    keep = (mask[:, :-1] & mask[:, 1:]).float()
-    return (nll * keep).sum() / keep.sum()
+        return nll if per_token else nll.mean()
+    mask = torch.as_tensor(mask, device=nll.device).bool()
+    keep = mask[:, :-1] & mask[:, 1:]
+    nll = nll.masked_fill(~keep, 0.0)  # not nll * keep: an infinite nll at a pad would give nan
+    return nll if per_token else nll.sum() / keep.sum()

@@ -1,13 +1,16 @@
 """Resume a run from an edited ActivationCache.
 
-Editing `cache[name] = ...` changes a dictionary, not the model: nothing is recomputed. Here the
-edits take effect. The run restarts at the earliest point any edit (or `start_at_layer`) touches,
-from the cached residual stream there, and every edited activation is patched in by a hook as the
-run passes it. So an edit before layer k shows up in the residual stream entering layer k, and an
+Editing a cache (`cache[name] = ...`, lensutil's own, or in place: `cache[name].zero_()`,
+`cache[name][:, 3] = 0`) changes stored tensors, not the model: nothing is recomputed. Here the
+edits take effect (ActivationCache.edited finds both kinds). The run restarts at the earliest
+point any edit (or `start_at_layer`) touches, from the cached residual stream there, and every
+edited activation is patched in by a hook as the run passes it. So an edit before layer k shows up in the residual stream entering layer k, and an
 edit after it is patched in, exactly as if the edits had been hooks on a full forward pass.
 
 An edit that a later edit of the residual stream would overwrite (say, `blocks.1.hook_mlp_out` and
 `blocks.3.hook_resid_pre` together) cannot take effect; that raises instead of being dropped.
+Two names for one tensor (a block's hook_resid_post is the next block's hook_resid_pre), edited in
+place together, are one edit and no conflict.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def run_with_cache_from_cache(
 ):
     """Re-run from `start_at_layer` (or earlier, if an edit sits earlier) with every edit applied.
 
+    The edits are `cache.edited`: entries assigned (`cache[name] = ...`) or changed in place.
     Returns (logits, new_cache) like run_with_cache. Pass attention_mask=... again if the cached
     run was padded. Raises LensError if an edit could not take effect.
     """
@@ -56,7 +60,7 @@ def run_with_cache_from_cache(
     unknown = [e for e in edited if e not in model.hook_dict]
     if unknown:
         raise LensError(f"Edited cache entries {unknown} are not hooks of this model, so they cannot be patched in.")
-    _refuse_overwritten_edits(edited, n)
+    _refuse_overwritten_edits(edited, n, cache)
 
     start = min([start_at_layer] + [_position(e, n)[0] for e in edited])
     if start == -1:  # an embedding was edited: rebuild the residual stream entering block 0
@@ -87,10 +91,18 @@ def _replace_with(value):
     return patch
 
 
-def _refuse_overwritten_edits(edited: list[str], n_layers: int) -> None:
+def _same_tensor(a, b) -> bool:
+    """Whether two cached entries are views of the same memory (so an in-place edit changed both)."""
+    return a is b or (
+        a.device == b.device and a.shape == b.shape and a.stride() == b.stride() and a.data_ptr() == b.data_ptr()
+    )
+
+
+def _refuse_overwritten_edits(edited: list[str], n_layers: int, cache) -> None:
     residual_edits = [e for e in edited if e.rsplit(".", 1)[-1] in _RESIDUAL_STAGE]
     for r in residual_edits:
-        earlier = [e for e in edited if e != r and _position(e, n_layers) < _position(r, n_layers)]
+        earlier = [e for e in edited if e != r and _position(e, n_layers) < _position(r, n_layers)
+                   and not _same_tensor(cache[e], cache[r])]
         if earlier:
             raise LensError(
                 f"The edit of {r!r} replaces the whole residual stream at that point, so the earlier edits "

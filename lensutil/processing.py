@@ -10,7 +10,8 @@ Four options, as in TransformerLens, applied in this order:
 - ``fold_value_biases``: move b_V into b_O (each attention pattern row sums to 1).
 
 Each is a plain function on a state dict (lensutil names, see docs/design.md) that returns a new
-dict and never changes its input; ``process_weights_`` applies them to a model in float32, rebuilds
+dict and never changes its input; ``process_weights_`` applies them to a model in float32 (float64
+for a float64 model: the arithmetic is never narrower than the weights), rebuilds
 its norms, records what was done in the cfg flags and returns a ``ProcessingReport``. Nothing is
 silently skipped: an option that would change the model's function is not applied, the report says
 why, and one warning tells the user.
@@ -27,6 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .components import compute_dtype, key_value_param_name
 from .config import HookedTransformerConfig
 from .errors import ConfigError, LensError
 
@@ -60,6 +62,11 @@ class ProcessingReport:
 # ---- the four transformations, on state dicts ----------------------------------------------------
 
 
+def _up(t: Tensor) -> Tensor:
+    """t in at least float32 (half precision is widened; float64 stays float64)."""
+    return t.to(compute_dtype(t.dtype))
+
+
 def _center_d_model(W: Tensor, axis: int) -> Tensor:
     return W - W.mean(dim=axis, keepdim=True)
 
@@ -75,7 +82,8 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
     to zero over d_model, so n(x) @ (W' - 1 mean(W')) = n(x) @ W'. RMSNorm's n(x) is not centred,
     so RMS reading weights are left as they are.
 
-    Readers: ln1 -> W_Q, W_K, W_V (+ b_Q, b_K, b_V); ln2 -> W_in (+ b_in) and W_gate;
+    Readers: ln1 -> W_Q, W_K, W_V (+ b_Q, b_K, b_V; with grouped-query attention the compact
+    _W_K, _W_V, _b_K, _b_V, folded per key/value head); ln2 -> W_in (+ b_in) and W_gate;
     ln_final -> W_U (+ b_U). W_gate has no bias, so a LayerNorm bias cannot be folded into it:
     that case raises ConfigError (process_weights_ reports it as skipped instead).
     """
@@ -103,20 +111,23 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
     sd = dict(state_dict)
 
     def fold(norm: str, W_key: str, b_key: str | None, d_model_axis: int) -> None:
-        w = sd[f"{norm}.w"].float()
-        W = sd[W_key].float()
+        w = _up(sd[f"{norm}.w"])
+        W = _up(sd[W_key])
         shape = [1] * W.ndim
         shape[d_model_axis] = -1
         if has_bias and b_key is not None:
             # b @ W, contracting b with W's d_model axis: [heads, d_head] for attention, [d_mlp], [d_vocab].
-            sd[b_key] = sd[b_key].float() + torch.tensordot(sd[f"{norm}.b"].float(), W, dims=([0], [d_model_axis]))
+            sd[b_key] = _up(sd[b_key]) + torch.tensordot(_up(sd[f"{norm}.b"]), W, dims=([0], [d_model_axis]))
         W = W * w.reshape(shape)
         sd[W_key] = _center_d_model(W, d_model_axis) if center else W
 
     for i in range(cfg.n_layers):
         p = f"blocks.{i}."
-        for name in "QKV":  # W_* [heads, d_model, d_head]
-            fold(p + "ln1", f"{p}attn.W_{name}", f"{p}attn.b_{name}", 1)
+        for name in "QKV":  # W_* [heads, d_model, d_head]; K and V compact (_W_K, ...) with GQA
+            W, b = f"W_{name}", f"b_{name}"
+            if name != "Q":
+                W, b = key_value_param_name(cfg, W), key_value_param_name(cfg, b)
+            fold(p + "ln1", f"{p}attn.{W}", f"{p}attn.{b}", 1)
         fold(p + "ln2", f"{p}mlp.W_in", f"{p}mlp.b_in", 0)  # [d_model, d_mlp]
         if cfg.gated_mlp:
             fold(p + "ln2", f"{p}mlp.W_gate", None, 0)  # the ln2.b == 0 check above makes b @ W_gate zero
@@ -150,7 +161,7 @@ def center_writing_weights(state_dict: StateDict, cfg: HookedTransformerConfig) 
         p = f"blocks.{i}."
         keys += [p + "attn.W_O", p + "attn.b_O", p + "mlp.W_out", p + "mlp.b_out"]
     for k in keys:  # every one has d_model as its last axis
-        sd[k] = _center_d_model(sd[k].float(), -1)
+        sd[k] = _center_d_model(_up(sd[k]), -1)
     return sd
 
 
@@ -162,8 +173,9 @@ def center_unembed(state_dict: StateDict) -> StateDict:
     the loss and argmax are unchanged; raw logits are not. Valid for every model.
     """
     sd = dict(state_dict)
-    sd["unembed.W_U"] = sd["unembed.W_U"].float() - sd["unembed.W_U"].float().mean(-1, keepdim=True)
-    sd["unembed.b_U"] = sd["unembed.b_U"].float() - sd["unembed.b_U"].float().mean()
+    W_U, b_U = _up(sd["unembed.W_U"]), _up(sd["unembed.b_U"])
+    sd["unembed.W_U"] = W_U - W_U.mean(-1, keepdim=True)
+    sd["unembed.b_U"] = b_U - b_U.mean()
     return sd
 
 
@@ -179,13 +191,14 @@ def fold_value_biases(state_dict: StateDict, cfg: HookedTransformerConfig) -> St
     """
     sd = dict(state_dict)
     group = cfg.n_heads // cfg.n_kv_heads
+    b_V_key = key_value_param_name(cfg, "b_V")  # "_b_V" (compact) with grouped-query attention
     for i in range(cfg.n_layers):
         p = f"blocks.{i}.attn."
-        b_V: Float[Tensor, "kv_head_index d_head"] = sd[p + "b_V"].float()
+        b_V: Float[Tensor, "kv_head_index d_head"] = _up(sd[p + b_V_key])
         per_query_head = b_V.repeat_interleave(group, dim=0)  # [head_index, d_head]
-        W_O: Float[Tensor, "head_index d_head d_model"] = sd[p + "W_O"].float()
-        sd[p + "b_O"] = sd[p + "b_O"].float() + torch.einsum("he,hem->m", per_query_head, W_O)
-        sd[p + "b_V"] = torch.zeros_like(b_V)
+        W_O: Float[Tensor, "head_index d_head d_model"] = _up(sd[p + "W_O"])
+        sd[p + "b_O"] = _up(sd[p + "b_O"]) + torch.einsum("he,hem->m", per_query_head, W_O)
+        sd[p + b_V_key] = torch.zeros_like(b_V)
     return sd
 
 
@@ -227,7 +240,7 @@ def process_weights_(
     center_unembed: bool = True,
     fold_value_biases: bool = True,
 ) -> ProcessingReport:
-    """Process a HookedTransformer's weights in place (in float32), keeping its function.
+    """Process a HookedTransformer's weights in place (in float32, or float64 for a float64 model), keeping its function.
 
     Updates model.cfg: normalization_type LN -> LNPre / RMS -> RMSPre after fold_ln, and the flags
     folded_ln, centered_writing_weights, centered_unembed, folded_value_biases. Options that cannot
@@ -246,7 +259,7 @@ def process_weights_(
                   center_unembed=center_unembed, fold_value_biases=fold_value_biases)
     report = ProcessingReport()
     dtype = next(model.parameters()).dtype
-    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().to(compute_dtype(dtype)) for k, v in model.state_dict().items()}
     new_kind = None
 
     if wanted["fold_ln"]:

@@ -164,7 +164,7 @@ def validate_model_setup(
         _run("padding keys get zero attention", "Pass a list of strings (the model builds the mask) or attention_mask = 1 for real tokens, 0 for padding, of the tokens' shape; never an additive -inf mask.", NB_MASKS, masked_keys_zero),
         _run("generation returns text", "Call model.generate('text', max_new_tokens=..., do_sample=False); text in gives text out, token ids in give ids out.", NB_QUICKSTART, generation),
         _run("config sizes sane", "The config does not describe these weights: load through HookedTransformer.from_pretrained so the config comes from the checkpoint.", NB_QUICKSTART, config_sane),
-        _run("cfg.device and dtype match the parameters", "Move the model with model.to(device) / model.to(dtype), which updates cfg, rather than moving parameters one by one or editing cfg.", NB_QUICKSTART, device_matches),
+        _run("cfg.device and dtype match the parameters", "Move or cast the whole model (model.to(device), .to(dtype), .half(), .float(), .cuda(), ...: each updates cfg) rather than moving parameters one by one or editing cfg.", NB_QUICKSTART, device_matches),
     ]
     return SetupReport(rows)
 

@@ -221,7 +221,10 @@ def resolve(name: str) -> Path:
             return entry
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-building-", dir=home))
         try:
-            _BUILDERS[name](tmp)
+            from .loading import quiet_local_loading
+
+            with quiet_local_loading():  # builders read local files only: no progress bars
+                _BUILDERS[name](tmp)
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; a cache may be shared
             if entry.exists():  # only a hand-damaged entry can get here: entries appear whole
                 shutil.rmtree(entry)

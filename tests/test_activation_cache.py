@@ -73,6 +73,50 @@ def test_setitem_records_edited_names(gpt2):
     assert not cache["resid_pre", 1].any()
 
 
+@pytest.mark.parametrize("edit", [lambda t: t.zero_(), lambda t: t.__setitem__(slice(None), 0),
+                                  lambda t: t[0, -1].mul_(2)], ids=["zero_", "slice_assign", "part_of_it"])
+def test_in_place_edits_count_as_edits(gpt2, edit):
+    _, cache = gpt2.run_with_cache(tokens())
+    edit(cache["blocks.0.attn.hook_z"])
+    assert cache.edited == {"blocks.0.attn.hook_z"}
+
+
+def test_in_place_edit_of_a_tensor_two_hooks_share_marks_both(gpt2):
+    # A block's output is the next block's input: one tensor, cached under both names.
+    _, cache = gpt2.run_with_cache(tokens())
+    cache["blocks.0.hook_resid_post"].zero_()
+    assert cache.edited == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"}
+
+
+def test_in_place_edits_survive_moving_the_cache(gpt2):
+    _, cache = gpt2.run_with_cache(tokens(batch=1))
+    cache["blocks.0.hook_mlp_out"].zero_()
+    cache.to("cpu").remove_batch_dim()
+    assert cache.edited == {"blocks.0.hook_mlp_out"}
+    cache["blocks.1.hook_mlp_out"].zero_()  # and edits after the move are seen too
+    assert cache.edited == {"blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"}
+
+
+def test_a_deep_copy_tracks_its_own_in_place_edits(gpt2):
+    import copy
+
+    _, cache = gpt2.run_with_cache(tokens(), names_filter=["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"])
+    cache["blocks.0.hook_mlp_out"].zero_()
+    twin = copy.deepcopy(cache)
+    twin["blocks.1.hook_mlp_out"].zero_()
+    assert twin.edited == {"blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"}
+    assert cache.edited == {"blocks.0.hook_mlp_out"}
+
+
+def test_reading_a_cache_is_not_an_edit(gpt2):
+    _, cache = gpt2.run_with_cache(tokens())
+    cache.accumulated_resid(apply_ln=True)
+    cache.decompose_resid(apply_ln=True)
+    cache.stack_head_results(apply_ln=True)
+    (cache["blocks.0.attn.hook_z"] * 2).sum()
+    assert cache.edited == set()
+
+
 def test_missing_key_is_a_key_error_with_an_unquoted_message(gpt2):
     _, cache = gpt2.run_with_cache(tokens())
     with pytest.raises(KeyError) as err:
@@ -210,12 +254,16 @@ def test_stack_head_results_remainder_completes_the_residual(run):
     assert torch.allclose(stack.sum(0), cache["resid_post", -1][:, -1], atol=ATOL)
 
 
+def _scale_only(model, x):
+    """A norm without its weights, written out: centre (LayerNorm), divide by sqrt(mean square + eps)."""
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        x = x - x.mean(-1, keepdim=True)
+    return x / (x.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
+
+
 def _norm_input_share(model, cache, norm: str):
-    """What the scale-only norm should give: the model's normalised output with w (and b) undone."""
-    ln = model.ln_final if norm == "ln_final" else model.blocks[1].ln1
-    normalized = cache[f"{norm}.hook_normalized" if norm == "ln_final" else "blocks.1.ln1.hook_normalized"]
-    bias = ln.b.detach() if hasattr(ln, "b") else 0
-    return (normalized - bias) / ln.w.detach()
+    """What the scale-only norm should give: the norm's own input, normalised without w (and b)."""
+    return _scale_only(model, cache["resid_post", -1] if norm == "ln_final" else cache["resid_pre", 1])
 
 
 def test_apply_ln_to_stack_matches_the_models_norm(run):
@@ -231,8 +279,67 @@ def test_apply_ln_to_stack_is_additive_over_components(run):
     parts = cache.decompose_resid(apply_ln=True, pos_slice=-1)
     whole = cache.apply_ln_to_stack(cache["resid_post", -1][None, :, -1], pos_slice=-1)[0]
     assert torch.allclose(parts.sum(0), whole, atol=1e-4)
-    acc = cache.accumulated_resid(apply_ln=True, pos_slice=-1)
-    assert torch.allclose(acc[-1], whole, atol=1e-5)
+
+
+def _final_norm_by_hand(model, x):
+    """ln_final written out: the scale-only norm, times w (plus b for LayerNorm)."""
+    ln = model.ln_final
+    x = _scale_only(model, x)
+    if hasattr(ln, "w"):
+        x = x * ln.w.detach()
+    return x + ln.b.detach() if hasattr(ln, "b") else x
+
+
+def test_recompute_ln_on_the_final_residual_is_ln_finals_output(run):
+    model, _, logits, cache = run
+    recomputed = cache.apply_ln_to_stack(cache["resid_post", -1][None], recompute_ln=True)[0]
+    # TransformerLens 2.18 runs the whole final norm (weight and bias too) on each component, so
+    # the final residual comes out as what the unembed reads: unembedding it gives the logits.
+    with torch.no_grad():
+        assert torch.allclose(model.unembed(recomputed), logits, atol=1e-5)
+    assert torch.allclose(recomputed, _final_norm_by_hand(model, cache["resid_post", -1]), atol=1e-5)
+    last = cache.apply_ln_to_stack(cache["resid_post", -1][None, :, -1], pos_slice=-1, recompute_ln=True)[0]
+    assert torch.allclose(last, recomputed[:, -1], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_recompute_ln_on_a_processed_model_is_the_cached_scale_on_the_final_residual(name):
+    # With fold_ln the final norm has no weights left, so both readings of the final residual agree.
+    model = HookedTransformer.from_pretrained(name)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens())
+    final = cache["resid_post", -1][None]
+    recomputed = cache.apply_ln_to_stack(final, recompute_ln=True)[0]
+    assert torch.allclose(recomputed, cache.apply_ln_to_stack(final)[0], atol=1e-6)
+    assert torch.allclose(recomputed, cache["ln_final.hook_normalized"], atol=1e-6)
+
+
+def test_accumulated_resid_apply_ln_normalises_each_snapshot_with_its_own_statistics(run):
+    # TransformerLens 2.18: apply_ln=True up to the unembed recomputes ln_final per snapshot (logit lens).
+    model, _, logits, cache = run
+    raw = cache.accumulated_resid(incl_mid=True, pos_slice=-1)
+    normed = cache.accumulated_resid(incl_mid=True, pos_slice=-1, apply_ln=True)
+    assert torch.allclose(normed, _final_norm_by_hand(model, raw), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(model.unembed(normed[-1]), logits[:, -1], atol=1e-5)
+    for layer in (None, -1, model.cfg.n_layers):
+        assert torch.equal(cache.accumulated_resid(layer=layer, incl_mid=True, pos_slice=-1, apply_ln=True), normed)
+
+
+def test_accumulated_resid_apply_ln_before_a_layer_uses_that_layers_cached_scale(run):
+    _, _, _, cache = run  # as in TransformerLens: only the stack that reaches the unembed is recomputed
+    for mlp_input in (False, True):
+        raw = cache.accumulated_resid(layer=1, mlp_input=mlp_input)
+        cached = cache.apply_ln_to_stack(raw, layer=1, mlp_input=mlp_input)
+        assert torch.equal(cache.accumulated_resid(layer=1, mlp_input=mlp_input, apply_ln=True), cached)
+
+
+def test_recompute_ln_before_a_layer_warns_that_it_uses_the_cached_scale(run):
+    _, _, _, cache = run
+    raw = cache.accumulated_resid(layer=1)
+    with pytest.warns(UserWarning, match="recompute_ln"):
+        out = cache.apply_ln_to_stack(raw, layer=1, recompute_ln=True)
+    assert torch.equal(out, cache.apply_ln_to_stack(raw, layer=1))
 
 
 def test_logit_attrs_sum_to_the_tokens_direct_logit(run):

@@ -60,3 +60,40 @@ def test_variants_are_covered():
     assert lens("tiny-qwen2").blocks[0].attn.b_Q.abs().sum() > 0  # q/k/v bias taken
     assert {c.tie_word_embeddings for c in cfgs.values()} == {True, False}
     assert cfgs["tiny-llama"].rotary_base == 50000.0
+
+
+def _random_llama(head_dim: int, seed: int = 0):
+    """A seeded random HF Llama with the given head size, in eager attention."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=head_dim, vocab_size=512, max_position_embeddings=128,
+                         attn_implementation="eager", architectures=["LlamaForCausalLM"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).eval()
+        with torch.no_grad():  # norm weights off their constant 1, so each one matters
+            for name, p in model.named_parameters():
+                if p.ndim == 1:
+                    p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_logits_bit_exact_with_huggingface_at_d_head_128(attn_implementation):
+    # At d_head 128 (every 7B/8B Llama), sqrt(d_head) is not a power of two, so dividing the scores
+    # by it and multiplying them by head_dim ** -0.5 (HuggingFace's rule) round differently.
+    from lensutil.loading import from_pretrained_no_processing
+
+    ref = _random_llama(head_dim=128)
+    model = from_pretrained_no_processing("random-llama-d128", hf_model=ref, attn_implementation=attn_implementation)
+    assert model.cfg.d_head == 128
+    tokens = torch.randint(0, 512, (2, 48), generator=torch.Generator().manual_seed(1))
+    if attn_implementation == "sdpa":
+        ref.config._attn_implementation = "sdpa"
+    try:
+        with torch.no_grad():
+            diff = (model(tokens) - ref(tokens).logits).abs().max().item()
+    finally:
+        ref.config._attn_implementation = "eager"
+    assert diff == 0, f"max |Δ logit| {diff:.2e} at d_head 128 ({attn_implementation})"

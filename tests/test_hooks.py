@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from lensutil.activation_cache import ActivationCache
-from lensutil.errors import HookFlagError, HookNameError, HookShapeError, LensError
-from lensutil.hook_points import HookedRootModule, HookPoint
+from lensutil.errors import HookFlagError, HookNameError, HookShapeError, LensError, close_matches
+from lensutil.hook_points import HookedRootModule, HookPoint, LensHandle
 
 
 class ToyBlock(nn.Module):
@@ -152,6 +152,53 @@ def test_bwd_hook_returning_tensor_replaces_gradient(toy):
     assert all(p.grad is None or not p.grad.any() for p in toy.parameters())
 
 
+@pytest.mark.parametrize("wrap", [lambda g: (g,), lambda g: g], ids=["one_tuple", "bare_tensor"])
+def test_bwd_hook_may_return_a_one_tuple_or_a_bare_tensor(toy, wrap):
+    # TransformerLens' own tests return (grad,) from backward hooks; both forms replace the gradient.
+    toy.add_hook("hook_out", lambda g, hook: wrap(torch.zeros_like(g)), dir="bwd")
+    toy(x_in(), return_loss=True).backward()
+    assert all(p.grad is None or not p.grad.any() for p in toy.parameters())
+
+
+def test_bwd_hook_returning_none_keeps_the_gradient(toy):
+    toy(x_in(), return_loss=True).backward()
+    plain = [p.grad.clone() for p in toy.parameters()]
+    toy.zero_grad()
+    toy.add_hook("hook_out", lambda g, hook: None, dir="bwd")
+    toy(x_in(), return_loss=True).backward()
+    assert all(torch.equal(p.grad, g) for p, g in zip(toy.parameters(), plain))
+
+
+@pytest.mark.parametrize("result", [lambda g: (g, g), lambda g: (None,), lambda g: [g]],
+                         ids=["two_tuple", "tuple_of_none", "list"])
+def test_bwd_hook_returning_another_container_raises_lens_error(toy, result):
+    toy.add_hook("hook_out", lambda g, hook: result(g), dir="bwd")
+    with pytest.raises(LensError, match=r"'hook_out' returned .*\(grad,\)"):
+        toy(x_in(), return_loss=True).backward()
+
+
+def test_backward_pre_hook_registered_directly_fires(toy):
+    # torch's own register_full_backward_pre_hook, on a hook point with nothing else attached.
+    seen = []
+    toy.hook_dict["hook_out"].register_full_backward_pre_hook(lambda module, grad_out: seen.append(grad_out[0].shape))
+    toy(x_in(), return_loss=True).backward()
+    assert seen == [torch.Size([2, 4])]
+
+
+@pytest.mark.parametrize("register", [
+    lambda hp: hp.register_forward_hook(lambda m, i, o: None),
+    lambda hp: hp.register_forward_pre_hook(lambda m, i: None),
+    lambda hp: hp.register_full_backward_hook(lambda m, gi, go: None),
+    lambda hp: hp.register_full_backward_pre_hook(lambda m, go: None),
+], ids=["forward", "forward_pre", "backward", "backward_pre"])
+def test_has_hooks_counts_every_hook_kind(toy, register):
+    hp = toy.hook_dict["blocks.0.hook_mid"]
+    handle = register(hp)
+    assert hp.has_hooks
+    handle.remove()
+    assert not hp.has_hooks
+
+
 # ---- names ---------------------------------------------------------------------------------------
 
 def test_unknown_hook_name_lists_close_matches(toy):
@@ -159,7 +206,7 @@ def test_unknown_hook_name_lists_close_matches(toy):
         toy.add_hook("blocks.0.mlp.hook_mlp_out", lambda t, hook: None)
     msg = str(err.value)
     assert "No hook named 'blocks.0.mlp.hook_mlp_out'" in msg
-    assert "'blocks.0.hook_mlp_out'" in msg and "list_hooks()" in msg
+    assert "'blocks.0.hook_mlp_out'" in msg and "model.find_hooks()" in msg
 
 
 @pytest.mark.parametrize(
@@ -176,6 +223,60 @@ def test_unknown_hook_name_is_refused_everywhere(toy, call):
     with pytest.raises(HookNameError, match="Did you mean: 'blocks.0.hook_mid'"):
         call(toy)
     assert n_attached(toy) == 0
+
+
+def test_names_filter_that_is_part_of_many_names_lists_them_and_the_callable_form(toy):
+    with pytest.raises(HookNameError) as err:
+        toy.run_with_cache(x_in(), names_filter="mlp_out")
+    msg = str(err.value)
+    assert "No hook named 'mlp_out'" in msg
+    assert "'blocks.0.hook_mlp_out', 'blocks.1.hook_mlp_out'" in msg
+    assert "names_filter=lambda name: 'mlp_out' in name" in msg
+    assert n_attached(toy) == 0
+
+
+def test_hook_name_that_is_part_of_many_names_shows_a_filter_for_add_hook(toy):
+    with pytest.raises(HookNameError, match=r"lambda name: 'hook_mid' in name"):
+        toy.add_hook("hook_mid", lambda t, hook: None)
+
+
+class DeepToy(HookedRootModule):
+    """24 blocks, so that a typo in layer 0 has near namesakes in blocks.10 and blocks.20."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([ToyBlock() for _ in range(24)])
+        self.setup()
+
+
+def _layers(message: str) -> list[str]:
+    return re.findall(r"'(blocks\.\d+)\.", message.split("Did you mean:")[1])
+
+
+def _same_layer_first(found: list[str], layer: str) -> bool:
+    return found == sorted(found, key=lambda f: not f.startswith(layer + "."))  # a stable sort moves nothing
+
+
+def test_close_matches_list_the_same_layer_first():
+    model = DeepToy()
+    with pytest.raises(HookNameError) as err:
+        model.add_hook("blocks.0.hook_mdi", lambda t, hook: None)
+    assert str(err.value).split("Did you mean: ")[1].startswith("'blocks.0.hook_mid'")
+    layers = _layers(str(err.value))
+    assert layers[:2] == ["blocks.0", "blocks.0"] and layers == sorted(layers, key=lambda l: l != "blocks.0")
+    with pytest.raises(HookNameError) as err:
+        model.add_hook("blocks.0.mlp.hook_mlp_out", lambda t, hook: None)
+    assert str(err.value).split("Did you mean: ")[1].startswith("'blocks.0.hook_mlp_out', 'blocks.0.")
+
+
+def test_close_matches_on_a_30_layer_name_set_prefer_the_typed_layer():
+    names = [f"blocks.{i}.attn.{h}" for i in range(30) for h in ("hook_pattern", "hook_attn_scores", "hook_z", "hook_q")]
+    for layer in (0, 7, 29):
+        found = close_matches(f"blocks.{layer}.attn.hook_patern", names)
+        assert found[0] == f"blocks.{layer}.attn.hook_pattern"
+        assert found[1].startswith(f"blocks.{layer}.") and _same_layer_first(found, f"blocks.{layer}")
+    # a layer the model does not have: the nearest names of any layer
+    assert close_matches("blocks.31.attn.hook_pattern", names)[0].endswith("attn.hook_pattern")
 
 
 def test_flag_gated_hook_raises_flag_error_naming_flag_and_call(toy):
@@ -282,7 +383,8 @@ def test_reset_hooks_direction_removes_only_that_direction(toy):
     toy.add_hook("hook_in", lambda t, hook: None, dir="bwd")
     toy.reset_hooks(direction="fwd")
     hp = toy.hook_dict["hook_in"]
-    assert not hp.has_hooks and len(hp.bwd_hooks) == 1
+    assert not hp.fwd_hooks and not hp._forward_hooks and len(hp.bwd_hooks) == 1
+    assert hp.has_hooks  # has_hooks counts the backward hook too
     toy.reset_hooks(direction="bwd")
     assert n_attached(toy) == 0
 
@@ -377,12 +479,43 @@ def test_run_with_cache_reset_hooks_end_false_keeps_caching_hooks(toy):
 
 # ---- discovery -----------------------------------------------------------------------------------
 
-def test_list_hooks_matches_glob_substring_and_regex(toy):
-    assert len(toy.list_hooks()) == 8
-    assert toy.list_hooks("blocks.*.hook_mid") == ["blocks.0.hook_mid", "blocks.1.hook_mid"]
-    assert toy.list_hooks("mlp_out") == ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"]
-    assert toy.list_hooks(re.compile(r"^hook_")) == ["hook_in", "hook_out"]
-    assert toy.list_hooks("blocks.[1].hook_m?d") == ["blocks.1.hook_mid"]
+def test_find_hooks_matches_glob_substring_and_regex(toy):
+    assert len(toy.find_hooks()) == 8
+    assert toy.find_hooks("blocks.*.hook_mid") == ["blocks.0.hook_mid", "blocks.1.hook_mid"]
+    assert toy.find_hooks("mlp_out") == ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"]
+    assert toy.find_hooks(re.compile(r"^hook_")) == ["hook_in", "hook_out"]
+    assert toy.find_hooks("blocks.[1].hook_m?d") == ["blocks.1.hook_mid"]
+
+
+def test_list_hooks_returns_attached_hooks_by_name_like_transformerlens_3(toy):
+    def mine(t, hook):
+        return None
+
+    def grad_hook(g, hook):
+        return None
+
+    assert toy.list_hooks() == {}
+    toy.add_hook("hook_in", mine, is_permanent=True)
+    toy.add_hook("blocks.1.hook_mid", mine)
+    toy.add_hook("blocks.1.hook_mid", grad_hook, dir="bwd")
+    attached = toy.list_hooks()
+    assert list(attached) == ["hook_in", "blocks.1.hook_mid"]  # hook points with nothing attached are left out
+    assert all(isinstance(h, LensHandle) for hs in attached.values() for h in hs)
+    assert [h.user_hook for h in attached["blocks.1.hook_mid"]] == [mine, grad_hook]
+    assert attached["hook_in"][0].is_permanent
+    assert [h.user_hook for h in toy.list_hooks(dir="bwd")["blocks.1.hook_mid"]] == [grad_hook]
+    assert list(toy.list_hooks(including_permanent=False)) == ["blocks.1.hook_mid"]
+    assert list(toy.list_hooks("hook_in")) == ["hook_in"]  # a string is one exact name
+    assert list(toy.list_hooks(["hook_out", "blocks.1.hook_mid"])) == ["blocks.1.hook_mid"]
+    assert list(toy.list_hooks(lambda name: name.startswith("blocks"))) == ["blocks.1.hook_mid"]
+    toy.reset_hooks(including_permanent=True)
+    assert toy.list_hooks() == {}
+
+
+def test_list_hooks_with_a_search_pattern_points_to_find_hooks(toy):
+    # lensutil's old list_hooks(pattern) searched names; TransformerLens 3.3+'s lists attached hooks.
+    with pytest.raises(HookNameError, match=r"model\.find_hooks\('mlp_out'\)"):
+        toy.list_hooks("mlp_out")
 
 
 def test_print_hook_list_aligns_shapes_and_notes_flags(toy, capsys):

@@ -6,7 +6,7 @@ import torch
 from _models import lens
 from lensutil import HookedTransformer, zoo
 from lensutil.errors import ModelAccessError
-from lensutil.loading import load_torch_file
+from lensutil.loading import load_hf, load_torch_file
 
 
 def test_local_directory_loads_like_the_zoo_name():
@@ -50,3 +50,14 @@ def test_fine_tuned_state_dict_round_trips_through_torch_save(tmp_path):
     fresh.load_and_process_state_dict(load_torch_file(tmp_path / "finetuned.pt"), fold_ln=False,
                                       center_writing_weights=False, center_unembed=False, fold_value_biases=False)
     assert torch.equal(fresh("Hello"), model("Hello"))
+
+
+def test_local_loading_shows_no_progress_bar_and_restores_the_setting(capfd):
+    # transformers draws a "Loading weights" bar for every model it reads; from local disk it is
+    # noise (in a notebook, a widget in every stored output), so lensutil hides it there only.
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    load_hf("tiny-gpt2")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the user's setting is back

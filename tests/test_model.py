@@ -156,3 +156,70 @@ def test_rotary_hooks_exist_only_where_they_fire():
     assert "blocks.0.attn.hook_rot_q" in lens("tiny-llama").hook_dict
     with pytest.raises(HookNameError):  # on GPT-2 it would be a hook that silently never fires
         lens("tiny-gpt2").run_with_hooks(TEXT, fwd_hooks=[("blocks.0.attn.hook_rot_q", lambda x, hook: None)])
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_attn_scores"])
+def test_sdpa_mode_runs_backward_and_forward_pre_hooks_on_the_attention(hook):
+    # The fused kernel never makes the pattern, so any hook there (not only a forward one) must turn it off.
+    fused = from_pretrained_no_processing("tiny-llama", attn_implementation="sdpa")
+    grads = []
+    fused.add_hook(hook, lambda grad, hook: grads.append(grad.shape), dir="bwd")
+    fused(TEXT, return_type="loss").backward()
+    fused.reset_hooks()
+    assert len(grads) == 1 and grads[0][-2:] == grads[0][-1:] * 2
+    seen = []
+    handle = fused.hook_dict[hook].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    with torch.no_grad():
+        fused(TEXT)
+    handle.remove()
+    assert seen == [grads[0]]
+
+
+def _fresh(name: str = "tiny-llama", dtype: torch.dtype = torch.float32):
+    return from_pretrained_no_processing(name, dtype=dtype)  # not the shared lens() copy: these move it
+
+
+@pytest.mark.parametrize("method,dtype", [("half", torch.float16), ("bfloat16", torch.bfloat16),
+                                          ("double", torch.float64), ("float", torch.float32)])
+def test_cfg_dtype_follows_every_dtype_method(method, dtype):
+    model = _fresh(dtype=torch.float16 if method == "float" else torch.float32)
+    assert getattr(model, method)() is model
+    assert model.cfg.dtype == dtype == model.W_E.dtype
+    model.type(torch.float64)  # nn.Module.type too
+    assert model.cfg.dtype == torch.float64
+
+
+def test_cfg_device_follows_cpu():
+    model = _fresh()
+    model.cfg.device = "meta"  # as if it had been moved and cfg had been left behind
+    model.cpu()
+    assert model.cfg.device == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cfg_device_follows_cuda_and_cpu():
+    model = _fresh()
+    model.cuda()
+    assert model.cfg.device == "cuda:0" and model(TEXT).device.type == "cuda"
+    model.cpu()
+    assert model.cfg.device == "cpu" and model(TEXT).device.type == "cpu"
+
+
+def test_a_bfloat16_model_made_float_computes_like_a_float32_one():
+    # Rotary angles are built in cfg.dtype: after .float() they must be float32 again.
+    converted = _fresh(dtype=torch.bfloat16).float()
+    fresh = _fresh()
+    fresh.load_state_dict(converted.state_dict())  # the same (bfloat16-rounded) weights
+    assert torch.equal(converted(TEXT), fresh(TEXT))
+
+
+def test_compare_with_hf_loads_its_reference_in_the_models_current_dtype(monkeypatch):
+    import lensutil.loading
+    from lensutil.checks import compare_with_hf
+
+    model = _fresh(dtype=torch.bfloat16).float()
+    asked = []
+    real_load_hf = lensutil.loading.load_hf
+    monkeypatch.setattr(lensutil.loading, "load_hf", lambda *a, **kw: asked.append(kw.get("dtype")) or real_load_hf(*a, **kw))
+    compare_with_hf(model, prompts="Hi")
+    assert asked == [torch.float32]

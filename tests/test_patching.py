@@ -32,6 +32,40 @@ def test_edit_after_start_layer_is_patched_in():
     assert torch.equal(new_cache["blocks.1.hook_mlp_out"], edit)
 
 
+@pytest.mark.parametrize("edit", [lambda t: t.zero_(), lambda t: t.__setitem__(slice(None), 0)],
+                         ids=["zero_", "slice_assign"])
+def test_in_place_edit_takes_effect_like_an_assignment(edit):
+    model = lens("tiny-llama")
+    logits, cache = model.run_with_cache(TEXT)
+    zeros = torch.zeros_like(cache["blocks.1.hook_mlp_out"])
+    edit(cache["blocks.1.hook_mlp_out"])
+    resumed, new_cache = model.run_with_cache_from_cache(cache, start_at_layer=1)
+    assert torch.equal(resumed, _reference(model, {"blocks.1.hook_mlp_out": zeros}))
+    assert not torch.equal(resumed, logits)
+    assert not new_cache["blocks.1.hook_mlp_out"].any()
+
+
+def test_in_place_edit_before_start_layer_shows_in_the_starting_residual():
+    model = lens("tiny-gpt2")
+    _, cache = model.run_with_cache(TEXT)
+    cache["blocks.0.attn.hook_z"].mul_(0.5)
+    edit = cache["blocks.0.attn.hook_z"].clone()
+    resumed, _ = run_with_cache_from_cache(model, cache, start_at_layer=1)
+    assert torch.allclose(resumed, _reference(model, {"blocks.0.attn.hook_z": edit}), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_in_place_edit_of_a_residual_shared_by_two_hooks_is_one_edit(name):
+    # blocks.0.hook_resid_post and blocks.1.hook_resid_pre are one tensor; editing it is not a conflict.
+    model = lens(name)
+    logits, cache = model.run_with_cache(TEXT)
+    cache["blocks.0.hook_resid_post"].mul_(0.5)
+    edit = cache["blocks.1.hook_resid_pre"].clone()
+    resumed, _ = run_with_cache_from_cache(model, cache, start_at_layer=1)
+    assert torch.equal(resumed, model(edit, start_at_layer=1))
+    assert not torch.allclose(resumed, logits)
+
+
 def test_edit_before_start_layer_shows_in_the_starting_residual():
     model = lens("tiny-gpt2")
     _, cache = model.run_with_cache(TEXT)

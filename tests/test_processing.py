@@ -107,7 +107,8 @@ def test_processing_keeps_log_probs_and_changes_the_weights(subject, variant):
         CHECKS[option](model, before, report, warned)
 
 
-BEFORE_KEYS = ("blocks.0.attn.W_Q", "blocks.0.attn.b_V", "blocks.0.attn.b_O", "unembed.W_U")
+# b_V is "_b_V" (compact, per key/value head) with grouped-query attention, as in TransformerLens.
+BEFORE_KEYS = ("blocks.0.attn.W_Q", "blocks.0.attn.b_V", "blocks.0.attn._b_V", "blocks.0.attn.b_O", "unembed.W_U")
 
 
 def _check_fold_ln(model, before, report, warned):
@@ -144,7 +145,8 @@ def _check_center_unembed(model, before, report, warned):
 def _check_fold_value_biases(model, before, report, warned):
     assert model.cfg.folded_value_biases
     assert all(torch.all(block.attn.b_V == 0) for block in model.blocks)
-    if before["blocks.0.attn.b_V"].abs().max() > 0:  # GPT-2 and Qwen2 have value biases; Llama has none
+    b_V = before.get("blocks.0.attn.b_V", before.get("blocks.0.attn._b_V"))
+    if b_V.abs().max() > 0:  # GPT-2 and Qwen2 have value biases; Llama has none
         assert not torch.equal(model.blocks[0].attn.b_O, before["blocks.0.attn.b_O"])
 
 

@@ -15,6 +15,16 @@ from . import Adapter, HFLayout, StateDictReader
 _ACTS = {"gelu_new", "gelu", "relu", "gelu_pytorch_tanh"}
 
 
+def _scale_rule() -> str:
+    # transformers' GPT-2 divides the scores by sqrt(head_dim) up to 5.3 and multiplies them by
+    # head_dim ** -0.5 from 5.4 (modeling_gpt2.py eager_attention_forward). Same bits at GPT-2's
+    # own d_head 64; a custom head size follows the installed version.
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return "multiply" if (major, minor) >= (5, 4) else "divide"
+
+
 def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
     unsupported = {
         "scale_attn_by_inverse_layer_idx": (getattr(hf, "scale_attn_by_inverse_layer_idx", False), False),
@@ -30,12 +40,14 @@ def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
         d_mlp = hf.n_inner
     else:
         d_mlp = 4 * hf.n_embd
-    return HookedTransformerConfig(
+    fields = dict(
         n_layers=hf.n_layer, d_model=hf.n_embd, n_ctx=hf.n_positions, n_heads=hf.n_head,
         d_head=hf.n_embd // hf.n_head, d_mlp=d_mlp, d_vocab=hf.vocab_size, act_fn=hf.activation_function,
         eps=hf.layer_norm_epsilon, normalization_type="LN", positional_embedding_type="standard",
-        mlp_type="dense", tie_word_embeddings=True, original_architecture="GPT2LMHeadModel", **overrides,
+        mlp_type="dense", tie_word_embeddings=True, original_architecture="GPT2LMHeadModel",
+        attn_scale_rule=_scale_rule(),
     )
+    return HookedTransformerConfig(**{**fields, **overrides})  # overrides (n_ctx=...) win
 
 
 def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
@@ -59,7 +71,7 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
     sd["ln_final.w"], sd["ln_final.b"] = take(p + "ln_f.weight"), take(p + "ln_f.bias")
     lm_head = take.get("lm_head.weight")
     sd["unembed.W_U"] = (lm_head if lm_head is not None else sd["embed.W_E"]).T
-    sd["unembed.b_U"] = torch.zeros(cfg.d_vocab, dtype=sd["embed.W_E"].dtype)
+    sd["unembed.b_U"] = torch.zeros(cfg.d_vocab_out, dtype=sd["embed.W_E"].dtype)
     take.check_all_used()
     return sd
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..components import key_value_param_name
 from ..config import HookedTransformerConfig
 from ..errors import ConfigError
 from . import Adapter, HFLayout, StateDictReader
@@ -41,14 +42,20 @@ def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
     if window is not None and getattr(hf, "max_window_layers", hf.num_hidden_layers) < hf.num_hidden_layers:
         raise ConfigError("Sliding-window attention on only some layers (max_window_layers) is not implemented.")
     d_head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-    return HookedTransformerConfig(
+    # TransformerLens' rule: n_key_value_heads is None (plain multi-head attention, weights named
+    # W_K/W_V) unless there are fewer key/value heads than query heads.
+    kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+    fields = dict(
         n_layers=hf.num_hidden_layers, d_model=hf.hidden_size, n_ctx=hf.max_position_embeddings,
         n_heads=hf.num_attention_heads, d_head=d_head, d_mlp=hf.intermediate_size, d_vocab=hf.vocab_size,
         act_fn=hf.hidden_act, eps=hf.rms_norm_eps, normalization_type="RMS", positional_embedding_type="rotary",
-        rotary_dim=d_head, rotary_base=_rope_theta(hf), n_key_value_heads=hf.num_key_value_heads,
+        rotary_dim=d_head, rotary_base=_rope_theta(hf),
+        n_key_value_heads=kv_heads if kv_heads != hf.num_attention_heads else None,
+        attn_scale_rule="multiply",  # HF: scores * head_dim ** -0.5 (LlamaAttention.scaling)
         mlp_type="gated", window_size=window, tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
-        original_architecture=hf.architectures[0], **overrides,
+        original_architecture=hf.architectures[0],
     )
+    return HookedTransformerConfig(**{**fields, **overrides})  # overrides (n_ctx=...) win
 
 
 def _bias(take, key: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -67,8 +74,11 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
         sd[o + "ln2.w"] = take(b + "post_attention_layernorm.weight")
         for name, heads in (("q", h), ("k", kv), ("v", kv)):
             w = take(b + f"self_attn.{name}_proj.weight")  # nn.Linear: [heads * d_head, d_model]
-            sd[o + f"attn.W_{name.upper()}"] = w.reshape(heads, e, d).transpose(1, 2)
-            sd[o + f"attn.b_{name.upper()}"] = _bias(take, b + f"self_attn.{name}_proj.bias", (heads, e), w)
+            W, B = f"W_{name.upper()}", f"b_{name.upper()}"
+            if name != "q":  # _W_K, _b_K, ... with grouped-query attention
+                W, B = key_value_param_name(cfg, W), key_value_param_name(cfg, B)
+            sd[o + f"attn.{W}"] = w.reshape(heads, e, d).transpose(1, 2)
+            sd[o + f"attn.{B}"] = _bias(take, b + f"self_attn.{name}_proj.bias", (heads, e), w)
         w_o = take(b + "self_attn.o_proj.weight")  # [d_model, n_heads * d_head]
         sd[o + "attn.W_O"] = w_o.T.reshape(h, e, d)
         sd[o + "attn.b_O"] = _bias(take, b + "self_attn.o_proj.bias", (d,), w_o)
@@ -82,7 +92,7 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
     sd["ln_final.w"] = take("model.norm.weight")
     lm_head = take.get("lm_head.weight")
     sd["unembed.W_U"] = (lm_head if lm_head is not None else W_E).T
-    sd["unembed.b_U"] = torch.zeros(cfg.d_vocab, dtype=W_E.dtype)
+    sd["unembed.b_U"] = torch.zeros(cfg.d_vocab_out, dtype=W_E.dtype)
     take.check_all_used()
     return sd
 
