@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -335,13 +334,14 @@ class HookedRootModule(nn.Module):
         clear_contexts: bool = False,
         **model_kwargs: Any,
     ) -> Any:
-        """Run the model with temporary hooks. bwd_hooks need reset_hooks_end=False to see a later .backward()."""
-        if bwd_hooks and reset_hooks_end:
-            warnings.warn(
-                "run_with_hooks removes its hooks when it returns, so backward hooks will not see a later "
-                ".backward(); pass reset_hooks_end=False and call model.reset_hooks() after backward.",
-                stacklevel=2,
-            )
+        """Run the model with temporary hooks.
+
+        Backward hooks still fire on a later `.backward()` of this run's output although the hooks
+        are removed on return: PyTorch 2.x binds a module's backward hooks into the graph during the
+        forward pass. (TransformerLens 2.x warns that they will not; under PyTorch 2.x they do.) They
+        do not fire for a later forward; reset_hooks_end=False keeps them for that, then call
+        model.reset_hooks().
+        """
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)
 
