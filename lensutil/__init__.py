@@ -9,6 +9,7 @@ from .errors import LensError as LensError
 from .hook_points import HookedRootModule as HookedRootModule
 from .hook_points import HookPoint as HookPoint
 from .model import HookedTransformer as HookedTransformer
+from .encoder import HookedEncoder as HookedEncoder
 from .patching import run_with_cache_from_cache as run_with_cache_from_cache
 from .utils import get_act_name as get_act_name
 from . import errors as errors

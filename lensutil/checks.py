@@ -3,6 +3,7 @@
 - `compare_with_hf`: how far the hooked model's outputs are from HuggingFace's on the same tokens.
 - `error_table`: that error for every dtype x weight-processing option (SYMPTOMS.md item 12).
 - `locate_divergence`: where, component by component, two models that should agree first disagree.
+- `routing_agreement`: per mixture-of-experts layer, the share of tokens routed to HuggingFace's experts.
 - `validate_model_setup`: shapes, hooks, cache keys, masks, generation, config (SYMPTOMS.md item 18).
 
 Every comparison runs each model in its own dtype, then measures |Δ| in float64, so the measurement
@@ -106,6 +107,10 @@ def compare_with_hf(
     batch gets the same attention mask and position ids (cumsum(mask) - 1) on both sides, and only
     real positions are compared.
     """
+    if getattr(model, "is_encoder", False):  # HookedEncoder: logits or hidden states, pairs allowed
+        from .encoder_checks import compare_with_hf as compare_encoder
+
+        return compare_encoder(model, hf_model, None if prompts is DEFAULT_PROMPTS else prompts, on)
     _transform(torch.zeros(1), on)  # validate `on` before loading anything
     if hf_model is None:
         from .loading import load_hf
@@ -306,6 +311,57 @@ class DivergenceReport:
         return "\n".join([*lines, str(self)])
 
 
+_INDICES = "#indices"  # a router's third output, the chosen experts (HF's MixtralTopKRouter returns logits, weights, indices)
+
+
+def _expert_sets_differ(ours: Tensor, theirs: Tensor) -> Tensor:
+    """Per token, whether two [..., top_k] expert choices differ as sets (order within top-k aside)."""
+    k = theirs.shape[-1]
+    return (ours.reshape(-1, k).sort(-1).values != theirs.reshape(-1, k).sort(-1).values).any(-1)
+
+
+@torch.no_grad()
+def routing_agreement(
+    model: "HookedTransformer",
+    hf_model=None,
+    input: str | list[str] | tuple[str, ...] | Tensor = DEFAULT_PROMPTS,
+) -> list[float]:
+    """Per MoE layer, the share of real tokens whose set of experts is the same as HuggingFace's.
+
+    lensutil's own (TransformerLens has no such check). `hf_model` None loads the reference for
+    model.cfg.model_name in the model's dtype. Prompts are padded as compare_with_hf pads them,
+    and padding positions are not counted. 1.0 on every layer: the two route identically.
+    """
+    if model.cfg.mlp_type != "moe":
+        raise LensError(f"routing_agreement needs a mixture-of-experts model (cfg.mlp_type='moe'); this one is {model.cfg.mlp_type!r}.")
+    from .adapters import get_adapter
+
+    if hf_model is None:
+        from .loading import load_hf
+
+        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype)
+        hf_model.to(model.cfg.device)
+    layout = get_adapter(hf_model.config).layout
+    if isinstance(input, Tensor):
+        tokens = input[None] if input.ndim == 1 else input
+        mask = torch.ones_like(tokens)
+    else:
+        tokens, mask = tok.tokenize(model, [input] if isinstance(input, str) else list(input))
+    theirs: list[Tensor] = []
+    handles = [hf_model.get_submodule(f"{layout.layers}.{i}.{layout.mlp}.gate").register_forward_hook(
+        lambda module, args, output: theirs.append(output[2].detach())) for i in range(model.cfg.n_layers)]
+    try:
+        _hf_logits(hf_model, tokens, mask)
+    finally:
+        for h in handles:
+            h.remove()
+    names = [f"blocks.{i}.mlp.hook_expert_indices" for i in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names)
+    real = mask.bool().reshape(-1).to(model.cfg.device)
+    return [1.0 - _expert_sets_differ(cache[n], t.to(model.cfg.device))[real].double().mean().item()
+            for n, t in zip(names, theirs)]
+
+
 def _first_tensor(output) -> Tensor:
     # HF attention modules return (output, weights); decoder layers return a tensor or a tuple.
     return output[0] if isinstance(output, (tuple, list)) else output
@@ -320,6 +376,10 @@ def locate_divergence(
 ) -> DivergenceReport:
     """Run both models once and compare embeddings, each layer's attention, MLP and residual
     stream, the final norm and the logits, in that order; the report names the first mismatch."""
+    if getattr(model, "is_encoder", False):
+        from .encoder_checks import locate_divergence as locate_encoder
+
+        return locate_encoder(model, hf_model, input, atol)
     applied = [f for f in _APPLIED_FLAGS if getattr(model.cfg, f, False)]
     if applied:
         raise LensError(
@@ -342,8 +402,12 @@ def locate_divergence(
     plan = [("embeddings", "hook_embed", layout.embed)]
     for i in range(model.cfg.n_layers):
         layer = f"{layout.layers}.{i}"
+        plan.append((f"blocks.{i} attention output", f"blocks.{i}.hook_attn_out", f"{layer}.{layout.attn}"))
+        if model.cfg.mlp_type == "moe":  # the router's logits, then its discrete choice (share of tokens routed differently)
+            router = f"{layer}.{layout.mlp}.gate"
+            plan += [(f"blocks.{i} MoE router logits", f"blocks.{i}.mlp.hook_router_logits", router),
+                     (f"blocks.{i} MoE expert choice", f"blocks.{i}.mlp.hook_expert_indices", router + _INDICES)]
         plan += [
-            (f"blocks.{i} attention output", f"blocks.{i}.hook_attn_out", f"{layer}.{layout.attn}"),
             (f"blocks.{i} MLP output", f"blocks.{i}.hook_mlp_out", f"{layer}.{layout.mlp}"),
             (f"blocks.{i} residual stream after the block", f"blocks.{i}.hook_resid_post", layer),
         ]
@@ -354,8 +418,8 @@ def locate_divergence(
     try:
         for _, _, path in plan[:-1]:
             def grab(module, args, output, path=path):
-                captured[path] = _first_tensor(output).detach()
-            handles.append(hf_model.get_submodule(path).register_forward_hook(grab))
+                captured[path] = (output[2] if path.endswith(_INDICES) else _first_tensor(output)).detach()
+            handles.append(hf_model.get_submodule(path.removesuffix(_INDICES)).register_forward_hook(grab))
         captured["logits"] = hf_model(input_ids=tokens.to(_device_of(hf_model))).logits
     finally:
         for h in handles:
@@ -368,7 +432,11 @@ def locate_divergence(
         if hook == "ln_final.hook_normalized" and model.cfg.normalization_type == "RMS":
             # RMSNorm's hook_normalized is before the weight (TransformerLens); HF's module output is after it.
             ours = model.ln_final.w * ours
-        diff = (ours.double() - captured[path].to(ours.device).double()).abs()
+        theirs = captured[path].to(ours.device)
+        if path.endswith(_INDICES):  # 1 where a token's set of experts differs, 0 where it is the same
+            diff = _expert_sets_differ(ours, theirs).double()
+        else:
+            diff = (ours.double().reshape(theirs.shape) - theirs.double()).abs()
         rows.append({"component": component, "hook": hook, "max": diff.max().item(), "mean": diff.mean().item()})
     return DivergenceReport(rows, atol)
 

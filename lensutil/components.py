@@ -80,7 +80,8 @@ class AttentionContext:
         # sliding window only the last `window_size` of them.
         q_idx = torch.arange(past_len, past_len + q_len, device=device)[:, None]
         k_idx = torch.arange(past_len + q_len, device=device)[None, :]
-        allowed = k_idx <= q_idx
+        # Bidirectional (encoders): every query sees every key; only the padding mask below applies.
+        allowed = k_idx <= q_idx if cfg.attention_dir == "causal" else torch.ones_like(k_idx <= q_idx)
         if cfg.window_size is not None:
             allowed = allowed & (q_idx - k_idx < cfg.window_size)
         allowed = allowed[None, None]
@@ -366,6 +367,12 @@ def check_hook_flags(cfg: HookedTransformerConfig) -> None:
         )
 
 
+def _moe(cfg: HookedTransformerConfig) -> nn.Module:
+    from .moe import MoE  # lensutil/moe.py builds on this module
+
+    return MoE(cfg)
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig, index: int):
         super().__init__()
@@ -373,7 +380,7 @@ class TransformerBlock(nn.Module):
         self.cfg, self.index = cfg, index
         self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
         self.attn = GroupedQueryAttention(cfg) if cfg.n_key_value_heads is not None else Attention(cfg)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg) if cfg.mlp_type != "moe" else _moe(cfg)
         self.hook_resid_pre = HookPoint("batch pos d_model")
         self.hook_attn_in = HookPoint("batch pos head_index d_model")  # needs use_attn_in
         self.hook_q_input = HookPoint("batch pos head_index d_model")  # needs use_split_qkv_input
@@ -383,22 +390,29 @@ class TransformerBlock(nn.Module):
         self.hook_resid_mid = HookPoint("batch pos d_model")
         self.hook_mlp_in = HookPoint("batch pos d_model")  # needs use_hook_mlp_in
         self.hook_mlp_out = HookPoint("batch pos d_model")
-        self.hook_resid_post = HookPoint("batch pos d_model")
+        self.hook_resid_post = HookPoint("batch pos d_model")  # post-LN: before ln2 (TransformerLens' BertBlock)
+        if cfg.norm_position == "post":
+            self.hook_normalized_resid_post = HookPoint("batch pos d_model")  # ln2's output: the block's output
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"], ctx: AttentionContext, kv_cache_entry=None):
         cfg = self.cfg
         resid = self.hook_resid_pre(resid)
+        norm_in = self.ln1 if cfg.norm_position == "pre" else (lambda x: x)  # post-LN: attention reads the raw stream
         if cfg.use_split_qkv_input:  # a separate copy of the residual per head and per q/k/v
             per_head = lambda n: resid.unsqueeze(2).expand(-1, -1, n, -1).clone()  # noqa: E731
-            q_in = self.ln1(self.hook_q_input(per_head(cfg.n_heads)))
-            k_in = self.ln1(self.hook_k_input(per_head(cfg.n_kv_heads)))
-            v_in = self.ln1(self.hook_v_input(per_head(cfg.n_kv_heads)))
+            q_in = norm_in(self.hook_q_input(per_head(cfg.n_heads)))
+            k_in = norm_in(self.hook_k_input(per_head(cfg.n_kv_heads)))
+            v_in = norm_in(self.hook_v_input(per_head(cfg.n_kv_heads)))
         elif cfg.use_attn_in:
-            q_in = k_in = v_in = self.ln1(self.hook_attn_in(resid.unsqueeze(2).expand(-1, -1, cfg.n_heads, -1).clone()))
+            q_in = k_in = v_in = norm_in(self.hook_attn_in(resid.unsqueeze(2).expand(-1, -1, cfg.n_heads, -1).clone()))
         else:
-            q_in = k_in = v_in = self.ln1(resid)
+            q_in = k_in = v_in = norm_in(resid)
         attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, ctx, kv_cache_entry))
         resid = self.hook_resid_mid(resid + attn_out)
         mlp_in = self.hook_mlp_in(resid.clone()) if cfg.use_hook_mlp_in else resid
+        if cfg.norm_position == "post":  # BERT: LayerNorm after each residual addition, as HF's BertLayer
+            resid = self.ln1(mlp_in)
+            resid_post = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(resid)))
+            return self.hook_normalized_resid_post(self.ln2(resid_post))
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
         return self.hook_resid_post(resid + mlp_out)

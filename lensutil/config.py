@@ -16,7 +16,7 @@ from .errors import ConfigError
 
 Normalization = Literal["LN", "LNPre", "RMS", "RMSPre"]
 Positional = Literal["standard", "rotary"]
-MlpType = Literal["dense", "gated"]
+MlpType = Literal["dense", "gated", "moe"]  # "moe": a router and num_experts gated experts (lensutil/moe.py)
 ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "silu", "relu"]
 
 # Hooks that exist on every block but only fire when a flag is on (they cost memory or a copy).
@@ -50,6 +50,21 @@ class HookedTransformerConfig:
     n_key_value_heads: int | None = None
     mlp_type: MlpType = "dense"
     window_size: int | None = None  # sliding-window attention: a query sees the last window_size keys
+    # Encoders (BERT): every query sees every real key ("bidirectional", TransformerLens' attention_dir);
+    # "post" puts each LayerNorm after its residual addition (BERT's order, TransformerLens' BertBlock);
+    # n_token_types > 0 adds a token-type (segment) embedding to the token and position embeddings.
+    attention_dir: Literal["causal", "bidirectional"] = "causal"
+    norm_position: Literal["pre", "post"] = "pre"
+    n_token_types: int = 0
+    mlm_head: bool = False  # BertForMaskedLM's transform, LayerNorm and decoder before the unembedding
+    pooler: bool = False  # BertModel's pooler (tanh of a linear map of the first token's hidden state)
+    # Mixture of experts (mlp_type="moe"), TransformerLens' names: experts per layer, experts each token uses.
+    num_experts: int | None = None
+    experts_per_token: int | None = None
+    # The dtype the router's logits are computed in. None: float32 whatever the model's dtype
+    # (float64 in a float64 model); the router's weight is kept in it. HuggingFace's Mixtral runs
+    # its router in the model's dtype: set router_dtype=torch.bfloat16 on a bfloat16 model to match it.
+    router_dtype: torch.dtype | None = None
     tie_word_embeddings: bool = False
     original_architecture: str = ""
     model_name: str = "custom"
@@ -83,10 +98,14 @@ class HookedTransformerConfig:
         self._default_sizes()
         if self.attn_scale is None or self.attn_scale == -1.0:  # -1.0: TransformerLens' "not set"
             self.attn_scale = math.sqrt(self.d_head)
+        for name, allowed in (("attention_dir", ("causal", "bidirectional")), ("norm_position", ("pre", "post"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.attn_scale_rule not in ("divide", "multiply"):
             raise ConfigError(f"attn_scale_rule must be 'divide' or 'multiply', got {self.attn_scale_rule!r}.")
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
+        self._check_moe()
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={self.n_key_value_heads}; "
@@ -120,6 +139,18 @@ class HookedTransformerConfig:
         if self.n_key_value_heads is not None and self.n_key_value_heads < 1:
             raise ConfigError(f"n_key_value_heads must be a positive integer or None, got {self.n_key_value_heads!r}.")
 
+    def _check_moe(self) -> None:
+        if isinstance(self.router_dtype, str):  # from a saved config: "float32"
+            self.router_dtype = getattr(torch, self.router_dtype)
+        if self.mlp_type != "moe":
+            return
+        e, k = self.num_experts, self.experts_per_token
+        if not (isinstance(e, int) and isinstance(k, int) and 1 <= k <= e):
+            raise ConfigError(
+                f"mlp_type='moe' needs num_experts and experts_per_token with 1 <= experts_per_token <= num_experts; "
+                f"got num_experts={e!r}, experts_per_token={k!r} (Mixtral-8x7B: num_experts=8, experts_per_token=2)."
+            )
+
     @property
     def attn_scale_factor(self) -> float:
         """1 / attn_scale, the number the scores are multiplied by (rule "multiply", and torch's sdpa).
@@ -142,6 +173,8 @@ class HookedTransformerConfig:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["dtype"] = str(self.dtype).removeprefix("torch.")
+        if self.router_dtype is not None:
+            out["router_dtype"] = str(self.router_dtype).removeprefix("torch.")
         return out
 
     @classmethod

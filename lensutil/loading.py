@@ -16,7 +16,7 @@ import torch
 from . import zoo
 from .adapters import get_adapter
 from .components import compute_dtype
-from .errors import LensError, ModelAccessError, WeightLoadError
+from .errors import ConfigError, LensError, ModelAccessError, WeightLoadError
 from .model import HookedTransformer
 
 # On by default, as in TransformerLens. center_writing_weights=None: "where valid" (LayerNorm
@@ -46,6 +46,21 @@ def _explain_hub_error(name: str, err: Exception) -> ModelAccessError:
             f"({', '.join(zoo.ZOO_NAMES)}) or a local directory written by save_pretrained()."
         )
     return ModelAccessError(f"{advice}\n(underlying error: {text.splitlines()[0][:300]})")
+
+
+def _refuse_encoder(name: str, source: str, hub: dict) -> None:
+    # Before any weights load: AutoModelForCausalLM would turn a BERT checkpoint into a BertLMHeadModel.
+    from transformers import AutoConfig
+
+    from .adapters import _registry
+
+    arch = (AutoConfig.from_pretrained(source, **hub).architectures or [""])[0]
+    adapter = _registry().get(arch)
+    if adapter is not None and adapter.is_encoder:
+        raise ConfigError(
+            f"{name!r} is an encoder ({arch}), not a causal language model: it cannot generate or score next "
+            f"tokens. Load it with lensutil.HookedEncoder.from_pretrained({name!r})."
+        )
 
 
 @contextmanager
@@ -78,9 +93,14 @@ def load_hf(name_or_path: str, *, revision=None, token=None, dtype=torch.float32
     source = resolve_source(name_or_path)
     local = os.path.isdir(source)
     hub = {"revision": revision, "token": token} if not local else {}
+    # Mixture-of-experts models: HF's own per-expert loop (modeling_mixtral.py), the order lensutil
+    # follows bit for bit; transformers' default "grouped_mm" sums each token's experts in another
+    # order. Ignored by models without experts.
+    kwargs.setdefault("experts_implementation", "eager")
     try:
         with quiet_local_loading(local):
             tokenizer = AutoTokenizer.from_pretrained(source, **hub)
+            _refuse_encoder(name_or_path, source, hub)
             hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager", **hub, **kwargs)
     except (OSError, ValueError) as err:
         if os.path.isdir(source) and not isinstance(err, OSError):
@@ -117,23 +137,45 @@ def from_pretrained(
     if hf_model is None:
         hf_model, loaded_tokenizer = load_hf(name_or_path, revision=revision, token=token)
         tokenizer = tokenizer or loaded_tokenizer
-    adapter = get_adapter(hf_model.config)
-    overrides = {"attn_implementation": attn_implementation, "model_name": str(name_or_path), "tokenizer_name": resolve_source(name_or_path) if zoo.is_zoo_name(name_or_path) else str(name_or_path)}
+    overrides = name_overrides(name_or_path, attn_implementation)
     if n_ctx is not None:
         overrides["n_ctx"] = n_ctx
     if default_prepend_bos is not None:
         overrides["default_prepend_bos"] = default_prepend_bos
-    cfg = adapter.config_from_hf(hf_model.config, **overrides)
-    cfg.dtype = compute_dtype(dtype)  # build and process here, cast to dtype at the end
-    state_dict = {k: v.detach().to(cfg.dtype) for k, v in adapter.convert(hf_model.state_dict(), cfg).items()}
-    model = HookedTransformer(cfg, tokenizer)
-    _load_strict(model, state_dict)
+    model = convert_into(HookedTransformer, hf_model, tokenizer, dtype, overrides)
     options = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                    center_unembed=center_unembed, fold_value_biases=fold_value_biases)
     if any(v is not False for v in options.values()):
         from .processing import process_weights_
 
         process_weights_(model, **options)
+    return place(model, device, dtype)
+
+
+def name_overrides(name_or_path: str, attn_implementation: str) -> dict:
+    """The config fields every loaded model takes from how it was named and asked for."""
+    tokenizer_name = resolve_source(name_or_path) if zoo.is_zoo_name(name_or_path) else str(name_or_path)
+    return {"attn_implementation": attn_implementation, "model_name": str(name_or_path), "tokenizer_name": tokenizer_name}
+
+
+def convert_into(model_cls, hf_model, tokenizer, dtype: torch.dtype, overrides: dict, hf_state_dict: dict | None = None):
+    """A `model_cls` (HookedTransformer or HookedEncoder) holding `hf_model`'s weights, strictly loaded.
+
+    It is built in compute_dtype(dtype) (float32, or float64 for float64), so weight processing that
+    follows adds no half-precision rounding of its own; `place` casts to `dtype` at the end.
+    """
+    adapter = get_adapter(hf_model.config)
+    cfg = adapter.config_from_hf(hf_model.config, **overrides)
+    cfg.dtype = compute_dtype(dtype)
+    hf_state_dict = hf_model.state_dict() if hf_state_dict is None else hf_state_dict
+    state_dict = {k: v.detach().to(cfg.dtype) for k, v in adapter.convert(hf_state_dict, cfg).items()}
+    model = model_cls(cfg, tokenizer)
+    _load_strict(model, state_dict)
+    return model
+
+
+def place(model, device: str | None, dtype: torch.dtype):
+    """Move a freshly loaded model to `device` (the GPU where there is one) and cast it to `dtype`."""
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.to(dtype).eval()
 

@@ -25,6 +25,11 @@ ReturnType = Literal["logits", "loss", "both"] | None
 class HookedTransformer(HookedRootModule):
     def __init__(self, cfg: HookedTransformerConfig, tokenizer=None):
         super().__init__()
+        if cfg.attention_dir != "causal":
+            raise ConfigError(
+                f"HookedTransformer is a causal decoder; this config is an encoder (attention_dir={cfg.attention_dir!r}). "
+                "Build it with lensutil.HookedEncoder(cfg), or load with HookedEncoder.from_pretrained(name)."
+            )
         self.cfg, self.tokenizer = cfg, tokenizer
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint("batch pos d_model")

@@ -101,7 +101,7 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
         )
     has_bias = kind == "LN"
     center = center_weights and kind == "LN"
-    if has_bias and cfg.gated_mlp:
+    if has_bias and cfg.mlp_type in ("gated", "moe"):
         nonzero = [i for i in range(cfg.n_layers) if state_dict[f"blocks.{i}.ln2.b"].abs().max() > 0]
         if nonzero:
             raise ConfigError(
@@ -128,7 +128,16 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
             if name != "Q":
                 W, b = key_value_param_name(cfg, W), key_value_param_name(cfg, b)
             fold(p + "ln1", f"{p}attn.{W}", f"{p}attn.{b}", 1)
-        fold(p + "ln2", f"{p}mlp.W_in", f"{p}mlp.b_in", 0)  # [d_model, d_mlp]
+        if cfg.mlp_type == "moe":
+            # ln2 is read by the router ([d_model, expert_index], no bias) and by every expert. The
+            # router's logits are then rounded differently, and a near-tie between two experts may
+            # resolve the other way than in the unfolded model (lensutil/moe.py explains why).
+            fold(p + "ln2", f"{p}mlp.W_gate", None, 0)
+            for e in range(cfg.num_experts):
+                fold(p + "ln2", f"{p}mlp.experts.{e}.W_in", None, 0)
+                fold(p + "ln2", f"{p}mlp.experts.{e}.W_gate", None, 0)
+        else:
+            fold(p + "ln2", f"{p}mlp.W_in", f"{p}mlp.b_in", 0)  # [d_model, d_mlp]
         if cfg.gated_mlp:
             fold(p + "ln2", f"{p}mlp.W_gate", None, 0)  # the ln2.b == 0 check above makes b @ W_gate zero
         for norm in ("ln1", "ln2"):
@@ -159,7 +168,11 @@ def center_writing_weights(state_dict: StateDict, cfg: HookedTransformerConfig) 
     keys = ["embed.W_E"] + (["pos_embed.W_pos"] if "pos_embed.W_pos" in sd else [])
     for i in range(cfg.n_layers):
         p = f"blocks.{i}."
-        keys += [p + "attn.W_O", p + "attn.b_O", p + "mlp.W_out", p + "mlp.b_out"]
+        keys += [p + "attn.W_O", p + "attn.b_O"]
+        if cfg.mlp_type == "moe":  # experts have no output bias
+            keys += [f"{p}mlp.experts.{e}.W_out" for e in range(cfg.num_experts)]
+        else:
+            keys += [p + "mlp.W_out", p + "mlp.b_out"]
     for k in keys:  # every one has d_model as its last axis
         sd[k] = _center_d_model(_up(sd[k]), -1)
     return sd
@@ -293,7 +306,9 @@ def process_weights_(
     if new_kind is not None:
         rebuild_norms(model, new_kind)
     # load_state_dict copies into the existing Parameters (optimisers holding them stay valid).
-    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True)
+    # Each in its parameter's own dtype: an MoE router's weight stays float32 in a half-precision model.
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
     for option in report.applied:
         setattr(cfg, _CFG_FLAG[option], True)
 

@@ -66,6 +66,10 @@ STANDARD_CACHE_KEYS = (
 )
 
 
+# A mixture-of-experts MLP has no single hook_pre/hook_post: its router's hooks stand in for them.
+_MOE_CACHE_KEYS = {"blocks.0.mlp.hook_pre": "blocks.0.mlp.hook_expert_weights", "blocks.0.mlp.hook_post": "blocks.0.mlp.hook_expert_indices"}
+
+
 def _hooks_expected_to_fire(model: "HookedTransformer") -> list[str]:
     return [n for n in model.hook_dict if model.hook_flag(n) is None]
 
@@ -108,8 +112,9 @@ def validate_model_setup(
 
     def cache_keys():
         cache = state.get("cache") or model.run_with_cache(prompt)[1]
-        missing = [k for k in STANDARD_CACHE_KEYS if k not in cache.keys()]
-        return not missing, (f"missing {missing}" if missing else f"{len(STANDARD_CACHE_KEYS)} standard keys present, incl. blocks.0.attn.hook_pattern")
+        keys = STANDARD_CACHE_KEYS if cfg.mlp_type != "moe" else tuple(_MOE_CACHE_KEYS.get(k, k) for k in STANDARD_CACHE_KEYS)
+        missing = [k for k in keys if k not in cache.keys()]
+        return not missing, (f"missing {missing}" if missing else f"{len(keys)} standard keys present, incl. blocks.0.attn.hook_pattern")
 
     def padded_patterns():
         if "padded" not in state:
@@ -151,7 +156,8 @@ def validate_model_setup(
     def device_matches():
         want = torch.device(cfg.device)
         devices = {p.device for p in model.parameters()}
-        dtypes = {p.dtype for p in model.parameters()}
+        # An MoE router's weight stays in float32 whatever the model's dtype (lensutil/moe.py): not a mismatch.
+        dtypes = {p.dtype for n, p in model.named_parameters() if not (cfg.mlp_type == "moe" and n.endswith("mlp.W_gate"))}
         same = all(d.type == want.type and (want.index is None or d.index == want.index) for d in devices)
         ok = same and dtypes == {cfg.dtype}
         return ok, f"cfg.device={cfg.device}, parameters on {sorted(map(str, devices))}; cfg.dtype={_dtype_name(cfg.dtype)}, parameters {sorted(_dtype_name(d) for d in dtypes)}"

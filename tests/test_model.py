@@ -110,12 +110,13 @@ def test_tokens_round_trip():
 
 
 def test_unsupported_architecture_lists_the_supported_ones():
-    from transformers import BertConfig
+    from transformers import T5Config
 
     from lensutil.adapters import get_adapter
 
-    with pytest.raises(UnsupportedArchitectureError, match="GPT2LMHeadModel.*LlamaForCausalLM"):
-        get_adapter(BertConfig(architectures=["BertForMaskedLM"]))
+    # (BERT was the example here until lensutil gained HookedEncoder; T5 has no adapter.)
+    with pytest.raises(UnsupportedArchitectureError, match="BertForMaskedLM.*GPT2LMHeadModel.*LlamaForCausalLM"):
+        get_adapter(T5Config(architectures=["T5ForConditionalGeneration"]))
 
 
 def test_missing_weight_is_an_error_not_a_fresh_init():

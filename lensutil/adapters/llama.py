@@ -63,7 +63,21 @@ def _bias(take, key: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.T
     return b.reshape(shape) if b is not None else torch.zeros(shape, dtype=like.dtype)
 
 
-def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
+def _convert_mlp(take, b: str, o: str, cfg: HookedTransformerConfig) -> dict:
+    """One layer's SwiGLU MLP: HF keys under prefix b, lensutil keys under prefix o."""
+    sd = {o + "mlp.W_gate": take(b + "mlp.gate_proj.weight").T}
+    up = take(b + "mlp.up_proj.weight")
+    sd[o + "mlp.W_in"], sd[o + "mlp.b_in"] = up.T, _bias(take, b + "mlp.up_proj.bias", (cfg.d_mlp,), up)
+    down = take(b + "mlp.down_proj.weight")
+    sd[o + "mlp.W_out"], sd[o + "mlp.b_out"] = down.T, _bias(take, b + "mlp.down_proj.bias", (cfg.d_model,), down)
+    if take.get(b + "mlp.gate_proj.bias") is not None:
+        raise ConfigError("A bias on the MLP gate projection is not implemented.")
+    return sd
+
+
+def convert(hf_sd: dict, cfg: HookedTransformerConfig, convert_mlp=_convert_mlp) -> dict:
+    """The Llama family's weights; `convert_mlp(take, hf_prefix, lensutil_prefix, cfg)` does each
+    layer's MLP (a Mixtral passes its mixture of experts, lensutil/adapters/mixtral.py)."""
     take = StateDictReader(hf_sd, ignore_suffixes=("rotary_emb.inv_freq",))
     h, kv, e, d = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
     W_E = take("model.embed_tokens.weight")
@@ -82,13 +96,7 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
         w_o = take(b + "self_attn.o_proj.weight")  # [d_model, n_heads * d_head]
         sd[o + "attn.W_O"] = w_o.T.reshape(h, e, d)
         sd[o + "attn.b_O"] = _bias(take, b + "self_attn.o_proj.bias", (d,), w_o)
-        sd[o + "mlp.W_gate"] = take(b + "mlp.gate_proj.weight").T
-        up = take(b + "mlp.up_proj.weight")
-        sd[o + "mlp.W_in"], sd[o + "mlp.b_in"] = up.T, _bias(take, b + "mlp.up_proj.bias", (cfg.d_mlp,), up)
-        down = take(b + "mlp.down_proj.weight")
-        sd[o + "mlp.W_out"], sd[o + "mlp.b_out"] = down.T, _bias(take, b + "mlp.down_proj.bias", (d,), down)
-        if take.get(b + "mlp.gate_proj.bias") is not None:
-            raise ConfigError("A bias on the MLP gate projection is not implemented.")
+        sd.update(convert_mlp(take, b, o, cfg))
     sd["ln_final.w"] = take("model.norm.weight")
     lm_head = take.get("lm_head.weight")
     sd["unembed.W_U"] = (lm_head if lm_head is not None else W_E).T

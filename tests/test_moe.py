@@ -1,0 +1,151 @@
+"""Mixture of experts (Mixtral): routing as HuggingFace routes it, in every dtype; the float32 router."""
+
+import pytest
+import torch
+
+from _models import hf, lens
+from lensutil import checks
+from lensutil.config import HookedTransformerConfig
+from lensutil.errors import ConfigError, LensError
+from lensutil.generation import KVCache
+from lensutil.loading import from_pretrained, from_pretrained_no_processing, load_hf
+
+NAME = "tiny-mixtral"
+PROMPTS = ["The Eiffel Tower is in the city of", "def fibonacci(n):\n    return", "1, 2, 3, 5, 8, 13,",
+           *checks.DEFAULT_PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def hf_bf16():
+    return load_hf(NAME, dtype=torch.bfloat16)[0]
+
+
+def test_mixtral_is_configuration_with_transformerlens_field_names():
+    cfg = lens(NAME).cfg
+    assert (cfg.mlp_type, cfg.num_experts, cfg.experts_per_token) == ("moe", 4, 2)
+    assert cfg.n_kv_heads < cfg.n_heads and cfg.normalization_type == "RMS" and cfg.positional_embedding_type == "rotary"
+    assert HookedTransformerConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="experts_per_token"):
+        HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, d_vocab=10, mlp_type="moe", num_experts=2, experts_per_token=3)
+
+
+def test_float32_logits_and_routing_match_huggingface():
+    model, ref = lens(NAME), hf(NAME)
+    for prompt in PROMPTS:
+        tokens = model.to_tokens(prompt)
+        with torch.no_grad():
+            diff = (model(tokens) - ref(tokens).logits).abs().max().item()
+        assert diff <= 1e-5, f"max |Δ logit| {diff:.2e} on {prompt!r}"
+    assert checks.routing_agreement(model, ref, PROMPTS) == [1.0] * model.cfg.n_layers
+
+
+def test_bf16_router_dtype_reproduces_huggingface_bf16_bit_for_bit(hf_bf16):
+    model = from_pretrained_no_processing(NAME, dtype=torch.bfloat16)
+    model.cfg.router_dtype = torch.bfloat16  # HF runs its router in the model's dtype
+    tokens = model.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        assert torch.equal(model(tokens), hf_bf16(tokens).logits)
+    assert checks.routing_agreement(model, hf_bf16, PROMPTS) == [1.0] * model.cfg.n_layers
+
+
+def test_float32_router_in_bf16_routes_at_least_as_well_as_huggingface_bf16(hf_bf16):
+    ours = checks.routing_agreement(from_pretrained_no_processing(NAME, dtype=torch.bfloat16), hf(NAME), PROMPTS)
+    # HuggingFace's own bfloat16 model against its float32 one (lensutil float32 == HF float32, tested above).
+    theirs = checks.routing_agreement(lens(NAME), hf_bf16, PROMPTS)
+    assert min(theirs) < 1.0, f"the zoo model should show bfloat16 flipping experts; HF bf16 agreement {theirs}"
+    assert all(o >= t for o, t in zip(ours, theirs)), f"float32 router {ours} vs HF bfloat16 {theirs}"
+    assert sum(ours) > sum(theirs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_loads_and_runs_in_every_dtype_with_the_router_weight_in_float32(dtype):
+    model = from_pretrained(NAME, dtype=dtype)
+    assert model.cfg.dtype == dtype and model.blocks[0].mlp.experts[0].W_in.dtype == dtype
+    assert model.blocks[0].mlp.W_gate.dtype == torch.float32
+    logits = model("Hello world")
+    assert logits.dtype == dtype and torch.isfinite(logits).all()
+    assert model.to(torch.float64).blocks[0].mlp.W_gate.dtype == torch.float64
+
+
+def test_kv_cache_equals_the_uncached_forward():
+    model = lens(NAME)
+    tokens = model.to_tokens(PROMPTS[1])
+    with torch.no_grad():
+        full = model(tokens)
+        cache = KVCache(model.cfg.n_layers)
+        first = model(tokens[:, :-3], past_kv_cache=cache)
+        rest = model(tokens[:, -3:], past_kv_cache=cache)
+    assert (torch.cat([first, rest], dim=1) - full).abs().max() <= 1e-5
+
+
+def test_padded_batch_routes_each_prompt_as_alone():
+    model = lens(NAME)
+    batched = model(PROMPTS[:3], padding_side="left")
+    mask = model.generate_attention_mask(model.to_tokens(PROMPTS[:3], padding_side="left"))
+    for row, prompt in enumerate(PROMPTS[:3]):
+        assert (batched[row, mask[row].bool()] - model(prompt)[0]).abs().max() <= 1e-5
+
+
+def test_moe_hooks_have_transformerlens_names_and_editing_them_changes_routing():
+    model = lens(NAME)
+    tokens = model.to_tokens(PROMPTS[0])
+    _, cache = model.run_with_cache(tokens)
+    n, k, e = tokens.shape[1], model.cfg.experts_per_token, model.cfg.num_experts
+    assert cache["blocks.0.mlp.hook_expert_indices"].shape == (1, n, k)
+    assert cache["blocks.0.mlp.hook_expert_weights"].shape == (1, n, e)
+    assert torch.allclose(cache["blocks.0.mlp.hook_expert_weights"].sum(-1), torch.tensor(1.0))
+    routed = sum(cache[f"blocks.0.mlp.experts.{i}.hook_post"].shape[0] for i in range(e))
+    assert routed == n * k and cache["blocks.0.mlp.experts.0.hook_gate"].shape[-1] == model.cfg.d_mlp
+    assert "blocks.0.mlp.experts.0.hook_pre" in cache and "blocks.0.mlp.hook_router_logits" in cache
+    plain = model(tokens)
+    chosen = cache["blocks.0.mlp.hook_expert_indices"]
+    other = [i for i in range(e) if i not in chosen[0, -1].tolist()][:k]  # experts the last token did not use
+
+    def reroute(indices, hook):
+        indices = indices.clone()
+        indices[0, -1] = torch.tensor(other)
+        return indices
+
+    rerouted = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.mlp.hook_expert_indices", reroute)])
+    # Earlier tokens: the same experts (an expert's matmul has other rows now, so only ~1e-7 apart).
+    assert torch.allclose(rerouted[0, :-1], plain[0, :-1], atol=1e-5) and not torch.allclose(rerouted[0, -1], plain[0, -1], atol=1e-3)
+    flat = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.mlp.hook_expert_weights", lambda w, hook: torch.ones_like(w))])
+    assert not torch.allclose(flat, plain)  # all tied: top-k picks other experts
+
+
+def test_locate_divergence_names_the_moe_router_when_routing_is_where_models_part(hf_bf16):
+    model = from_pretrained_no_processing(NAME, dtype=torch.bfloat16)  # float32 router; HF's is bf16
+    report = checks.locate_divergence(model, hf_bf16, input=PROMPTS[3])
+    assert report.first is not None and report.first["component"] == "blocks.0 MoE router logits", str(report)
+    assert any(r["component"].endswith("MoE expert choice") and r["max"] == 1.0 for r in report.table)
+    model.cfg.router_dtype = torch.bfloat16
+    assert checks.locate_divergence(model, hf_bf16, input=PROMPTS[3]).first is None
+
+
+def test_weight_processing_on_moe_keeps_function_and_routing():
+    model = from_pretrained(NAME)  # fold_ln (into the router and every expert), center_unembed, fold_value_biases
+    assert model.cfg.folded_ln and model.cfg.normalization_type == "RMSPre"
+    assert checks.compare_with_hf(model, hf(NAME), PROMPTS).max <= 1e-4
+    assert checks.routing_agreement(model, hf(NAME), PROMPTS) == [1.0] * model.cfg.n_layers
+    with pytest.warns(UserWarning, match="center_writing_weights"):
+        report = from_pretrained_no_processing(NAME).process_weights_(center_writing_weights=True)
+    assert "RMSNorm" in report.skipped["center_writing_weights"]
+
+
+def test_processing_a_bf16_model_keeps_its_float32_router_weight():
+    model = from_pretrained_no_processing(NAME, dtype=torch.bfloat16)
+    before = model.blocks[0].mlp.W_gate.detach().clone()
+    model.process_weights_(fold_ln=False, center_writing_weights=False, center_unembed=True, fold_value_biases=False)
+    assert torch.equal(model.blocks[0].mlp.W_gate, before)  # not rounded through bfloat16
+
+
+def test_routing_agreement_refuses_a_dense_model():
+    with pytest.raises(LensError, match="mixture-of-experts"):
+        checks.routing_agreement(lens("tiny-llama"), hf("tiny-llama"), "Hello")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_validate_model_setup_passes_on_an_moe_model(dtype):
+    report = checks.validate_model_setup(from_pretrained(NAME, dtype=dtype))
+    failed = [line for line in str(report).splitlines() if line.startswith("✗")]
+    assert not failed, str(report)
