@@ -12,7 +12,8 @@ Where the weights come from:
   llama-cpp-python, is never installed). transformers de-quantises it to float32 on load; we save
   that as plain safetensors, so the entry reproduces the GGUF model's logits exactly.
 - ``tiny-gpt2``, ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``, ``tiny-mixtral``: random weights from HF configs
-  under a fixed seed (bit-identical on every build), with SmolLM2's real tokenizer. Parameters HF
+  under a fixed seed (bit-identical on every build on one machine; torch's vectorised
+  random kernels round the last bits differently on another CPU, as its matmuls do), with SmolLM2's real tokenizer. Parameters HF
   initialises to constants (norm weights, biases) get seeded noise, so a converter that drops one
   changes the logits and is caught.
 
