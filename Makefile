@@ -13,12 +13,13 @@ STAMP := $(VENV)/.installed-$(HASH)
 # hand compares notebooks exactly as this does.
 PYTEST_ARGS := tests notebooks --nbval --durations=10
 
-.PHONY: help install doctor test test-fast book clean-book
+.PHONY: help install doctor test test-fast book clean-book lab
 
 help:
 	@echo "make doctor   install if needed, then run 'lensutil doctor'"
 	@echo "make test     install if needed, then run every test (unit, notebooks, papermill, book)"
 	@echo "make book     build the Jupyter Book into book/_build/html"
+	@echo "make lab      install if needed, then open the notebooks in JupyterLab (LAB_ARGS=... passes options)"
 
 $(STAMP): pyproject.toml scripts/install.sh
 	scripts/install.sh
@@ -34,6 +35,12 @@ test: $(STAMP)
 # Unit tests only, skipping the real checkpoint: a quick loop while editing the library.
 test-fast: $(STAMP)
 	$(BIN)/pytest tests -m "not slow" --ignore=tests/test_notebooks_papermill.py --ignore=tests/test_book.py
+
+# JupyterLab from .venv on notebooks/. The notebooks' kernelspec is python3, which Jupyter runs with
+# the server's own Python (.venv/bin/python), so `import lensutil` works; JUPYTER_PREFER_ENV_PATH=1 puts
+# .venv's kernelspecs before any in ~/.local/share/jupyter. Root (a container) needs --allow-root.
+lab: $(STAMP)
+	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build book -W -n --keep-going

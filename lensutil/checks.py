@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import tokens as tok
+from .config import DEFAULT_ATTN_IMPLEMENTATION
 from .errors import LensError
 from .setup_checks import _dtype_name
 from .setup_checks import Check as Check, SetupReport as SetupReport  # re-exported
@@ -103,7 +104,9 @@ def compare_with_hf(
 ) -> ErrorStats:
     """|Δ| between this model and HuggingFace's `AutoModelForCausalLM` on the same token ids.
 
-    `hf_model` None loads the reference for `model.cfg.model_name` in the model's dtype. A padded
+    `hf_model` None loads the reference for `model.cfg.model_name` in the model's dtype and
+    attention mode (cfg.attn_implementation: "sdpa" against HF's "sdpa", "eager" against "eager",
+    so the two run the same kernels and float32 agrees bit for bit where the maths is the same). A padded
     batch gets the same attention mask and position ids (cumsum(mask) - 1) on both sides, and only
     real positions are compared.
     """
@@ -115,7 +118,7 @@ def compare_with_hf(
     if hf_model is None:
         from .loading import load_hf
 
-        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype)
+        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)
         hf_model.to(model.cfg.device)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     tokens, mask = tok.tokenize(model, prompts)
@@ -229,6 +232,7 @@ def error_table(
     on: Quantity = "logprobs",
     device: str | None = None,
     reference: Literal["same_dtype", "float32"] = "same_dtype",
+    attn_implementation: Literal["sdpa", "eager"] = DEFAULT_ATTN_IMPLEMENTATION,
 ) -> ErrorTable:
     """Measure |Δ| against HuggingFace for each dtype x processing option.
 
@@ -236,7 +240,7 @@ def error_table(
     model is converted and processed from the float32 weights and then cast (as from_pretrained
     does). Its reference is the HuggingFace model in the same dtype ("same_dtype": does lensutil
     agree with HuggingFace?) or in float32 ("float32": how far is this dtype/option from the
-    float32 answer?), on the same device.
+    float32 answer?), on the same device. Both sides use the same attn_implementation.
     """
     if reference not in ("same_dtype", "float32"):
         raise LensError(f"reference must be 'same_dtype' or 'float32', got {reference!r}.")
@@ -248,13 +252,14 @@ def error_table(
         raise LensError(f"reference must be 'same_dtype' or 'float32', got {reference!r}.")
     dtypes = [_dtype(d) for d in dtypes]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    hf32, tokenizer = load_hf(model_name, dtype=torch.float32)
+    hf32, tokenizer = load_hf(model_name, dtype=torch.float32, attn_implementation=attn_implementation)
     hf32.to(device)
-    refs = {d: hf32 if reference == "float32" or d == torch.float32 else load_hf(model_name, dtype=d)[0].to(device)
-            for d in dtypes}
+    refs = {d: hf32 if reference == "float32" or d == torch.float32
+            else load_hf(model_name, dtype=d, attn_implementation=attn_implementation)[0].to(device) for d in dtypes}
     # Convert once; process each option once in float32; then cast to each dtype. This is exactly
     # what from_pretrained(..., dtype=d, **option) does, without repeating the shared steps.
-    base = from_pretrained_no_processing(model_name, hf_model=hf32, tokenizer=tokenizer, device=device)
+    base = from_pretrained_no_processing(model_name, hf_model=hf32, tokenizer=tokenizer, device=device,
+                                         attn_implementation=attn_implementation)
     table = ErrorTable(model_name, on, reference=reference)
     results: dict[tuple, tuple[ErrorStats, str]] = {}
     for option in options:
@@ -339,7 +344,7 @@ def routing_agreement(
     if hf_model is None:
         from .loading import load_hf
 
-        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype)
+        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)
         hf_model.to(model.cfg.device)
     layout = get_adapter(hf_model.config).layout
     if isinstance(input, Tensor):
@@ -392,7 +397,7 @@ def locate_divergence(
     if hf_model is None:
         from .loading import load_hf
 
-        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype)
+        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)
         hf_model.to(model.cfg.device)
     layout = get_adapter(hf_model.config).layout
     tokens = model.to_tokens(input) if isinstance(input, str) else torch.as_tensor(input)

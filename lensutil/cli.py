@@ -13,6 +13,9 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
+
+from .errors import LensError
 
 # How far from HuggingFace each dtype may be. float32 with no processing computes the same thing in
 # the same order: 1e-5 on logits (measured: 0 on smollm2-135m, <= 2.3e-6 on the tiny models). Half
@@ -63,6 +66,7 @@ def doctor(model_name: str, dtype: str) -> int:
     import torch
 
     from . import checks
+    from .config import DEFAULT_ATTN_IMPLEMENTATION
     from .loading import from_pretrained, from_pretrained_no_processing, load_hf
 
     print("== environment")
@@ -70,14 +74,15 @@ def doctor(model_name: str, dtype: str) -> int:
     print(f"\n== {model_name} ({dtype})")
     start = time.perf_counter()
     try:  # HuggingFace in float32 is both the conversion source and the float32 reference
-        hf32, tokenizer = load_hf(model_name, dtype=torch.float32)
+        hf32, tokenizer = load_hf(model_name, dtype=torch.float32, attn_implementation=DEFAULT_ATTN_IMPLEMENTATION)
         model = from_pretrained_no_processing(model_name, hf_model=hf32, tokenizer=tokenizer, dtype=dtype)
     except Exception as err:  # noqa: BLE001 - the doctor reports, it does not crash
         print(f"✗ loading {model_name}: {type(err).__name__}: {err}")
         print("    fix: use a zoo name (lensutil.zoo.ZOO_NAMES), a local save_pretrained() directory, or see notebooks/01_quickstart.ipynb")
         return 1
     hf32.to(model.cfg.device)
-    reference = hf32 if dtype == "float32" else load_hf(model_name, dtype=model.cfg.dtype)[0].to(model.cfg.device)
+    reference = hf32 if dtype == "float32" else load_hf(
+        model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)[0].to(model.cfg.device)
     rows = checks.validate_model_setup(model).rows
     raw = checks.compare_with_hf(model, reference, on="logits")
     rows.append(checks.bound_check(
@@ -106,13 +111,76 @@ def doctor(model_name: str, dtype: str) -> int:
     return 1 if failed else 0
 
 
+def default_notebook_dir() -> Path:
+    """The project's notebooks/ (beside the lensutil package in a checkout), else ./notebooks."""
+    beside = Path(__file__).resolve().parent.parent / "notebooks"
+    return beside if beside.is_dir() else Path("notebooks")
+
+
+def doctor_notebooks(notebook_dir: Path) -> int:
+    """Which notebooks will run here. Exit 1 if one lacks something installable (a package, a zoo model)."""
+    from .setup_checks import notebook_readiness
+
+    print("== environment")
+    print("\n".join(environment_report()))
+    print(f"\n== notebooks in {notebook_dir}")
+    rows = notebook_readiness(notebook_dir)
+    if not rows:
+        print(f"✗ no notebooks (NN_name.ipynb) in {notebook_dir}: pass the directory, lensutil doctor --notebooks DIR")
+        return 1
+    print("\n".join(str(r) for r in rows))
+    ready = [r for r in rows if r.passed]
+    print(f"\n{len(ready)} of {len(rows)} notebooks will run here")
+    return 0 if all(r.passed or r.hardware_only for r in rows) else 1
+
+
+def zoo_fetch(names: list[str], everything: bool) -> int:
+    from . import zoo
+
+    if not names and not everything:
+        print(f"name the models to fetch, or --all. Zoo names: {', '.join(zoo.ZOO_NAMES)}", file=sys.stderr)
+        return 2
+    try:
+        paths = zoo.fetch(list(zoo.ZOO_NAMES) if everything else names)
+    except LensError as err:
+        print(f"✗ {err}", file=sys.stderr)
+        return 1
+    print(f"{len(paths)} zoo models ready in {zoo.cache_home()} (copy that directory and set LENSUTIL_CACHE to use it elsewhere)")
+    return 0
+
+
+def zoo_list() -> int:
+    from . import zoo
+
+    entries = zoo.cached_entries()
+    print(f"zoo cache: {zoo.cache_home()} (set LENSUTIL_CACHE to move it)")
+    for name in zoo.ZOO_NAMES:
+        path, size = entries.get(name, (None, 0))
+        print(f"  {name:14} {f'{size / 1e6:8.1f} MB' if path else '     not cached'}")
+    total = sum(size for _, size in entries.values())
+    print(f"{len(entries)} of {len(zoo.ZOO_NAMES)} cached, {total / 1e6:.1f} MB; fetch the rest with `lensutil zoo fetch --all`")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lensutil", description="lensutil: a troubleshooting kit for hooked transformers")
     sub = parser.add_subparsers(dest="command", required=True)
     doc = sub.add_parser("doctor", help="check the environment and a model against HuggingFace")
     doc.add_argument("--model", default="smollm2-135m", help="zoo name, local directory or hub name (default: smollm2-135m)")
     doc.add_argument("--dtype", default="float32", choices=sorted(LOGIT_BOUND), help="dtype to check (default: float32)")
+    doc.add_argument("--notebooks", nargs="?", const=True, default=None, metavar="DIR",
+                     help="instead of a model, say which notebooks will run here and why not (default DIR: the project's notebooks/)")
+    zoo_cmd = sub.add_parser("zoo", help="the offline model zoo: build it ahead of time, see what is cached")
+    zoo_sub = zoo_cmd.add_subparsers(dest="zoo_command", required=True)
+    fetch = zoo_sub.add_parser("fetch", help="build zoo models into the cache now, with a progress bar")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="zoo names (see `lensutil zoo list`)")
+    fetch.add_argument("--all", action="store_true", help="every zoo model")
+    zoo_sub.add_parser("list", help="what is cached, and its size")
     args = parser.parse_args(argv)
+    if args.command == "zoo":
+        return zoo_fetch(args.names, args.all) if args.zoo_command == "fetch" else zoo_list()
+    if args.notebooks is not None:
+        return doctor_notebooks(default_notebook_dir() if args.notebooks is True else Path(args.notebooks))
     return doctor(args.model, args.dtype)
 
 

@@ -21,7 +21,10 @@ from torch import Tensor, nn
 
 from .config import HookedTransformerConfig
 from .errors import ConfigError
+from .fused_attention import fused_attention
 from .hook_points import HookPoint
+from .quantized_linear import QuantizableLinears
+from .zero_bias import bias_or_none
 
 
 def _param(*shape: int, dtype: torch.dtype, memory_order: tuple[int, ...] | None = None) -> nn.Parameter:
@@ -92,6 +95,14 @@ class AttentionContext:
             rotary = rotary_cos_sin(positions, cfg.rotary_dim, cfg.rotary_base, cfg.dtype)
         return cls(positions, key_mask, query_is_pad, past_len, allowed, rotary)
 
+    def to(self, device, non_blocking: bool = False) -> "AttentionContext":
+        # A model placed over devices (lensutil/placement.py): accelerate's hooks move each block's
+        # inputs to the block's device by calling .to on them, this context included.
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        rotary = None if self.rotary is None else tuple(move(t) for t in self.rotary)
+        return AttentionContext(move(self.positions), move(self.key_mask), move(self.query_is_pad), self.past_len,
+                                move(self.allowed), rotary)
+
 
 class Embed(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig):
@@ -123,7 +134,7 @@ class Unembed(nn.Module):
         self.b_U = _param(cfg.d_vocab_out, dtype=cfg.dtype)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        return F.linear(x, self.W_U.T, self.b_U)
+        return F.linear(x, self.W_U.T, bias_or_none(self.b_U))  # zero b_U skipped (lensutil/zero_bias.py)
 
 
 class Norm(nn.Module):
@@ -203,7 +214,7 @@ def apply_rotary(x: Float[Tensor, "batch pos head d_head"], cos: Tensor, sin: Te
     return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
 
 
-class Attention(nn.Module):
+class Attention(QuantizableLinears):
     """Multi-head attention: one key/value head per query head (cfg.n_key_value_heads is None)."""
 
     def __init__(self, cfg: HookedTransformerConfig):
@@ -233,20 +244,23 @@ class Attention(nn.Module):
         """W_K, b_K, W_V, b_V with one entry per key/value head: what the forward pass uses."""
         return self.W_K, self.b_K, self.W_V, self.b_V
 
-    @staticmethod
-    def _project(x: Tensor, W: Tensor, b: Tensor) -> Float[Tensor, "batch pos head d_head"]:
+    def _project(self, x: Tensor, name: str, b: Tensor) -> Float[Tensor, "batch pos head d_head"]:
+        # `name` is the parameter's name (W_Q, or W_K/_W_K ...): quantisation swaps its linear maths.
         if x.ndim == 4:  # one input per head (use_split_qkv_input / use_attn_in)
-            return torch.einsum("bphm,hme->bphe", x, W) + b
-        n_heads, d_model, d_head = W.shape
-        flat = F.linear(x, W.transpose(1, 2).reshape(n_heads * d_head, d_model), b.reshape(-1))
+            if self.quantized_linear(name) is not None:
+                return self._per_head_linear(x, name, b)
+            return torch.einsum("bphm,hme->bphe", x, getattr(self, name)) + b
+        n_heads, d_head = b.shape
+        flat = self._linear(x, name, b.reshape(-1), layout="heads_in")
         return flat.view(*x.shape[:-1], n_heads, d_head)
 
     def forward(self, q_in: Tensor, k_in: Tensor, v_in: Tensor, ctx: AttentionContext, kv_cache_entry=None):
         cfg = self.cfg
-        W_K, b_K, W_V, b_V = self.key_value_weights()
-        q = self.hook_q(self._project(q_in, self.W_Q, self.b_Q))
-        k = self.hook_k(self._project(k_in, W_K, b_K))  # compact: one per key/value head, as in TransformerLens
-        v = self.hook_v(self._project(v_in, W_V, b_V))
+        _, b_K, _, b_V = self.key_value_weights()
+        k_name, v_name = key_value_param_name(cfg, "W_K"), key_value_param_name(cfg, "W_V")
+        q = self.hook_q(self._project(q_in, "W_Q", self.b_Q))
+        k = self.hook_k(self._project(k_in, k_name, b_K))  # compact: one per key/value head, as in TransformerLens
+        v = self.hook_v(self._project(v_in, v_name, b_V))
         if ctx.rotary is not None:
             cos, sin = (t.to(q.dtype) for t in ctx.rotary)
             q = self.hook_rot_q(apply_rotary(q, cos, sin))
@@ -254,19 +268,22 @@ class Attention(nn.Module):
         if kv_cache_entry is not None:
             k, v = kv_cache_entry.append(k, v)
         # [batch, head, pos, d_head]; each key/value head serves n_heads / n_kv_heads query heads.
-        group = cfg.n_heads // cfg.n_kv_heads
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if group > 1:
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         if cfg.attn_implementation == "sdpa" and not (self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks):
-            z = self._fused_attention(q, k, v, ctx)
+            z = fused_attention(cfg, q, k, v, ctx)
         else:
+            group = cfg.n_heads // cfg.n_kv_heads
+            if group > 1:
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             z = self._eager_attention(q, k, v, ctx)
         z = self.hook_z(z.transpose(1, 2))
         if cfg.use_attn_result:
-            result = self.hook_result(torch.einsum("bphe,hem->bphm", z, self.W_O))
+            if self.quantized_linear("W_O") is not None:
+                result = self.hook_result(self._per_head_result(z, "W_O"))
+            else:
+                result = self.hook_result(torch.einsum("bphe,hem->bphm", z, self.W_O))
             return result.sum(dim=2) + self.b_O
-        return F.linear(z.reshape(*z.shape[:2], -1), self.W_O.reshape(-1, cfg.d_model).T, self.b_O)  # a view, no copy
+        return self._linear(z.reshape(*z.shape[:2], -1), "W_O", self.b_O, layout="heads_out")  # a view, no copy
 
     def _eager_attention(self, q, k, v, ctx: AttentionContext):
         # HuggingFace's eager order of operations, so logits agree with it bit for bit.
@@ -280,20 +297,6 @@ class Attention(nn.Module):
         if ctx.query_is_pad is not None:  # a padding query sees nothing: its row is 0, not NaN
             pattern = pattern.masked_fill(ctx.query_is_pad[:, None, :, None], 0.0)
         return torch.matmul(self.hook_pattern(pattern), v)
-
-    def _fused_attention(self, q, k, v, ctx: AttentionContext):
-        # torch's fused kernel: faster, never materialises the pattern, rounds like HF's "sdpa".
-        # Used only when nobody hooks the scores or the pattern. It multiplies by `scale`, as
-        # HuggingFace's sdpa path does (scale=head_dim ** -0.5), whatever attn_scale_rule says.
-        scale = self.cfg.attn_scale_factor
-        if ctx.query_is_pad is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.allowed, scale=scale)
-        # A padding query would see no key at all; let it see itself, then zero its output.
-        pad = ctx.query_is_pad[:, None, :, None]
-        q_idx = torch.arange(ctx.past_len, ctx.past_len + q.shape[2], device=q.device)[:, None]
-        itself = q_idx == torch.arange(k.shape[2], device=q.device)[None, :]
-        z = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.allowed | (pad & itself), scale=scale)
-        return z.masked_fill(pad, 0.0)
 
 
 class GroupedQueryAttention(Attention):
@@ -331,7 +334,7 @@ def key_value_param_name(cfg: HookedTransformerConfig, name: str) -> str:
     return "_" + name if cfg.n_key_value_heads is not None else name
 
 
-class MLP(nn.Module):
+class MLP(QuantizableLinears):
     """Dense: W_out·act(W_in·x + b_in). Gated (SwiGLU): W_out·(act(W_gate·x) * (W_in·x + b_in))."""
 
     def __init__(self, cfg: HookedTransformerConfig):
@@ -349,12 +352,12 @@ class MLP(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         if self.cfg.gated_mlp:
-            gate = self.hook_pre(F.linear(x, self.W_gate.T))
-            linear = self.hook_pre_linear(F.linear(x, self.W_in.T, self.b_in))
+            gate = self.hook_pre(self._linear(x, "W_gate"))
+            linear = self.hook_pre_linear(self._linear(x, "W_in", self.b_in))
             post = self.hook_post(self.act(gate) * linear)
         else:
-            post = self.hook_post(self.act(self.hook_pre(F.linear(x, self.W_in.T, self.b_in))))
-        return F.linear(post, self.W_out.T, self.b_out)
+            post = self.hook_post(self.act(self.hook_pre(self._linear(x, "W_in", self.b_in))))
+        return self._linear(post, "W_out", self.b_out)
 
 
 def check_hook_flags(cfg: HookedTransformerConfig) -> None:

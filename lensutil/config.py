@@ -16,6 +16,7 @@ from .errors import ConfigError
 
 Normalization = Literal["LN", "LNPre", "RMS", "RMSPre"]
 Positional = Literal["standard", "rotary"]
+DEFAULT_ATTN_IMPLEMENTATION = "sdpa"  # from_pretrained's and the config's; the checks load HuggingFace in it too
 MlpType = Literal["dense", "gated", "moe"]  # "moe": a router and num_experts gated experts (lensutil/moe.py)
 ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "silu", "relu"]
 
@@ -84,9 +85,11 @@ class HookedTransformerConfig:
     # The two give the same bits when sqrt(d_head) is a power of two (d_head 4, 16, 64, 256), and
     # differ in the last bit of many scores otherwise (d_head 80, 96, 128: every 7B/8B model).
     attn_scale_rule: Literal["divide", "multiply"] = "divide"
-    # "eager" writes attention out (HuggingFace's eager rounding, bit for bit); "sdpa" uses torch's
-    # fused kernel whenever no hook watches the scores or the pattern (faster, HF's "sdpa" rounding).
-    attn_implementation: Literal["eager", "sdpa"] = "eager"
+    # "sdpa" (the default, as HuggingFace's): torch's fused kernel whenever no hook watches the scores
+    # or the pattern (faster; HF's "sdpa" rounding, bit for bit), the written-out path when one does
+    # (run_with_cache of everything does); "eager" always writes attention out (HF's eager rounding,
+    # bit for bit). The two differ in the last bits of the logits (lensutil/fused_attention.py).
+    attn_implementation: Literal["eager", "sdpa"] = "sdpa"  # DEFAULT_ATTN_IMPLEMENTATION
     # Set by weight processing (lensutil.processing) so a saved state dict says how it was made.
     folded_ln: bool = False
     centered_writing_weights: bool = False
@@ -101,6 +104,11 @@ class HookedTransformerConfig:
         for name, allowed in (("attention_dir", ("causal", "bidirectional")), ("norm_position", ("pre", "post"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.attn_implementation not in ("eager", "sdpa"):
+            raise ConfigError(
+                f"attn_implementation must be 'sdpa' (torch's fused kernel where no hook reads the pattern; the default) "
+                f"or 'eager' (attention written out, bit-exact with HuggingFace's eager); got {self.attn_implementation!r}."
+            )
         if self.attn_scale_rule not in ("divide", "multiply"):
             raise ConfigError(f"attn_scale_rule must be 'divide' or 'multiply', got {self.attn_scale_rule!r}.")
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:

@@ -14,7 +14,7 @@ import torch
 from .adapters import get_adapter
 from .encoder import HookedEncoder
 from .errors import ConfigError, WeightLoadError
-from .loading import _explain_hub_error, convert_into, name_overrides, place, quiet_local_loading, resolve_source
+from .loading import _explain_hub_error, convert_into, name_overrides, place, quiet_local_loading, refuse_unknown_kwargs, resolve_source
 
 _PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
 
@@ -32,7 +32,9 @@ def load_hf_encoder(name_or_path: str, *, revision=None, token=None, dtype=torch
 
     source = resolve_source(name_or_path)
     local = os.path.isdir(source)
-    hub = {"revision": revision, "token": token} if not local else {}
+    from .hub import hub_kwargs
+
+    hub = hub_kwargs(str(name_or_path), source, revision, token) if not local else {}
     try:
         with quiet_local_loading(local):
             config = transformers.AutoConfig.from_pretrained(source, **hub)
@@ -46,7 +48,7 @@ def load_hf_encoder(name_or_path: str, *, revision=None, token=None, dtype=torch
     except (OSError, ValueError) as err:
         if local and not isinstance(err, OSError):
             raise
-        raise _explain_hub_error(name_or_path, err) from err
+        raise _explain_hub_error(name_or_path, err, repo=source, revision=revision, token=token, local=local) from None
     missing = list(info.get("missing_keys", []))
     if missing and all(k.startswith("pooler.") for k in missing) and getattr(hf_model, "pooler", None) is not None:
         hf_model.pooler, missing = None, []  # a BertModel saved without a pooler: none, not a random one
@@ -68,12 +70,24 @@ def from_pretrained(
     revision: str | None = None,
     token: str | None = None,
     attn_implementation: str = "eager",
+    load_in_8bit: bool = False,
+    load_in_4bit: bool = False,
+    quantization_config=None,
+    bnb_4bit_quant_type: str | None = None,
+    bnb_4bit_compute_dtype: torch.dtype | str | None = None,
+    bnb_4bit_use_double_quant: bool | None = None,
     **processing,
 ) -> HookedEncoder:
-    """Load an encoder (BertForMaskedLM or BertModel) by zoo name, local directory or hub name."""
-    unknown = set(processing) - set(_PROCESSING)
-    if unknown:
-        raise ConfigError(f"Unknown options {sorted(unknown)} for HookedEncoder.from_pretrained.")
+    """Load an encoder (BertForMaskedLM or BertModel) by zoo name, local directory or hub name.
+
+    Quantisation arguments are HuggingFace's (lensutil/quantization.py): the encoder's attention,
+    MLP, MLM-head and pooler matrices are quantised, as HuggingFace quantises BertForMaskedLM.
+    """
+    from . import quantization as qz
+
+    bnb_config = qz.config_from_kwargs(load_in_8bit, load_in_4bit, quantization_config, bnb_4bit_quant_type,
+                                       bnb_4bit_compute_dtype, bnb_4bit_use_double_quant)
+    refuse_unknown_kwargs({k: v for k, v in processing.items() if k not in _PROCESSING}, from_pretrained)
     if any(processing.values()):
         raise ConfigError(
             f"Weight processing ({', '.join(k for k, v in processing.items() if v)}) is not implemented for encoders: "
@@ -87,6 +101,8 @@ def from_pretrained(
     adapter = get_adapter(hf_model.config)
     if not adapter.is_encoder:
         raise _decoder_advice(str(name_or_path), hf_model.config.architectures[0])
-    hf_sd = hf_model.state_dict()
+    dequantized, bnb_config = qz.prepare_from_hf(hf_model, bnb_config, {})  # an HF encoder bitsandbytes quantised
+    hf_sd = hf_model.state_dict() if dequantized is None else dequantized
     overrides = {**name_overrides(name_or_path, attn_implementation), "pooler": any(k.startswith("pooler.") for k in hf_sd)}
-    return place(convert_into(HookedEncoder, hf_model, tokenizer, dtype, overrides, hf_sd), device, dtype)
+    model = place(convert_into(HookedEncoder, hf_model, tokenizer, dtype, overrides, hf_sd), device, dtype)
+    return qz.quantize_(model, bnb_config) if bnb_config is not None else model

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from .components import _OUT_IN, ACTIVATIONS, Embed, Norm, PosEmbed, _param
 from .config import HookedTransformerConfig
 from .hook_points import HookPoint
+from .quantized_linear import QuantizableLinears
 
 
 class TokenTypeEmbed(nn.Module):
@@ -51,7 +52,7 @@ class EncoderEmbed(nn.Module):
         return self.ln((word + token_type) + pos)
 
 
-class MLMHead(nn.Module):
+class MLMHead(QuantizableLinears):
     """BertForMaskedLM's transform: LayerNorm(act(W x + b)); the tied decoder is the model's Unembed."""
 
     def __init__(self, cfg: HookedTransformerConfig):
@@ -62,10 +63,10 @@ class MLMHead(nn.Module):
         self.ln = Norm(cfg)
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        return self.ln(self.act(F.linear(resid, self.W.T, self.b)))
+        return self.ln(self.act(self._linear(resid, "W", self.b)))
 
 
-class Pooler(nn.Module):
+class Pooler(QuantizableLinears):
     """BertModel's pooler: tanh(W h + b) of the first token's ([CLS]) final hidden state."""
 
     def __init__(self, cfg: HookedTransformerConfig):
@@ -75,4 +76,4 @@ class Pooler(nn.Module):
         self.hook_pooler_out = HookPoint("batch d_model")
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
-        return self.hook_pooler_out(torch.tanh(F.linear(resid[:, 0], self.W.T, self.b)))
+        return self.hook_pooler_out(torch.tanh(self._linear(resid[:, 0], "W", self.b)))

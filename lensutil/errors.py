@@ -57,6 +57,27 @@ class ModelAccessError(LensError):
     """The hub refused or could not be reached (gated model, no token, offline)."""
 
 
+# The hub's refusals, one class each (lensutil/hub.py chooses among them); each message says what to do.
+class GatedModelError(ModelAccessError):
+    """A gated repository that no token, or a token without access, asked for."""
+
+
+class InvalidTokenError(ModelAccessError):
+    """The hub rejected the token itself: mistyped, expired or revoked."""
+
+
+class ModelNotFoundError(ModelAccessError):
+    """No such repository on the hub, nor local directory, zoo name or TransformerLens name."""
+
+
+class RevisionNotFoundError(ModelAccessError):
+    """The repository exists, but not the branch, tag or commit asked for."""
+
+
+class HubUnreachableError(ModelAccessError):
+    """The hub cannot be reached (no network, or HF_HUB_OFFLINE=1) and the files are not cached."""
+
+
 class ZooError(LensError):
     """A zoo model that could not be fetched or built."""
 

@@ -121,15 +121,21 @@ def generate(
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     cache = KVCache(model.cfg.n_layers) if use_past_kv_cache else None
     prompt_len, step_input = tokens.shape[1], tokens
+    # Per-token work kept small: with no padding the forward gets no mask at all (nothing to check or
+    # build), and with padding a bool mask (checked once per step without a sort over its values).
+    padded = not bool(mask.all())
     for _ in range(max_new_tokens):
         # Run the blocks, then the final norm and unembedding for the last position only (as
         # HuggingFace's generate does): the other positions' logits would be thrown away.
+        step_mask = mask.bool() if padded else None
         if cache is not None:
-            residual = model(step_input, attention_mask=mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
+            residual = model(step_input, attention_mask=step_mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
         else:
-            residual = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+            residual = model(tokens, attention_mask=step_mask, stop_at_layer=model.cfg.n_layers)
         next_logits = model.unembed(model.ln_final(residual[:, -1:]))[:, -1]
-        next_logits = next_logits.to(compute_dtype(next_logits.dtype))  # float32, or float64 for float64
+        # float32 (float64 for float64), on the tokens' device: a model placed over devices (placement.py)
+        # leaves the logits on its unembedding's device.
+        next_logits = next_logits.to(tokens.device, compute_dtype(next_logits.dtype))
         if greedy:
             nxt = next_logits.argmax(-1)
         else:

@@ -468,23 +468,10 @@ class HookedRootModule(nn.Module):
         return attached
 
     def print_hook_list(self, pattern: str | re.Pattern | None = None) -> None:
-        """Print each hook whose name matches `pattern` (as find_hooks reads it) with its shape,
-        noting hooks that need a config flag to fire.
+        """Print each hook matching `pattern` with its shape, flags and device (lensutil's own; see hook_listing.py)."""
+        from .hook_listing import print_hook_list
 
-        lensutil's own: TransformerLens has no such method (a TransformerLens user writes
-        `[n for n in model.hook_dict if ...]`).
-        """
-        names = self.find_hooks(pattern)
-        if not names:
-            print(f"No hook matches {pattern!r}; model.print_hook_list() shows them all.")
-            return
-        name_w = max(len(n) for n in names)
-        shape_w = max(len(self.hook_dict[n].shape_comment or "") for n in names)
-        for name in names:
-            shape = self.hook_dict[name].shape_comment or ""
-            flag = self.hook_flag(name)
-            note = f"  (needs {flag}=True)" if flag else ""
-            print(f"{name:<{name_w}}  {shape:<{shape_w}}{note}".rstrip())
+        print_hook_list(self, pattern)
 
 
 def describe_names_filter(names_filter: NamesFilter) -> str:

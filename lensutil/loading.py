@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from . import zoo
+from . import saving, zoo
 from .adapters import get_adapter
 from .components import compute_dtype
+from .config import DEFAULT_ATTN_IMPLEMENTATION
 from .errors import ConfigError, LensError, ModelAccessError, WeightLoadError
 from .model import HookedTransformer
 
@@ -26,26 +27,22 @@ PROCESSING_OPTIONS = tuple(DEFAULT_PROCESSING)
 
 
 def resolve_source(name_or_path: str) -> str:
-    """A zoo name becomes its local directory; paths and hub names pass through."""
-    if zoo.is_zoo_name(name_or_path):
-        return str(zoo.resolve(name_or_path))
-    return str(name_or_path)
+    """A zoo name becomes its local directory, a TransformerLens name its hub repository (gpt2-small ->
+    gpt2); directories and other hub names pass through; a path that does not exist is an error."""
+    from .hub import resolve_name
+
+    return resolve_name(name_or_path)
 
 
-def _explain_hub_error(name: str, err: Exception) -> ModelAccessError:
-    text = f"{type(err).__name__}: {err}"
-    if "gated" in text.lower() or "403" in text or "401" in text:
-        advice = (
-            f"{name!r} is a gated model. Accept its licence on the model's hub page, create a read token, "
-            "then set the HF_TOKEN environment variable, run huggingface_hub.login(), or pass token=... "
-            "(lensutil never prints or stores the token)."
-        )
-    else:
-        advice = (
-            f"Could not load {name!r} from the hub or from disk. Offline? Use a zoo name "
-            f"({', '.join(zoo.ZOO_NAMES)}) or a local directory written by save_pretrained()."
-        )
-    return ModelAccessError(f"{advice}\n(underlying error: {text.splitlines()[0][:300]})")
+def _explain_hub_error(name: str, err: Exception, **context) -> ModelAccessError:
+    """The ModelAccessError subclass (gated, bad token, not found, no network, ...) for a failed load.
+
+    Raise it outside the `except` block (or `from None`): huggingface_hub's exception is quoted in
+    the message, scrubbed of anything token-shaped, and must not ride along as __context__.
+    """
+    from .hub import explain
+
+    return explain(name, err, **context)
 
 
 def _refuse_encoder(name: str, source: str, hub: dict) -> None:
@@ -86,27 +83,31 @@ def quiet_local_loading(local: bool = True) -> Iterator[None]:
                 hub_utils.disable_progress_bars()
 
 
-def load_hf(name_or_path: str, *, revision=None, token=None, dtype=torch.float32, **kwargs):
+def load_hf(name_or_path: str, *, revision=None, token=None, dtype=torch.float32, attn_implementation="eager", **kwargs):
     """The HuggingFace model and tokenizer behind a lensutil name (zoo name, directory or hub name)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .hub import hub_kwargs
+
     source = resolve_source(name_or_path)
     local = os.path.isdir(source)
-    hub = {"revision": revision, "token": token} if not local else {}
+    hub = hub_kwargs(str(name_or_path), source, revision, token) if not local else {}
     # Mixture-of-experts models: HF's own per-expert loop (modeling_mixtral.py), the order lensutil
     # follows bit for bit; transformers' default "grouped_mm" sums each token's experts in another
     # order. Ignored by models without experts.
     kwargs.setdefault("experts_implementation", "eager")
     try:
-        with quiet_local_loading(local):
+        with quiet_local_loading(local or bool(hub.get("local_files_only"))):  # from disk: no bar (the cache, offline)
             tokenizer = AutoTokenizer.from_pretrained(source, **hub)
             _refuse_encoder(name_or_path, source, hub)
-            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager", **hub, **kwargs)
+            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation,
+                                                            **hub, **kwargs)
+        return hf_model.eval(), tokenizer
     except (OSError, ValueError) as err:
-        if os.path.isdir(source) and not isinstance(err, OSError):
+        if local and not isinstance(err, OSError):
             raise
-        raise _explain_hub_error(name_or_path, err) from err
-    return hf_model.eval(), tokenizer
+        failure = _explain_hub_error(name_or_path, err, repo=source, revision=revision, token=token, local=local)
+    raise failure  # outside the except block: the hub's exception is quoted, not chained (no token can ride along)
 
 
 def from_pretrained(
@@ -120,41 +121,122 @@ def from_pretrained(
     token: str | None = None,
     n_ctx: int | None = None,
     default_prepend_bos: bool | None = None,
-    attn_implementation: str = "eager",
+    attn_implementation: str | None = None,
     fold_ln: bool = True,
     center_writing_weights: bool | None = None,
     center_unembed: bool = True,
     fold_value_biases: bool = True,
+    # Quantisation (lensutil/quantization.py): HuggingFace's from_pretrained arguments.
+    load_in_8bit: bool = False,
+    load_in_4bit: bool = False,
+    quantization_config=None,
+    bnb_4bit_quant_type: str | None = None,
+    bnb_4bit_compute_dtype: torch.dtype | str | None = None,
+    bnb_4bit_use_double_quant: bool | None = None,
+    # Placement over devices and disk (lensutil/placement.py): accelerate's arguments, and TransformerLens' n_devices.
+    device_map=None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
+    n_devices: int | None = None,
+    max_seq_len: int | None = None,
+    **unknown,
 ) -> HookedTransformer:
-    """Load a model by zoo name, local directory or hub name, convert it, and process its weights.
+    """Load a model by zoo name, local directory, hub name or TransformerLens name (gpt2-small), convert it,
+    and process its weights. A directory written by model.save_pretrained() loads exactly as saved (its
+    config records the processing; the processing options are not applied again).
 
     Weights are converted and processed in float32 (float64 for a float64 model) and only then cast
-    to `dtype`, so processing adds no half-precision rounding of its own. attn_implementation="sdpa" uses torch's fused attention
-    whenever no hook reads the scores or pattern (faster; rounds like HuggingFace's "sdpa");
-    the default "eager" rounds like HuggingFace's eager attention, bit for bit.
+    to `dtype`, so processing adds no half-precision rounding of its own. The default
+    attn_implementation="sdpa" (HuggingFace's default too) uses torch's fused attention whenever no
+    hook reads the scores or pattern, and rounds like HuggingFace's "sdpa"; a hook on hook_pattern
+    or hook_attn_scores (run_with_cache of everything) switches that layer to the written-out path,
+    which rounds like HuggingFace's "eager", so its logits differ from a plain forward's in the last
+    bits. attn_implementation="eager" always writes attention out (bit-exact with HF eager).
+    With hf_model= and no attn_implementation, the model follows hf_model's own mode (eager or sdpa),
+    so converting a HuggingFace model keeps its maths, and the two compare bit for bit.
+    max_seq_len is read as n_ctx (the name a widely shared guide uses).
     """
+    refuse_unknown_kwargs(unknown, from_pretrained)
+    attn_implementation = attn_implementation or attention_mode_of(hf_model)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if hf_model is None:
-        hf_model, loaded_tokenizer = load_hf(name_or_path, revision=revision, token=token)
-        tokenizer = tokenizer or loaded_tokenizer
+    if hf_model is None and saving.is_lensutil_dir(name_or_path):  # from model.save_pretrained(): as saved, not reprocessed
+        return saving.load_saved(name_or_path, tokenizer=tokenizer, dtype=dtype, device=device)
+    if max_seq_len is not None:
+        if n_ctx is not None and n_ctx != max_seq_len:
+            raise ConfigError(f"max_seq_len={max_seq_len} and n_ctx={n_ctx} disagree; max_seq_len means n_ctx, pass only n_ctx.")
+        n_ctx = max_seq_len
+    options = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                   center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+    quant = dict(load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, quantization_config=quantization_config,
+                 bnb_4bit_quant_type=bnb_4bit_quant_type, bnb_4bit_compute_dtype=bnb_4bit_compute_dtype,
+                 bnb_4bit_use_double_quant=bnb_4bit_use_double_quant)
+    placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder, n_devices=n_devices)
+    from . import quantization as qz
+
+    bnb_config = qz.config_from_kwargs(**quant)  # None, or a BitsAndBytesConfig; conflicting arguments fail here
     overrides = name_overrides(name_or_path, attn_implementation)
     if n_ctx is not None:
         overrides["n_ctx"] = n_ctx
     if default_prepend_bos is not None:
         overrides["default_prepend_bos"] = default_prepend_bos
-    model = convert_into(HookedTransformer, hf_model, tokenizer, dtype, overrides)
-    options = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                   center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+    from . import placement as pl
+
+    if pl.requested(**placement):  # over GPUs, CPU and disk: weights loaded straight to where they live
+        if device is not None:
+            raise ConfigError(f"Pass device={device!r} or a device_map/n_devices, not both (a device map says where every block goes).")
+        from .placement_loading import load_placed
+
+        return load_placed(name_or_path, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, revision=revision, token=token,
+                           overrides=overrides, options=options, bnb_config=bnb_config, **placement)
+    if hf_model is None:
+        hf_model, loaded_tokenizer = load_hf(name_or_path, revision=revision, token=token)
+        tokenizer = tokenizer or loaded_tokenizer
+    # An hf_model that bitsandbytes already quantised is read back dequantised and re-quantised with its config.
+    hf_state_dict, bnb_config = qz.prepare_from_hf(hf_model, bnb_config, options)
+    model = convert_into(HookedTransformer, hf_model, tokenizer, dtype, overrides, hf_state_dict)
     if any(v is not False for v in options.values()):
         from .processing import process_weights_
 
         process_weights_(model, **options)
-    return place(model, device, dtype)
+    model = place(model, device, dtype)
+    # Quantised last: weights processed in full precision, then quantised on their device (quantization.py).
+    return qz.quantize_(model, bnb_config) if bnb_config is not None else model
+
+
+def attention_mode_of(hf_model) -> str:
+    """hf_model's attention mode where lensutil has it ("eager" or "sdpa"), else lensutil's default."""
+    mode = getattr(getattr(hf_model, "config", None), "_attn_implementation", None)
+    return mode if mode in ("eager", "sdpa") else DEFAULT_ATTN_IMPLEMENTATION
+
+
+def refuse_unknown_kwargs(unknown: dict, fn) -> None:
+    """A LensError for keyword arguments `fn` does not take: each with its closest accepted name, and the full list.
+
+    Python's own "unexpected keyword argument" names neither what was meant nor what is accepted.
+    """
+    if not unknown:
+        return
+    import difflib
+    import inspect
+
+    accepted = [p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    parts = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigError(
+        f"{fn.__qualname__}() got unknown keyword argument{'s' if len(parts) > 1 else ''} {', '.join(parts)}. "
+        f"It accepts: {', '.join(accepted)}."
+    )
 
 
 def name_overrides(name_or_path: str, attn_implementation: str) -> dict:
     """The config fields every loaded model takes from how it was named and asked for."""
+    from .model_names import official_name
+
     tokenizer_name = resolve_source(name_or_path) if zoo.is_zoo_name(name_or_path) else str(name_or_path)
+    tokenizer_name = official_name(tokenizer_name) or tokenizer_name  # gpt2-small's tokenizer is gpt2's
     return {"attn_implementation": attn_implementation, "model_name": str(name_or_path), "tokenizer_name": tokenizer_name}
 
 
@@ -171,6 +253,9 @@ def convert_into(model_cls, hf_model, tokenizer, dtype: torch.dtype, overrides: 
     state_dict = {k: v.detach().to(cfg.dtype) for k, v in adapter.convert(hf_state_dict, cfg).items()}
     model = model_cls(cfg, tokenizer)
     _load_strict(model, state_dict)
+    from .tying import tie_unembed_
+
+    tie_unembed_(model)  # tied embeddings held once (W_U a view of W_E) while they are equal
     return model
 
 
@@ -186,19 +271,11 @@ def from_pretrained_no_processing(name_or_path: str, **kwargs) -> HookedTransfor
 
 
 def _load_strict(model: HookedTransformer, state_dict: dict) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
-             for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
-                 f"wrong shapes {wrong[:5]}" if wrong else ""]
-        raise WeightLoadError(
-            "The weights do not fit this model's config (" + "; ".join(p for p in parts if p) + "). "
-            "The architecture must match exactly (layers, widths, heads), and so must the processing: a state dict "
-            "saved after fold_ln has no LayerNorm weights, so load it into a model made with the same options."
-        )
+    from .saving import describe_mismatch
+
+    mismatch = describe_mismatch(model.state_dict(), state_dict)
+    if mismatch:
+        raise WeightLoadError(mismatch)
     dtype = next(model.parameters()).dtype
     model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
 
@@ -217,8 +294,14 @@ def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **op
     unknown = set(options) - set(PROCESSING_OPTIONS)
     if unknown:
         raise LensError(f"Unknown options {sorted(unknown)}; the processing options are {PROCESSING_OPTIONS}.")
+    if isinstance(state_dict, (str, os.PathLike)):  # a .safetensors or .pt file
+        state_dict = load_torch_file(state_dict)
     if not any(k.startswith(("embed.", "blocks.", "unembed.")) for k in state_dict):
         from .adapters import _registry
+        from .saving import describe_mismatch, looks_wrapped
+
+        if looks_wrapped(state_dict):  # a training checkpoint, or DDP's "module." prefix: not HuggingFace names
+            raise WeightLoadError(describe_mismatch(model.state_dict(), state_dict))
 
         arch = model.cfg.original_architecture
         if arch not in _registry():
@@ -265,9 +348,30 @@ def _prepare_norms_for(model: HookedTransformer, state_dict: dict) -> None:
 
 
 def load_torch_file(path: str | Path) -> dict:
-    """torch.load with weights_only=True: a pickle from an untrusted source cannot run code."""
+    """A state dict from a .safetensors file, or a .pt/.bin file read with torch.load(weights_only=True).
+
+    weights_only=True unpickles tensors and plain containers only, so a file from an untrusted
+    source cannot run code; a pickle that needs more (a whole model object, custom classes) is refused.
+    """
+    import pickle
+
+    if not os.path.isfile(os.path.expanduser(str(path))):
+        raise WeightLoadError(f"No such file: {str(path)!r}. Pass the path of a .safetensors or .pt state dict.")
     if str(path).endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(os.path.expanduser(str(path)))
+    try:
+        return torch.load(os.path.expanduser(str(path)), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        import re
+
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # torch names the first class it would have to import
+        needs = f"the class {found.group(1)}" if found else "objects other than tensors"
+        failure = WeightLoadError(
+            f"{str(path)!r} is not a plain state dict: unpickling it needs {needs}, and unpickling arbitrary objects can "
+            "run code, so lensutil reads .pt files with torch.load(weights_only=True) only. Save weights, not objects: "
+            "torch.save(model.state_dict(), path), or model.save_pretrained(directory). If you made this file yourself "
+            "and trust it, torch.load(path, weights_only=False) and pass its state_dict()."
+        )
+    raise failure

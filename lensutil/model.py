@@ -199,6 +199,11 @@ class HookedTransformer(HookedRootModule):
 
         return from_pretrained_no_processing(name_or_path, **kwargs)
 
+    def save_pretrained(self, directory):  # lensutil's own; TransformerLens has none
+        from .saving import save_pretrained
+
+        return save_pretrained(self, directory)
+
     def load_and_process_state_dict(self, state_dict: dict, **options):
         from .loading import load_and_process_state_dict
 
@@ -219,7 +224,12 @@ class HookedTransformer(HookedRootModule):
         # Every way of moving or casting a module (.to, .half, .float, .bfloat16, .double, .type,
         # .cuda, .cpu, ...) goes through nn.Module._apply, so cfg follows the parameters here:
         # components build rotary angles and masks from cfg.dtype and cfg.device at each forward.
-        out = super()._apply(fn, *args, **kwargs)
+        from .tying import is_tied, tie_unembed_
+
+        tied = is_tied(self)
+        out = super()._apply(fn, *args, **kwargs)  # casts W_E and its view W_U separately ...
+        if tied:
+            tie_unembed_(self)  # ... so hold them once again
         p = next(self.parameters(), None)
         if p is not None:
             self.cfg.device, self.cfg.dtype = str(p.device), p.dtype
@@ -253,6 +263,7 @@ def lm_cross_entropy_loss(
     As TransformerLens' utils.lm_cross_entropy_loss: per_token gives [batch, pos - 1] with 0 at the
     transitions that do not count, and the loss is the sum of those over the number that count.
     """
+    tokens = tokens.to(logits.device)  # a model placed over devices computes its logits on the unembedding's device
     log_probs = F.log_softmax(logits[:, :-1].to(compute_dtype(logits.dtype)), dim=-1)
     nll = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
     if mask is None:

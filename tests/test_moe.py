@@ -17,7 +17,7 @@ PROMPTS = ["The Eiffel Tower is in the city of", "def fibonacci(n):\n    return"
 
 @pytest.fixture(scope="module")
 def hf_bf16():
-    return load_hf(NAME, dtype=torch.bfloat16)[0]
+    return load_hf(NAME, dtype=torch.bfloat16, attn_implementation="sdpa")[0]  # lensutil's default mode
 
 
 def test_mixtral_is_configuration_with_transformerlens_field_names():
@@ -113,8 +113,10 @@ def test_moe_hooks_have_transformerlens_names_and_editing_them_changes_routing()
     assert not torch.allclose(flat, plain)  # all tied: top-k picks other experts
 
 
-def test_locate_divergence_names_the_moe_router_when_routing_is_where_models_part(hf_bf16):
-    model = from_pretrained_no_processing(NAME, dtype=torch.bfloat16)  # float32 router; HF's is bf16
+def test_locate_divergence_names_the_moe_router_when_routing_is_where_models_part():
+    # Eager attention on both sides: on this prompt its bf16 rounding is what tips a token to other experts.
+    hf_bf16 = load_hf(NAME, dtype=torch.bfloat16, attn_implementation="eager")[0]
+    model = from_pretrained_no_processing(NAME, dtype=torch.bfloat16, attn_implementation="eager")  # float32 router; HF's is bf16
     report = checks.locate_divergence(model, hf_bf16, input=PROMPTS[3])
     assert report.first is not None and report.first["component"] == "blocks.0 MoE router logits", str(report)
     assert any(r["component"].endswith("MoE expert choice") and r["max"] == 1.0 for r in report.table)

@@ -3,11 +3,18 @@
 import pytest
 import torch
 
-from _models import lens
+from _models import lens as _lens
 from lensutil import run_with_cache_from_cache
 from lensutil.errors import LensError
 
 TEXT = "The Eiffel Tower is in the city of"
+
+
+def lens(name):
+    # Eager attention on both sides: run_with_cache_from_cache caches every hook, hook_pattern included,
+    # which runs the written-out attention, while the references below hook no pattern (with the
+    # default "sdpa" they would take the fused kernel and differ in the last bits).
+    return _lens(name, attn_implementation="eager")
 
 
 def _reference(model, patches):

@@ -69,7 +69,7 @@ class Subject:
 @pytest.fixture(scope="module")
 def subject(request) -> Subject:
     name = request.param
-    hf, tok = load_hf(name)
+    hf, tok = load_hf(name, attn_implementation="sdpa")  # the attention mode from_pretrained uses by default
     model = from_pretrained_no_processing(name, hf_model=hf, tokenizer=tok, device="cpu").eval()
     ids = [tok(p).input_ids for p in PROMPTS]
     width = max(map(len, ids))

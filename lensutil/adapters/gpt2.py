@@ -47,6 +47,11 @@ def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
         mlp_type="dense", tie_word_embeddings=True, original_architecture="GPT2LMHeadModel",
         attn_scale_rule=_scale_rule(),
     )
+    if overrides.get("n_ctx", hf.n_positions) > hf.n_positions:
+        raise ConfigError(
+            f"n_ctx={overrides['n_ctx']} (or max_seq_len) exceeds GPT-2's {hf.n_positions} learned positions: W_pos has "
+            f"no trained row past position {hf.n_positions - 1}. Pass n_ctx <= {hf.n_positions}."
+        )
     return HookedTransformerConfig(**{**fields, **overrides})  # overrides (n_ctx=...) win
 
 
@@ -54,7 +59,8 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
     take = StateDictReader(hf_sd, ignore_suffixes=("attn.bias", "attn.masked_bias"))  # causal-mask buffers
     h, e, d = cfg.n_heads, cfg.d_head, cfg.d_model
     p = "transformer."
-    sd = {"embed.W_E": take(p + "wte.weight"), "pos_embed.W_pos": take(p + "wpe.weight")}
+    sd = {"embed.W_E": take(p + "wte.weight"), "pos_embed.W_pos": take(p + "wpe.weight")[: cfg.n_ctx]}
+    # A smaller n_ctx keeps the first n_ctx learned positions, as TransformerLens' convert_gpt2_weights does.
     for i in range(cfg.n_layers):
         b, o = f"{p}h.{i}.", f"blocks.{i}."
         sd[o + "ln1.w"], sd[o + "ln1.b"] = take(b + "ln_1.weight"), take(b + "ln_1.bias")

@@ -1,0 +1,311 @@
+"""8-bit and 4-bit models through bitsandbytes: the config, its errors, and `quantize_`.
+
+The design: quantisation swaps the linear maths, not the model's structure. A model is loaded
+and converted in float32 as always, its weights are processed (fold_ln, ...) in full precision,
+and only then does `quantize_` replace each linear weight by a bitsandbytes module built as
+HuggingFace's `replace_with_bnb_linear` builds it, from the same [out, in] matrix
+(lensutil/quantized_linear.py). So with no processing and the same BitsAndBytesConfig the
+quantised bytes are HuggingFace's, the same bitsandbytes kernels run, and the logits equal those
+of HuggingFace's own quantised model.
+
+What is quantised, as HuggingFace does: the attention and MLP matrices (W_Q, W_K, W_V, W_O,
+W_in, W_gate, W_out), BERT's MLM-head and pooler matrices. What stays in full precision, as in
+HuggingFace: embeddings, positional embeddings, norms, biases, the unembedding (HF's lm_head /
+tied output embedding) and the MoE router. One difference: transformers 5 keeps a Mixtral's
+experts as fused 3-D parameters, which its bitsandbytes integration does not quantise (it
+replaces nn.Linear and Conv1D only), while lensutil quantises each expert's matrices (most of a
+Mixtral's weights). BitsAndBytesConfig(llm_int8_skip_modules=["lm_head", "experts"]) keeps
+lensutil's experts in full precision too, for a like-for-like comparison. Skip patterns match
+lensutil's weight paths (e.g. "blocks.0.attn.W_Q") at dot boundaries.
+
+Axis names: see lensutil/components.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .quantized_linear import FROM_OUT_IN, TO_OUT_IN, QuantizableLinears, QuantizedLinear, weight_bytes
+
+INSTALL = 'pip install "bitsandbytes>=0.48"'
+MODES = ("8-bit", "4-bit nf4", "4-bit fp4")
+
+
+class QuantizationError(ConfigError):
+    """A quantisation request lensutil cannot carry out (missing bitsandbytes, conflicting options, ...)."""
+
+
+def require_bitsandbytes():
+    try:
+        import bitsandbytes
+    except ImportError as err:
+        raise QuantizationError(
+            f"8-bit and 4-bit models need the bitsandbytes package, which is not installed ({err}). "
+            f"Install it with: {INSTALL}  (it runs on CPU and CUDA), then restart the kernel."
+        ) from err
+    return bitsandbytes
+
+
+def config_from_kwargs(load_in_8bit=False, load_in_4bit=False, quantization_config=None, bnb_4bit_quant_type=None,
+                       bnb_4bit_compute_dtype=None, bnb_4bit_use_double_quant=None):
+    """The BitsAndBytesConfig that from_pretrained's quantisation arguments ask for, or None for none.
+
+    The arguments are HuggingFace's, with HuggingFace's defaults (BitsAndBytesConfig: 4-bit "fp4",
+    compute dtype float32, no double quantisation), so the same arguments quantise the same way.
+    """
+    four_bit_options = {k: v for k, v in dict(bnb_4bit_quant_type=bnb_4bit_quant_type, bnb_4bit_compute_dtype=bnb_4bit_compute_dtype,
+                                              bnb_4bit_use_double_quant=bnb_4bit_use_double_quant).items() if v is not None}
+    if load_in_8bit and load_in_4bit:
+        raise QuantizationError("load_in_8bit=True and load_in_4bit=True both asked for; a model is quantised one way. Pass only one.")
+    if quantization_config is None and not (load_in_8bit or load_in_4bit):
+        if four_bit_options:
+            raise QuantizationError(f"{', '.join(four_bit_options)} only apply to 4-bit models: add load_in_4bit=True.")
+        return None
+    require_bitsandbytes()
+    from transformers import BitsAndBytesConfig
+
+    if quantization_config is not None:
+        if isinstance(quantization_config, dict):
+            quantization_config = BitsAndBytesConfig(**quantization_config)
+        if not isinstance(quantization_config, BitsAndBytesConfig):
+            raise QuantizationError(
+                f"quantization_config is a {type(quantization_config).__name__}; lensutil quantises through bitsandbytes "
+                "only. Pass transformers.BitsAndBytesConfig(load_in_8bit=True) or (load_in_4bit=True, ...)."
+            )
+        if load_in_8bit or load_in_4bit or four_bit_options:
+            raise QuantizationError(
+                "Pass either quantization_config=BitsAndBytesConfig(...) or load_in_8bit/load_in_4bit/bnb_4bit_* "
+                "arguments, not both (HuggingFace refuses the mix too): put every setting in the config."
+            )
+        if not (quantization_config.load_in_8bit or quantization_config.load_in_4bit):
+            raise QuantizationError("This BitsAndBytesConfig asks for neither load_in_8bit nor load_in_4bit; set one to True.")
+        return quantization_config
+    if load_in_8bit and four_bit_options:
+        raise QuantizationError(f"{', '.join(four_bit_options)} only apply to 4-bit models, but load_in_8bit=True.")
+    if bnb_4bit_quant_type not in (None, "nf4", "fp4"):
+        raise QuantizationError(f"bnb_4bit_quant_type={bnb_4bit_quant_type!r}; bitsandbytes' 4-bit types are 'nf4' and 'fp4'.")
+    settings = {"bnb_4bit_quant_type": "fp4", **four_bit_options} if load_in_4bit else {}
+    return BitsAndBytesConfig(load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, **settings)
+
+
+def mode_of(config) -> str:
+    """'8-bit', '4-bit nf4' or '4-bit fp4' (with ' double-quant' when asked)."""
+    if config.load_in_8bit:
+        return "8-bit"
+    return f"4-bit {config.bnb_4bit_quant_type}" + (" double-quant" if config.bnb_4bit_use_double_quant else "")
+
+
+def config_for_mode(mode: str, **extra):
+    """A BitsAndBytesConfig for one of MODES ('8-bit', '4-bit nf4', '4-bit fp4'), HuggingFace's defaults otherwise."""
+    from transformers import BitsAndBytesConfig
+
+    if mode == "8-bit":
+        return BitsAndBytesConfig(load_in_8bit=True, **extra)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=mode.split()[-1], **extra)
+
+
+def make_bnb_linear(w_out_in: torch.Tensor, config) -> nn.Module:
+    """A bias-free bitsandbytes linear holding `w_out_in` ([out, in]) quantised, made as HuggingFace makes it.
+
+    transformers' replace_with_bnb_linear builds the module on the meta device, then its
+    Bnb4bitQuantize / Bnb8bitQuantize ops wrap the checkpoint's [out, in] weight in Params4bit /
+    Int8Params (built from the meta parameter's attributes) and move it to its device, which quantises.
+    """
+    bnb = require_bitsandbytes()
+    out_features, in_features = w_out_in.shape
+    device = w_out_in.device
+    with torch.device("meta"):
+        if config.load_in_8bit:
+            lin = bnb.nn.Linear8bitLt(in_features, out_features, False, has_fp16_weights=config.llm_int8_has_fp16_weight,
+                                      threshold=config.llm_int8_threshold)
+        else:
+            lin = bnb.nn.Linear4bit(in_features, out_features, False, config.bnb_4bit_compute_dtype,
+                                    compress_statistics=config.bnb_4bit_use_double_quant,
+                                    quant_type=config.bnb_4bit_quant_type, quant_storage=config.bnb_4bit_quant_storage)
+    if config.load_in_8bit:
+        kwargs = dict(lin.weight.__dict__)
+        kwargs.pop("SCB", None)
+        lin.weight = bnb.nn.Int8Params(w_out_in.to("cpu"), requires_grad=False, **kwargs).to(device)
+    else:
+        lin.weight = bnb.nn.Params4bit(w_out_in, requires_grad=False, **lin.weight.__dict__).to(device)
+    return lin.requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=None)
+def probe_mode(mode: str, device: str) -> str | None:
+    """None if this bitsandbytes build runs `mode` on `device` (a 64x64 layer quantised and run), else the error."""
+    try:
+        require_bitsandbytes()
+        lin = make_bnb_linear(torch.randn(64, 64, device=device), config_for_mode(mode))
+        out = QuantizedLinear(lin, "in_out", (64, 64)).eval()(torch.randn(2, 64, device=device))
+        if not torch.isfinite(out).all():
+            return "the quantised layer returned non-finite values"
+    except Exception as err:  # any failure means: not on this device/build
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    return None
+
+
+def check_mode_runs(config, device) -> None:
+    mode = "8-bit" if config.load_in_8bit else f"4-bit {config.bnb_4bit_quant_type}"
+    failure = probe_mode(mode, str(device))
+    if failure is None:
+        return
+    import bitsandbytes
+
+    runs = [m for m in MODES if probe_mode(m, str(device)) is None]
+    raise QuantizationError(
+        f"{mode} does not run on {device} with bitsandbytes {bitsandbytes.__version__} ({failure}). "
+        + (f"What runs here: {', '.join(runs)}." if runs else "No bitsandbytes mode runs on this device: load the model unquantised.")
+        + " Update bitsandbytes (CPU kernels need >= 0.48), or load on another device."
+    )
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return getattr(model, "quantization_config", None) is not None
+
+
+def refuse_if_quantized(model: nn.Module, what: str) -> None:
+    """A clear error for operations that need full-precision weights (weight processing, ...)."""
+    if is_quantized(model):
+        raise QuantizationError(
+            f"{what} needs full-precision weights, but this model is quantised ({mode_of(model.quantization_config)}). "
+            "Process first, then quantise: from_pretrained(name, fold_ln=True, ..., load_in_4bit=True) does both in that order."
+        )
+
+
+def _skipped(path: str, patterns) -> bool:
+    return any(re.search(rf"(?:^|\.)(?:{p})(?:\.|$)", path) for p in patterns or ())
+
+
+def linear_weights(module: QuantizableLinears) -> dict[str, str]:
+    """The quantisable weights of a component and their layouts: its W... parameters (W_O maps heads out)."""
+    layouts = {}
+    for name, p in module._parameters.items():
+        if p is not None and name.lstrip("_").startswith("W"):
+            layouts[name] = "in_out" if p.ndim == 2 else ("heads_out" if name == "W_O" else "heads_in")
+    return layouts
+
+
+def quantize_(model: nn.Module, config) -> nn.Module:
+    """Quantise a model's linear weights in place with bitsandbytes, as HuggingFace would; returns the model.
+
+    Contract (for loading code that places the model first): call it once, after weight processing
+    and after the model is on its final device(s) and dtype; each weight is quantised on the device
+    it is on. `config` is a transformers.BitsAndBytesConfig (or from config_from_kwargs). Raises a
+    QuantizationError if the model is already quantised or the mode cannot run on that device.
+    """
+    if is_quantized(model):
+        raise QuantizationError(
+            f"This model is already quantised ({mode_of(model.quantization_config)}); quantising twice would round "
+            "rounded weights. Load the model again from its name with the quantisation you want."
+        )
+    require_bitsandbytes()
+    for device in {p.device for p in model.parameters()}:
+        check_mode_runs(config, device)
+    skip = config.llm_int8_skip_modules
+    for path, module in list(model.named_modules()):
+        if not isinstance(module, QuantizableLinears):
+            continue
+        for name, layout in linear_weights(module).items():
+            if _skipped(f"{path}.{name}", skip):
+                continue
+            param = module._parameters[name]
+            lin = make_bnb_linear(TO_OUT_IN[layout](param.detach()), config)
+            if "quantized" not in module._modules:
+                module.add_module("quantized", nn.ModuleDict())
+            del module._parameters[name]
+            module._modules["quantized"][name] = QuantizedLinear(lin, layout, tuple(param.shape))
+    model.quantization_config = config
+    return model.eval()
+
+
+# ---- HuggingFace models already quantised -----------------------------------------------------
+
+
+def hf_quantization_config(hf_model):
+    """The BitsAndBytesConfig an HF model was quantised with, or None for a full-precision one."""
+    config = getattr(hf_model, "hf_quantizer", None)
+    config = getattr(config, "quantization_config", None) or getattr(hf_model.config, "quantization_config", None)
+    if config is None:
+        return None
+    if isinstance(config, dict):
+        if config.get("quant_method") != "bitsandbytes":
+            raise QuantizationError(f"This hf_model is quantised with {config.get('quant_method')!r}; lensutil reads bitsandbytes models only.")
+        from transformers import BitsAndBytesConfig
+
+        config = BitsAndBytesConfig.from_dict(config)
+    return config
+
+
+def prepare_from_hf(hf_model, asked, processing: dict):
+    """For an hf_model passed to from_pretrained: (state dict to convert or None, the config to quantise with).
+
+    An HF model that bitsandbytes already quantised is read back in full precision (its weights
+    dequantised) and quantised again with its own config. Re-quantising a dequantised block gives
+    the same codes (each block's largest value maps to the code +-1, so the scale comes back), so
+    the model computes as the HF model does; weight processing cannot run on rounded weights.
+    """
+    hf_config = hf_quantization_config(hf_model)
+    if hf_config is None:
+        return None, asked
+    asked_for = [k for k, v in processing.items() if v is not False]
+    if asked_for:
+        raise QuantizationError(
+            f"{', '.join(asked_for)} asked on an hf_model that is already quantised ({mode_of(hf_config)}): weight processing "
+            "needs full-precision weights. Load by name with the quantisation instead, e.g. from_pretrained(name, "
+            "load_in_4bit=True): lensutil processes in float32, then quantises. Or pass fold_ln=False, center_unembed=False, "
+            "fold_value_biases=False (from_pretrained_no_processing) to use this model as it is."
+        )
+    if asked is not None:
+        raise QuantizationError(
+            f"This hf_model is already quantised ({mode_of(hf_config)}); quantising it again ({mode_of(asked)}) would round "
+            "rounded weights. Drop the quantisation arguments (lensutil keeps the model's own), or pass a full-precision hf_model."
+        )
+    return dequantized_state_dict(hf_model), hf_config
+
+
+def dequantized_state_dict(hf_model) -> dict:
+    """An HF bitsandbytes model's state dict with every quantised weight dequantised to float32, in its checkpoint layout."""
+    bnb = require_bitsandbytes()
+    from transformers.pytorch_utils import Conv1D
+
+    state = {}
+    for path, module in hf_model.named_modules():
+        for name, tensor in list(module._parameters.items()) + list(module._buffers.items()):
+            if tensor is None or (name in module._non_persistent_buffers_set):
+                continue
+            key = f"{path}.{name}" if path else name
+            if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) and name == "weight":
+                w = QuantizedLinear(module, "in_out", ()).dequantize().float()
+                tensor = w.T if getattr(module, "source_cls", None) is Conv1D else w  # GPT-2 stores [in, out]
+            state[key] = tensor.detach()
+    return state
+
+
+# ---- memory -----------------------------------------------------------------------------------
+
+
+def weight_memory(model: nn.Module) -> dict:
+    """Bytes of a model's weights (lensutil's or HuggingFace's): all of them, the quantised linears', and
+    what those linears take in float32. Quantisation statistics (absmax, scales) are counted."""
+    bnb = require_bitsandbytes()
+    quantized = float32 = 0
+    seen = set()
+    for module in model.modules():
+        lin = module.linear if isinstance(module, QuantizedLinear) else module
+        if isinstance(lin, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) and id(lin) not in seen:
+            seen.add(id(lin))
+            quantized += weight_bytes(lin)
+            float32 += lin.in_features * lin.out_features * 4
+    quantized_ids = {id(m.weight) for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
+    others = sum(p.numel() * p.element_size() for p in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
+                 if id(p) not in quantized_ids)
+    return {"total": others + quantized, "linear": quantized, "linear_float32": float32}
+
+
+__all__ = ["QuantizationError", "config_from_kwargs", "quantize_", "is_quantized", "weight_memory", "FROM_OUT_IN"]

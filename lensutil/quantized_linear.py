@@ -1,0 +1,162 @@
+"""The linear maths of a component, full precision or quantised: what quantisation swaps, and nothing else.
+
+A component's matrices keep TransformerLens' shapes (W_Q [head_index, d_model, d_head], W_in
+[d_model, d_mlp], ...) and are stored as F.linear wants them, [out, in] (components._param). Each
+call site names its weight and its *layout*, the rule that turns the TransformerLens-shaped
+weight into F.linear's [out, in] matrix:
+
+- "in_out":    W [in, out]                     -> W.T                                   (MLP, experts, MLM head)
+- "heads_in":  W [head_index, d_model, d_head] -> [head_index * d_head, d_model]         (W_Q, W_K, W_V)
+- "heads_out": W [head_index, d_head, d_model] -> [d_model, head_index * d_head]         (W_O)
+
+That [out, in] matrix is exactly HuggingFace's nn.Linear weight, so quantising it with
+bitsandbytes gives the bytes HuggingFace's own quantised model holds, and the same bitsandbytes
+module computes with them. A quantised weight leaves the module's parameters and lives in
+`module.quantized[name]` (a QuantizedLinear); hooks, biases, norms and embeddings are untouched.
+
+Reading a quantised weight by its TransformerLens name (attn.W_Q, model.W_Q, mlp.W_in) gives a
+dequantised *read-only copy* in TransformerLens' shape: the values the quantised maths uses (for
+8-bit, the weight half of it: LLM.int8() also rounds the activations). It is an inference tensor,
+so an in-place edit raises instead of silently changing nothing; to edit weights, edit the float
+model, then quantise it (lensutil.quantization.quantize_).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .zero_bias import bias_or_none
+
+# TransformerLens-shaped weight -> F.linear's [out, in]. The expressions are the ones the
+# full-precision forward always used, so its bits (and HF equivalence) do not change.
+TO_OUT_IN = {
+    "in_out": lambda W: W.T,
+    "heads_in": lambda W: W.transpose(1, 2).reshape(W.shape[0] * W.shape[2], W.shape[1]),
+    "heads_out": lambda W: W.reshape(-1, W.shape[-1]).T,
+}
+# F.linear's [out, in] -> TransformerLens' shape (the inverse of TO_OUT_IN), for dequantised reads.
+FROM_OUT_IN = {
+    "in_out": lambda w, shape: w.T,
+    "heads_in": lambda w, shape: w.view(shape[0], shape[2], shape[1]).transpose(1, 2),
+    "heads_out": lambda w, shape: w.T.reshape(shape),
+}
+
+
+class QuantizedLinear(nn.Module):
+    """One bitsandbytes linear (Linear4bit or Linear8bitLt, built as HuggingFace builds it), bias-free.
+
+    The bias stays the component's own full-precision parameter (b_Q, b_in, ...) and is handed to
+    bitsandbytes' forward for each call, so it is added exactly where HuggingFace's module adds its own.
+    """
+
+    def __init__(self, bnb_linear: nn.Module, layout: str, shape: tuple[int, ...]):
+        super().__init__()
+        self.linear, self.layout, self.shape = bnb_linear, layout, tuple(shape)
+
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        lin = self.linear
+        if x.numel() == 0:  # an MoE expert no token chose: bitsandbytes' packed CPU 4-bit kernel dies of SIGFPE on 0 rows
+            return x.new_zeros(*x.shape[:-1], lin.out_features)
+        # bitsandbytes reads self.bias (and may recast its .data): give it a view of ours, never ours.
+        lin._parameters["bias"] = None if bias is None else bias.view(-1)
+        try:
+            if x.ndim > 3:  # per-head inputs; LLM.int8() flattens only 3-D inputs itself
+                return lin(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], lin.out_features)
+            return lin(x)
+        finally:
+            lin._parameters["bias"] = None
+
+    def dequantize(self) -> Tensor:
+        """The [out, in] float matrix the quantised weight stands for (a new tensor)."""
+        import bitsandbytes.functional as bf
+
+        weight = self.linear.weight
+        state = getattr(weight, "quant_state", None)
+        if state is not None:  # 4-bit
+            data = weight.data
+            if getattr(state, "packing_format_for_cpu", False):
+                # Repacked for bitsandbytes' AVX512-BF16 CPU kernel at the first no-grad forward, which also
+                # rounds the block scales (absmax) to bfloat16 and stores them [blocks per row, out]: unpack,
+                # and lay the scales out again (bitsandbytes' own inverse restores only double-quantised ones).
+                nested = state.original_nested
+                data, state = bf._convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(state))
+                if not nested:
+                    state.absmax = state.absmax.T.reshape(-1).float()
+            return bf.dequantize_4bit(data, state)
+        scb = self.linear.state.SCB if self.linear.state.SCB is not None else weight.SCB  # 8-bit: row scales
+        return bf.int8_vectorwise_dequant(weight.data, scb)
+
+    def dequantized_view(self) -> Tensor:
+        """The weight in TransformerLens' shape, dequantised, as a read-only (inference) tensor."""
+        with torch.inference_mode():
+            return FROM_OUT_IN[self.layout](self.dequantize(), self.shape).contiguous()
+
+    def nbytes(self) -> int:
+        """Bytes this weight occupies: the packed data plus its quantisation statistics."""
+        return weight_bytes(self.linear)
+
+
+def weight_bytes(bnb_linear: nn.Module) -> int:
+    """Bytes of a bitsandbytes linear's weight and statistics (HF's modules too; bias not counted)."""
+    weight = bnb_linear.weight
+    total = weight.data.numel() * weight.data.element_size()
+    state = getattr(weight, "quant_state", None)
+    tensors = []
+    if state is not None:
+        tensors += [state.absmax, state.code]
+        if state.state2 is not None:
+            tensors += [state.state2.absmax, state.state2.code, state.offset]
+    else:
+        tensors += [bnb_linear.state.SCB if bnb_linear.state.SCB is not None else weight.SCB]
+    return total + sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
+
+
+class QuantizableLinears(nn.Module):
+    """Base of every component with linear maps: `_linear` runs a named weight, quantised or not."""
+
+    def quantized_linear(self, name: str) -> QuantizedLinear | None:
+        q = self._modules.get("quantized")
+        return None if q is None else q._modules.get(name)
+
+    def _linear(self, x: Tensor, name: str, bias: Tensor | None = None, layout: str = "in_out") -> Tensor:
+        q = self.quantized_linear(name)
+        if q is None:  # a zero bias is skipped: mm, as HF's bias-free layers run (lensutil/zero_bias.py)
+            return F.linear(x, TO_OUT_IN[layout](getattr(self, name)), bias_or_none(bias))
+        return q(x, bias)
+
+    def _per_head_linear(self, x: Tensor, name: str, bias: Tensor) -> Tensor:
+        """A quantised heads_in projection of one input per head, [batch, pos, n, d_model] -> [batch, pos, n, d_head].
+
+        Head i's output is head i's slice of the quantised linear applied to head i's input: run the
+        linear on every head's input and keep the diagonal (n times the work; exact quantised maths).
+        """
+        batch, pos, n, d_model = x.shape
+        out = self.quantized_linear(name)(x.reshape(-1, d_model), bias)  # [batch * pos * n, n * d_head]
+        return torch.diagonal(out.view(batch, pos, n, n, -1), dim1=2, dim2=3).permute(0, 1, 3, 2)
+
+    def _per_head_result(self, z: Tensor, name: str) -> Tensor:
+        """A quantised heads_out map per head, [batch, pos, head_index, d_head] -> [batch, pos, head_index, d_model].
+
+        Head i's result is the quantised linear (no bias) applied to z with every other head zeroed.
+        The heads' results sum to the full output up to the kernel's rounding (bitsandbytes' CPU 4-bit
+        kernel rounds activations to bfloat16); LLM.int8() rounds each row's activations by that
+        row's own scale, so 8-bit results sum to it only approximately.
+        """
+        batch, pos, n, d_head = z.shape
+        blocks = z.new_zeros(batch, pos, n, n, d_head)
+        idx = torch.arange(n, device=z.device)
+        blocks[:, :, idx, idx] = z
+        return self.quantized_linear(name)(blocks.reshape(batch, pos, n, n * d_head))
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            q = self.__dict__["_modules"].get("quantized")
+            if q is not None and name in q._modules:
+                return q._modules[name].dequantized_view()
+            raise
