@@ -2,7 +2,7 @@
 
 Run by hand (never part of the test suite):
 
-    .venv/bin/python benchmarks/bench_memory.py [--model smollm2-135m] [--pairs 7] [--stream 1024]
+    .venv/bin/python benchmarks/bench_memory.py [--model smollm2-135m] [--pairs 7] [--stream 1024] [--keep-freed-memory]
 
 A. Ratios to HuggingFace's default forward (attn_implementation "sdpa"), float32, batch x seq tokens;
    lensutil loaded with from_pretrained_no_processing in its default mode ("sdpa" too):
@@ -22,6 +22,11 @@ Method: each measurement is a pair (lensutil, reference) run back to back, the o
 from pair to pair, after warm-up runs, under torch.inference_mode(); the ratio reported is the median
 of the per-pair ratios (their min and max beside it), so load from other processes that drifts
 during the run hits both sides of each pair alike. The load average is printed before and after.
+
+--keep-freed-memory calls lensutil.keep_freed_memory() before anything is loaded: glibc then keeps the
+memory the process frees instead of handing it back to the kernel. It is process-wide, so it applies to
+lensutil and HuggingFace alike; the header of part A says which allocator setting the run used, and the
+process's RSS after part A is printed beside its peak (what keeping costs).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -41,9 +47,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_vs_hf import machine_report, peak_rss_delta  # noqa: E402
+from bench_vs_hf import _rss_bytes, machine_report, peak_rss_delta  # noqa: E402
 
-from lensutil import collect_activations, loading  # noqa: E402
+from lensutil import collect_activations, keep_freed_memory, loading  # noqa: E402
 
 
 def paired(ours: Callable, theirs: Callable, pairs: int, warmup: int = 1) -> dict:
@@ -51,17 +57,22 @@ def paired(ours: Callable, theirs: Callable, pairs: int, warmup: int = 1) -> dic
     with torch.inference_mode():
         for _ in range(warmup):
             ours(), theirs()
-        ratios, a, b = [], [], []
+        ratios, a, b, faults = [], [], [], {"a": [], "b": []}
         for i in range(pairs):
             order = (("a", ours), ("b", theirs)) if i % 2 == 0 else (("b", theirs), ("a", ours))
             took = {}
             for side, fn in order:
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 start = time.perf_counter()
                 fn()
                 took[side] = time.perf_counter() - start
+                faults[side].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
             a.append(took["a"]), b.append(took["b"]), ratios.append(took["a"] / took["b"])
+    # Minor page faults per run (first touches of memory the process got from the kernel): what keeping
+    # activations costs beyond the arithmetic, since kept tensors cannot reuse memory freed in the same run.
     return {"ratio": statistics.median(ratios), "lo": min(ratios), "hi": max(ratios),
-            "ours": statistics.median(a), "theirs": statistics.median(b)}
+            "ours": statistics.median(a), "theirs": statistics.median(b),
+            "faults": (statistics.median(faults["a"]), statistics.median(faults["b"]))}
 
 
 def storage_mib(module: torch.nn.Module) -> float:
@@ -72,8 +83,9 @@ def row(label: str, r: dict, goal: str, rate: bool = False) -> str:
     ratio, lo, hi = (1 / r["ratio"], 1 / r["hi"], 1 / r["lo"]) if rate else (r["ratio"], r["lo"], r["hi"])
     target = float(goal.split()[-1])
     met = ratio >= target if goal.startswith(">=") else ratio <= target
+    ours_pf, theirs_pf = (f / 1e3 for f in r["faults"])
     return (f"{label:<58} {ratio:6.3f}  [{lo:.3f}-{hi:.3f}]  {r['ours'] * 1e3:8.1f} ms vs {r['theirs'] * 1e3:8.1f} ms"
-            f"  {goal:<8} {'yes' if met else 'NO'}")
+            f"  {goal:<8} {'yes' if met else 'NO ':<3}  page faults {ours_pf:5.0f}k vs {theirs_pf:4.0f}k")
 
 
 def importable(name: str) -> bool:
@@ -91,7 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip", default="", help="comma-separated parts to skip: A,B,C,D")
     p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's choice); "
                    "1 is steadier on a machine other jobs share")
+    p.add_argument("--keep-freed-memory", action="store_true", help="glibc keeps freed memory for reuse "
+                   "(lensutil.keep_freed_memory(), process-wide: lensutil and HuggingFace alike)")
     args = p.parse_args(argv)
+    # Before anything is allocated, so that both sides run under the same allocator setting from the start.
+    allocator = (str(keep_freed_memory()) if args.keep_freed_memory
+                 else "malloc defaults (glibc: freed memory goes back to the kernel)")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.repeats, args.warmup, args.processed = args.pairs, 1, False
@@ -99,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     print(machine_report(args))
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
+    print(f"allocator, lensutil and HuggingFace alike: {allocator}")
 
     hf, _ = loading.load_hf(args.model, attn_implementation="sdpa")
     model = loading.from_pretrained_no_processing(args.model)
@@ -106,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     tokens = torch.randint(100, model.cfg.d_vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
 
     if "A" not in skip:
-        print(f"\nA. ratio to HuggingFace's default forward (sdpa), {args.batch} x {args.seq} tokens; median of {args.pairs} pairs [min-max]")
+        kept = "keep_freed_memory() on" if args.keep_freed_memory else "glibc defaults"
+        print(f"\nA. ratio to HuggingFace's default forward (sdpa), {args.batch} x {args.seq} tokens; "
+              f"median of {args.pairs} pairs [min-max]; allocator: {kept}, for both")
         hf_fwd = lambda: hf(tokens)  # noqa: E731
         resid_post = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
         print(row("1 forward, default settings", paired(lambda: model(tokens), hf_fwd, args.pairs), "<= 1.05"))
@@ -121,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
                   paired(lambda: model.run_with_cache(tokens, names_filter=resid_post), hf_fwd, args.pairs), "<= 1.05"))
         for pkg, what in (("transformer_lens", "TransformerLens 4.x TransformerBridge rows"), ("nnsight", "nnsight rows")):
             print(f"   {what}: {'importable but not timed here' if importable(pkg) else f'not importable ({pkg} is not installed)'}")
+        # What keeping freed memory costs: RSS after the caches are dropped, beside the peak (ru_maxrss, KiB on Linux).
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+        print(f"   RSS of this process after part A: {_rss_bytes() / 2**20:.0f} MiB now, {peak:.0f} MiB at its peak")
 
     if "B" not in skip:
         processed = loading.from_pretrained(args.model)

@@ -8,7 +8,9 @@ shared), and the placements are interleaved round by round, so that load from ot
 the machine hits all of them; the table gives each figure's median over the rounds. A process
 reports its RSS after importing lensutil (torch and transformers included), its peak after loading,
 and its peak after running (a forward on 4 x 64 tokens, run_with_cache of the residual stream, and
-8 greedily generated tokens). The weights' own size is printed beside them.
+8 greedily generated tokens). The weights' own size is printed beside them, and the part of them held
+in memory after loading ("resident": each storage once, so a tied W_U that shares W_E's adds nothing).
+With --no-processing the weights load as HuggingFace's (a tied model keeps W_U == W_E.T, held once).
 
 Placements:
 - ram:           from_pretrained(name), everything in RAM (the HF model is loaded, then converted)
@@ -43,22 +45,25 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def child(name: str, placement: str, threads: int) -> dict:
+def child(name: str, placement: str, threads: int, processing: bool) -> dict:
     import torch
 
     import lensutil  # noqa: F401  (its imports count in the baseline)
     from lensutil import placement as pl
-    from lensutil.loading import from_pretrained
+    from lensutil.loading import from_pretrained, from_pretrained_no_processing
 
+    load = from_pretrained if processing else from_pretrained_no_processing
     torch.set_num_threads(threads)
     out = {"after_import": _rss_mib()}
     with tempfile.TemporaryDirectory() as folder:
         if placement == "ram":
-            model = from_pretrained(name)
+            model = load(name)
         else:
-            device_map = _most_on_disk(name) if placement == "most-on-disk" else {"": "disk"}
-            model = from_pretrained(name, device_map=device_map, offload_folder=folder)
+            device_map = _most_on_disk(name, processing) if placement == "most-on-disk" else {"": "disk"}
+            model = load(name, device_map=device_map, offload_folder=folder)
         out["after_load_peak"] = _peak_mib()
+        storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters() if not p.is_meta}
+        out["resident"] = sum(storages.values()) / 2**20
         tokens = torch.randint(0, model.cfg.d_vocab, (4, 64), generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             model(tokens)
@@ -70,11 +75,12 @@ def child(name: str, placement: str, threads: int) -> dict:
     return out
 
 
-def _most_on_disk(name: str) -> dict:
+def _most_on_disk(name: str, processing: bool) -> dict:
     from lensutil import placement as pl
+    from lensutil.loading import PROCESSING_OPTIONS
     from lensutil.placement_loading import empty_model
 
-    units = pl.units(empty_model(name))
+    units = pl.units(empty_model(name, **({} if processing else {o: False for o in PROCESSING_OPTIONS})))
     return {u: ("disk" if u.startswith("blocks.") and int(u.split(".")[1]) >= 2 else "cpu") for u in units}
 
 
@@ -83,24 +89,29 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-processing", action="store_true", help="load with every processing option off")
     parser.add_argument("--child", choices=PLACEMENTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.model, args.child, args.threads)))
+        print(json.dumps(child(args.model, args.child, args.threads, not args.no_processing)))
         return
     runs: dict[str, list[dict]] = {p: [] for p in PLACEMENTS}
     for r in range(args.rounds):
         for placement in PLACEMENTS if r % 2 == 0 else reversed(PLACEMENTS):
             cmd = [sys.executable, __file__, "--model", args.model, "--threads", str(args.threads), "--child", placement]
+            cmd += ["--no-processing"] if args.no_processing else []
             done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
             if done.returncode:
                 sys.exit(f"{placement} failed:\n{done.stderr[-3000:]}")
             runs[placement].append(json.loads(done.stdout.strip().splitlines()[-1]))
     med = lambda p, k: statistics.median(r[k] for r in runs[p])  # noqa: E731
-    print(f"{args.model}, float32, {args.rounds} rounds, torch threads {args.threads}; peak RSS in MiB (median)")
-    print(f"{'placement':<14}{'devices':<12}{'weights':>9}{'imports':>9}{'load peak':>11}{'run peak':>10}{'run - imports':>15}")
+    processing = "unprocessed" if args.no_processing else "processed"
+    print(f"{args.model}, float32, {processing}, {args.rounds} rounds, torch threads {args.threads}; MiB, peak RSS medians")
+    print(f"{'placement':<14}{'devices':<12}{'weights':>9}{'resident':>10}{'imports':>9}{'load peak':>11}{'run peak':>10}"
+          f"{'run - imports':>15}")
     for p in PLACEMENTS:
-        print(f"{p:<14}{','.join(runs[p][0]['devices']):<12}{med(p, 'weights'):9.0f}{med(p, 'after_import'):9.0f}"
+        print(f"{p:<14}{','.join(runs[p][0]['devices']):<12}{med(p, 'weights'):9.0f}{med(p, 'resident'):10.0f}"
+              f"{med(p, 'after_import'):9.0f}"
               f"{med(p, 'after_load_peak'):11.0f}{med(p, 'after_run_peak'):10.0f}"
               f"{med(p, 'after_run_peak') - med(p, 'after_import'):15.0f}")
 

@@ -13,6 +13,7 @@ from .encoder import HookedEncoder as HookedEncoder
 from .patching import run_with_cache_from_cache as run_with_cache_from_cache
 from .utils import get_act_name as get_act_name
 from .collect import collect_activations as collect_activations
+from .allocator import keep_freed_memory as keep_freed_memory
 from .hub import hf_token_status as hf_token_status
 from .model_names import list_models as list_models
 from . import errors as errors
@@ -21,6 +22,7 @@ from . import utils as utils
 from .quantization import QuantizationError as QuantizationError
 from .quantization import quantize_ as quantize_
 from .quantization_support import quantization_support as quantization_support
+from .offloaded_weights import read_weight as read_weight
 from .saving import save_pretrained as save_pretrained
 from .widgets import HookExplorer as HookExplorer
 

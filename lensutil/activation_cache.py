@@ -25,6 +25,15 @@ from torch import Tensor
 from .errors import CacheKeyError, LensError, close_matches
 from .utils import PosSlice, get_act_name, slice_along
 
+def describe_names_filter(names_filter: Any) -> str:
+    """How run_with_cache's names_filter (None, a name, a list of names or a function) reads in an error message."""
+    if names_filter is None or isinstance(names_filter, str):
+        return f"names_filter={names_filter!r}"
+    if callable(names_filter):
+        return f"names_filter={getattr(names_filter, '__name__', repr(names_filter))} (a filter function)"
+    return f"names_filter={list(names_filter)!r}"
+
+
 _LAYER_NORMS = {"LN", "LNPre"}  # centre, then divide by the scale
 _RMS_NORMS = {"RMS", "RMSPre"}  # divide by the scale only
 
@@ -293,7 +302,7 @@ class ActivationCache:
             return self.cache_dict[name]
         # Each head's output is its z times its slice of W_O; attn_out is their sum plus b_O.
         z = self[("z", l)]
-        W_O = self.model.blocks[l].attn.W_O.detach().to(device=z.device, dtype=z.dtype)
+        W_O = _weight(self.model, f"blocks.{l}.attn.W_O").detach().to(device=z.device, dtype=z.dtype)
         return torch.einsum("...hd,hdm->...hm", z, W_O)
 
     def stack_head_results(
@@ -433,3 +442,14 @@ class ActivationCache:
         )
         directions = directions.detach().to(device=scaled.device, dtype=scaled.dtype)
         return (scaled * directions).sum(-1)
+
+
+def _weight(model, name: str) -> Tensor:
+    """A block's weight by its state_dict name, loaded from the offload folder if its block is offloaded."""
+    from .offloaded_weights import OffloadedWeightError, read_weight
+
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(model.get_submodule(module), attr)
+    except OffloadedWeightError:
+        return read_weight(model, name)

@@ -4,9 +4,10 @@ Axis glossary (TransformerLens' names): batch, pos (query position), key_pos, he
 kv_head_index (grouped-query attention: fewer key/value heads than query heads), d_model, d_head,
 d_mlp, d_vocab. Every HookPoint says its shape where it is made.
 
-Components read only config fields, never a model name. Norms, softmax and rotary angles run in
-at least float32 (`compute_dtype`) and cast back, as HuggingFace does, so half-precision runs stay
-comparable with it; a float64 model computes them in float64, never silently in float32.
+Components read only config fields, never a model name. Norms (lensutil/norm.py), softmax and rotary
+angles run in at least float32 (`compute_dtype`) and cast back, as HuggingFace does, so half-precision
+runs stay comparable with it; a float64 model computes them in float64, never silently in float32.
+Matrices are laid out in memory as HuggingFace's own (lensutil/weight_layout.py says why).
 """
 
 from __future__ import annotations
@@ -23,32 +24,10 @@ from .config import HookedTransformerConfig
 from .errors import ConfigError
 from .fused_attention import fused_attention
 from .hook_points import HookPoint
+from .norm import Norm  # noqa: F401  (re-exported, as compute_dtype, _param and _OUT_IN, for the modules that build on this one)
 from .quantized_linear import QuantizableLinears
+from .weight_layout import _OUT_IN, _linear_param, _param, compute_dtype, fused_qkv_params, fused_qkv_weight, share_qkv_storage  # noqa: F401
 from .zero_bias import bias_or_none
-
-
-def _param(*shape: int, dtype: torch.dtype, memory_order: tuple[int, ...] | None = None) -> nn.Parameter:
-    """A parameter of TransformerLens' shape, optionally laid out in memory in another axis order.
-
-    `memory_order` lists the axes outermost first. Matrices that feed F.linear are stored as
-    nn.Linear stores them ([out, in]), so the view F.linear receives is contiguous, and BLAS takes
-    the same kernel, with the same rounding, as HuggingFace's own Linear layers. A transposed view
-    makes BLAS pick other kernels for some sizes, and logits drift by ~1e-5.
-    """
-    if memory_order is None:
-        return nn.Parameter(torch.empty(*shape, dtype=dtype))
-    storage = torch.empty([shape[i] for i in memory_order], dtype=dtype)
-    return nn.Parameter(storage.permute(*sorted(range(len(shape)), key=memory_order.__getitem__)))
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half precision (HuggingFace's upcast), the dtype itself for float32 and float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-_OUT_IN = (1, 0)  # [in, out] matrices stored as [out, in]
-_HEADS_OUT_IN = (0, 2, 1)  # W_Q/W_K/W_V [head, d_model, d_head] stored as [head, d_head, d_model]
-_MODEL_HEADS = (2, 0, 1)  # W_O [head, d_head, d_model] stored as [d_model, head, d_head]
 
 
 def gelu_new(x: Tensor) -> Tensor:
@@ -137,62 +116,6 @@ class Unembed(nn.Module):
         return F.linear(x, self.W_U.T, bias_or_none(self.b_U))  # zero b_U skipped (lensutil/zero_bias.py)
 
 
-class Norm(nn.Module):
-    """LayerNorm ("LN"), RMSNorm ("RMS"), or either with its weights folded away ("LNPre"/"RMSPre").
-
-    LN centres then divides by the root mean square; RMS only divides. The *Pre forms keep the
-    division (it is not linear, so it cannot be folded) and drop w and b, which weight processing
-    has folded into the next layer's weights.
-    """
-
-    def __init__(self, cfg: HookedTransformerConfig, kind: str | None = None):
-        super().__init__()
-        self.kind = kind or cfg.normalization_type
-        self.eps = cfg.eps
-        self.center = self.kind in ("LN", "LNPre")
-        if self.kind in ("LN", "RMS"):
-            self.w = _param(cfg.d_model, dtype=cfg.dtype)
-        if self.kind == "LN":
-            self.b = _param(cfg.d_model, dtype=cfg.dtype)
-        self.hook_scale = HookPoint("batch pos 1")  # sqrt(mean(x^2) + eps), after centring for LN
-        self.hook_normalized = HookPoint("batch pos d_model")
-
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        dtype = x.dtype
-        x = x.to(compute_dtype(dtype))
-        if self.center:
-            x = x - x.mean(-1, keepdim=True)
-        mean_square = x.pow(2).mean(-1, keepdim=True) + self.eps
-        x = self._divide_by_scale(x, mean_square)
-        if self.kind == "RMS":  # HuggingFace casts back before the weight for RMSNorm; TransformerLens
-            return self.w * self.hook_normalized(x.to(dtype))  # hooks the value before w
-        if self.kind == "LN":  # LayerNorm's affine part runs in the compute dtype, inside the hook
-            x = x * self.w.to(x.dtype) + self.b.to(x.dtype)
-        return self.hook_normalized(x.to(dtype))
-
-    def _divide_by_scale(self, x: Float[Tensor, "batch pos d_model"], mean_square: Float[Tensor, "batch pos 1"]):
-        # Multiplying by rsqrt(mean_square) is HuggingFace's rounding; x / sqrt(mean_square) (what
-        # TransformerLens computes) differs in the last bit of ~1/4 of the elements. So x is divided
-        # by the hooked scale only when a hook changed it: returned another tensor, or edited it in
-        # place (its version counter moved). A hook that only reads it keeps HuggingFace's bits, so
-        # run_with_cache returns exactly the logits of a plain forward.
-        if not self.hook_scale.has_hooks:
-            return x * torch.rsqrt(mean_square)
-        scale = mean_square.sqrt()
-        # Inference-mode tensors keep no version counter: compare values instead ([batch, pos, 1], cheap).
-        seen = scale.detach().clone() if scale.is_inference() else scale._version
-        hooked = self.hook_scale(scale)
-        unchanged = torch.equal(hooked, seen) if isinstance(seen, Tensor) else scale._version == seen
-        if hooked is not scale or not unchanged:
-            return x / hooked
-        inverse = torch.rsqrt(mean_square)
-        if hooked.requires_grad:  # a hook may want the scale's gradient (retain_grad): route it through the scale.
-            # r - r.detach() is exactly 0, so the value stays rsqrt's, while the gradient flows through 1 / scale.
-            r = 1 / hooked
-            inverse = inverse.detach() + (r - r.detach())
-        return x * inverse
-
-
 def rotary_cos_sin(positions: Int[Tensor, "batch pos"], dim: int, base: float, dtype: torch.dtype):
     # HuggingFace's rotary arithmetic, in float32 for float32 and half-precision models so angles
     # agree bit for bit, and in float64 for float64 models.
@@ -207,11 +130,12 @@ def apply_rotary(x: Float[Tensor, "batch pos head d_head"], cos: Tensor, sin: Te
     # Rotates pairs (i, i + dim/2) of the first `dim` features (the "rotate half" layout of the
     # Llama family); features past `dim` pass through (partial rotary).
     dim = cos.shape[-1]
-    rot, rest = x[..., :dim], x[..., dim:]
     half = dim // 2
+    if dim == x.shape[-1]:  # full rotary (the usual case): no slicing into rotated and passed-through parts
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    rot, rest = x[..., :dim], x[..., dim:]
     rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-    out = rot * cos + rotated * sin
-    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+    return torch.cat((rot * cos + rotated * sin, rest), dim=-1)
 
 
 class Attention(QuantizableLinears):
@@ -221,9 +145,12 @@ class Attention(QuantizableLinears):
         super().__init__()
         self.cfg = cfg
         h, m, e, dt = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.dtype
-        self.W_Q, self.b_Q = _param(h, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(h, e, dtype=dt)
-        self._make_key_value_weights(cfg)
-        self.W_O, self.b_O = _param(h, e, m, dtype=dt, memory_order=_MODEL_HEADS), _param(m, dtype=dt)
+        # GPT-2's c_attn: W_Q, W_K, W_V view one storage, so q, k, v come from one matmul (weight_layout.py)
+        self._qkv_storage, fused = fused_qkv_params(cfg) if cfg.fused_qkv else (None, None)
+        self.W_Q = _linear_param(cfg, "heads_in", h, m, e) if fused is None else fused[0]
+        self.b_Q = _param(h, e, dtype=dt)
+        self._make_key_value_weights(cfg, fused)
+        self.W_O, self.b_O = _linear_param(cfg, "heads_out", h, e, m), _param(m, dtype=dt)
         self.hook_q = HookPoint("batch pos head_index d_head")
         self.hook_k = HookPoint("batch pos kv_head_index d_head")
         self.hook_v = HookPoint("batch pos kv_head_index d_head")
@@ -235,10 +162,26 @@ class Attention(QuantizableLinears):
         self.hook_z = HookPoint("batch pos head_index d_head")
         self.hook_result = HookPoint("batch pos head_index d_model")  # needs use_attn_result
 
-    def _make_key_value_weights(self, cfg: HookedTransformerConfig) -> None:
+    def _make_key_value_weights(self, cfg: HookedTransformerConfig, fused: list[nn.Parameter] | None = None) -> None:
         h, m, e, dt = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.dtype
-        self.W_K, self.b_K = _param(h, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(h, e, dtype=dt)
-        self.W_V, self.b_V = _param(h, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(h, e, dtype=dt)
+        self.W_K = _linear_param(cfg, "heads_in", h, m, e) if fused is None else fused[1]
+        self.b_K = _param(h, e, dtype=dt)
+        self.W_V = _linear_param(cfg, "heads_in", h, m, e) if fused is None else fused[2]
+        self.b_V = _param(h, e, dtype=dt)
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(device) and dtype casts give each parameter its own storage: put W_Q, W_K, W_V back in one.
+        super()._apply(fn, recurse)
+        if self._qkv_storage is not None and "W_Q" in self._parameters:
+            share_qkv_storage(self, self.cfg)
+        return self
+
+    def _project_fused(self, x: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v from one matmul over W_Q, W_K, W_V side by side: GPT-2's c_attn, rounded as it rounds."""
+        weight = fused_qkv_weight(self.cfg, self._qkv_storage, [self.W_Q, self.W_K, self.W_V])
+        bias = torch.cat([self.b_Q.reshape(-1), self.b_K.reshape(-1), self.b_V.reshape(-1)])
+        qkv = F.linear(x, weight, bias_or_none(bias))
+        return tuple(t.view(*x.shape[:-1], *self.b_Q.shape) for t in qkv.split(self.b_Q.numel(), dim=-1))
 
     def key_value_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """W_K, b_K, W_V, b_V with one entry per key/value head: what the forward pass uses."""
@@ -251,18 +194,23 @@ class Attention(QuantizableLinears):
                 return self._per_head_linear(x, name, b)
             return torch.einsum("bphm,hme->bphe", x, getattr(self, name)) + b
         n_heads, d_head = b.shape
-        flat = self._linear(x, name, b.reshape(-1), layout="heads_in")
+        flat = self._linear(x, name, b, layout="heads_in")  # _linear flattens b only if it is kept
         return flat.view(*x.shape[:-1], n_heads, d_head)
 
     def forward(self, q_in: Tensor, k_in: Tensor, v_in: Tensor, ctx: AttentionContext, kv_cache_entry=None):
         cfg = self.cfg
-        _, b_K, _, b_V = self.key_value_weights()
-        k_name, v_name = key_value_param_name(cfg, "W_K"), key_value_param_name(cfg, "W_V")
-        q = self.hook_q(self._project(q_in, "W_Q", self.b_Q))
-        k = self.hook_k(self._project(k_in, k_name, b_K))  # compact: one per key/value head, as in TransformerLens
-        v = self.hook_v(self._project(v_in, v_name, b_V))
+        if self._qkv_storage is not None and q_in is k_in is v_in and q_in.ndim == 3 and "quantized" not in self._modules:
+            q, k, v = (hook(t) for hook, t in zip((self.hook_q, self.hook_k, self.hook_v), self._project_fused(q_in)))
+        else:
+            _, b_K, _, b_V = self.key_value_weights()
+            k_name, v_name = key_value_param_name(cfg, "W_K"), key_value_param_name(cfg, "W_V")
+            q = self.hook_q(self._project(q_in, "W_Q", self.b_Q))
+            k = self.hook_k(self._project(k_in, k_name, b_K))  # compact: one per key/value head, as in TransformerLens
+            v = self.hook_v(self._project(v_in, v_name, b_V))
         if ctx.rotary is not None:
-            cos, sin = (t.to(q.dtype) for t in ctx.rotary)
+            cos, sin = ctx.rotary
+            if cos.dtype != q.dtype:
+                cos, sin = cos.to(q.dtype), sin.to(q.dtype)
             q = self.hook_rot_q(apply_rotary(q, cos, sin))
             k = self.hook_rot_k(apply_rotary(k, cos, sin))
         if kv_cache_entry is not None:
@@ -287,12 +235,15 @@ class Attention(QuantizableLinears):
 
     def _eager_attention(self, q, k, v, ctx: AttentionContext):
         # HuggingFace's eager order of operations, so logits agree with it bit for bit.
+        # The scaling and masking run in place on the fresh product (the same kernels, so the same
+        # bits as out of place, and none of them needs its output for the gradient): two fewer
+        # [batch, head, pos, key_pos] tensors per layer, which run_with_cache would otherwise allocate.
         scores = torch.matmul(q, k.transpose(-1, -2))
         if self.cfg.attn_scale_rule == "multiply":
-            scores = scores * self.cfg.attn_scale_factor
+            scores.mul_(self.cfg.attn_scale_factor)
         else:
-            scores = scores / self.cfg.attn_scale
-        scores = self.hook_attn_scores(scores.masked_fill(~ctx.allowed, float("-inf")))
+            scores.div_(self.cfg.attn_scale)
+        scores = self.hook_attn_scores(scores.masked_fill_(~ctx.allowed, float("-inf")))
         pattern = F.softmax(scores, dim=-1, dtype=compute_dtype(q.dtype)).to(q.dtype)
         if ctx.query_is_pad is not None:  # a padding query sees nothing: its row is 0, not NaN
             pattern = pattern.masked_fill(ctx.query_is_pad[:, None, :, None], 0.0)
@@ -311,10 +262,10 @@ class GroupedQueryAttention(Attention):
     Query head h reads key/value head h // (n_heads // n_kv_heads).
     """
 
-    def _make_key_value_weights(self, cfg: HookedTransformerConfig) -> None:
+    def _make_key_value_weights(self, cfg: HookedTransformerConfig, fused: list[nn.Parameter] | None = None) -> None:
         kv, m, e, dt = cfg.n_kv_heads, cfg.d_model, cfg.d_head, cfg.dtype
-        self._W_K, self._b_K = _param(kv, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(kv, e, dtype=dt)
-        self._W_V, self._b_V = _param(kv, m, e, dtype=dt, memory_order=_HEADS_OUT_IN), _param(kv, e, dtype=dt)
+        self._W_K, self._b_K = _linear_param(cfg, "heads_in", kv, m, e), _param(kv, e, dtype=dt)
+        self._W_V, self._b_V = _linear_param(cfg, "heads_in", kv, m, e), _param(kv, e, dtype=dt)
 
     def key_value_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self._W_K, self._b_K, self._W_V, self._b_V
@@ -341,11 +292,11 @@ class MLP(QuantizableLinears):
         super().__init__()
         self.cfg = cfg
         dt = cfg.dtype
-        self.W_in, self.b_in = _param(cfg.d_model, cfg.d_mlp, dtype=dt, memory_order=_OUT_IN), _param(cfg.d_mlp, dtype=dt)
+        self.W_in, self.b_in = _linear_param(cfg, "in_out", cfg.d_model, cfg.d_mlp), _param(cfg.d_mlp, dtype=dt)
         if cfg.gated_mlp:
-            self.W_gate = _param(cfg.d_model, cfg.d_mlp, dtype=dt, memory_order=_OUT_IN)
+            self.W_gate = _linear_param(cfg, "in_out", cfg.d_model, cfg.d_mlp)
             self.hook_pre_linear = HookPoint("batch pos d_mlp")
-        self.W_out, self.b_out = _param(cfg.d_mlp, cfg.d_model, dtype=dt, memory_order=_OUT_IN), _param(cfg.d_model, dtype=dt)
+        self.W_out, self.b_out = _linear_param(cfg, "in_out", cfg.d_mlp, cfg.d_model), _param(cfg.d_model, dtype=dt)
         self.hook_pre = HookPoint("batch pos d_mlp")  # gated: the gate's pre-activation
         self.hook_post = HookPoint("batch pos d_mlp")
         self.act = ACTIVATIONS[cfg.act_fn]
@@ -354,7 +305,10 @@ class MLP(QuantizableLinears):
         if self.cfg.gated_mlp:
             gate = self.hook_pre(self._linear(x, "W_gate"))
             linear = self.hook_pre_linear(self._linear(x, "W_in", self.b_in))
-            post = self.hook_post(self.act(gate) * linear)
+            act = self.act(gate)
+            # In place into the fresh activation when no gradient is recorded (the same product, one
+            # [batch, pos, d_mlp] tensor fewer); with autograd the product must keep act for the backward.
+            post = self.hook_post(act * linear if torch.is_grad_enabled() else act.mul_(linear))
         else:
             post = self.hook_post(self.act(self.hook_pre(self._linear(x, "W_in", self.b_in))))
         return self._linear(post, "W_out", self.b_out)
@@ -398,24 +352,26 @@ class TransformerBlock(nn.Module):
             self.hook_normalized_resid_post = HookPoint("batch pos d_model")  # ln2's output: the block's output
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"], ctx: AttentionContext, kv_cache_entry=None):
-        cfg = self.cfg
-        resid = self.hook_resid_pre(resid)
-        norm_in = self.ln1 if cfg.norm_position == "pre" else (lambda x: x)  # post-LN: attention reads the raw stream
+        # Submodules read from nn.Module's own dict: `self.ln1` goes through nn.Module.__getattr__, a
+        # Python frame per read, ~10 reads per layer per generated token.
+        cfg, m = self.cfg, self._modules
+        resid = m["hook_resid_pre"](resid)
+        norm_in = m["ln1"] if cfg.norm_position == "pre" else (lambda x: x)  # post-LN: attention reads the raw stream
         if cfg.use_split_qkv_input:  # a separate copy of the residual per head and per q/k/v
             per_head = lambda n: resid.unsqueeze(2).expand(-1, -1, n, -1).clone()  # noqa: E731
-            q_in = norm_in(self.hook_q_input(per_head(cfg.n_heads)))
-            k_in = norm_in(self.hook_k_input(per_head(cfg.n_kv_heads)))
-            v_in = norm_in(self.hook_v_input(per_head(cfg.n_kv_heads)))
+            q_in = norm_in(m["hook_q_input"](per_head(cfg.n_heads)))
+            k_in = norm_in(m["hook_k_input"](per_head(cfg.n_kv_heads)))
+            v_in = norm_in(m["hook_v_input"](per_head(cfg.n_kv_heads)))
         elif cfg.use_attn_in:
-            q_in = k_in = v_in = norm_in(self.hook_attn_in(resid.unsqueeze(2).expand(-1, -1, cfg.n_heads, -1).clone()))
+            q_in = k_in = v_in = norm_in(m["hook_attn_in"](resid.unsqueeze(2).expand(-1, -1, cfg.n_heads, -1).clone()))
         else:
             q_in = k_in = v_in = norm_in(resid)
-        attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, ctx, kv_cache_entry))
-        resid = self.hook_resid_mid(resid + attn_out)
-        mlp_in = self.hook_mlp_in(resid.clone()) if cfg.use_hook_mlp_in else resid
+        attn_out = m["hook_attn_out"](m["attn"](q_in, k_in, v_in, ctx, kv_cache_entry))
+        resid = m["hook_resid_mid"](resid + attn_out)
+        mlp_in = m["hook_mlp_in"](resid.clone()) if cfg.use_hook_mlp_in else resid
         if cfg.norm_position == "post":  # BERT: LayerNorm after each residual addition, as HF's BertLayer
-            resid = self.ln1(mlp_in)
-            resid_post = self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(resid)))
-            return self.hook_normalized_resid_post(self.ln2(resid_post))
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
-        return self.hook_resid_post(resid + mlp_out)
+            resid = m["ln1"](mlp_in)
+            resid_post = m["hook_resid_post"](resid + m["hook_mlp_out"](m["mlp"](resid)))
+            return m["hook_normalized_resid_post"](m["ln2"](resid_post))
+        mlp_out = m["hook_mlp_out"](m["mlp"](m["ln2"](mlp_in)))
+        return m["hook_resid_post"](resid + mlp_out)

@@ -90,6 +90,13 @@ class HookedTransformerConfig:
     # (run_with_cache of everything does); "eager" always writes attention out (HF's eager rounding,
     # bit for bit). The two differ in the last bits of the logits (lensutil/fused_attention.py).
     attn_implementation: Literal["eager", "sdpa"] = "sdpa"  # DEFAULT_ATTN_IMPLEMENTATION
+    # How the HuggingFace model stores its attention and MLP matrices, which lensutil stores alike
+    # (components._linear_param): "out_in" as nn.Linear (most models), "in_out" as GPT-2's Conv1D.
+    # BLAS picks its kernel, and so its rounding, by the matrix's memory layout.
+    weight_layout: Literal["out_in", "in_out"] = "out_in"
+    # q, k and v computed with one matmul, as GPT-2's c_attn does (its rounding differs from three
+    # separate matmuls for a single token). Needs one key/value head per query head.
+    fused_qkv: bool = False
     # Set by weight processing (lensutil.processing) so a saved state dict says how it was made.
     folded_ln: bool = False
     centered_writing_weights: bool = False
@@ -111,6 +118,10 @@ class HookedTransformerConfig:
             )
         if self.attn_scale_rule not in ("divide", "multiply"):
             raise ConfigError(f"attn_scale_rule must be 'divide' or 'multiply', got {self.attn_scale_rule!r}.")
+        if self.weight_layout not in ("out_in", "in_out"):
+            raise ConfigError(f"weight_layout must be 'out_in' (nn.Linear) or 'in_out' (GPT-2's Conv1D), got {self.weight_layout!r}.")
+        if self.fused_qkv and self.n_key_value_heads is not None:
+            raise ConfigError("fused_qkv needs one key/value head per query head; set n_key_value_heads=None or fused_qkv=False.")
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
         self._check_moe()

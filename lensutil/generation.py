@@ -145,10 +145,13 @@ def generate(
             nxt = torch.where(finished, eos_token_id, nxt)  # rows that stopped keep emitting EOS
             finished |= nxt == eos_token_id
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if padded:  # without padding the mask is all ones: it is made once, at the end
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         step_input = nxt[:, None]
         if stop_at_eos and finished.all():
             break
+    if not padded:
+        mask = torch.ones_like(tokens)
     if not text_in:
         return tokens
     texts = [_decode_row(model, row, m, prompt_len, eos_token_id, stop_at_eos, prepend_bos) for row, m in zip(tokens, mask)]

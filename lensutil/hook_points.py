@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .activation_cache import ActivationCache
+from .activation_cache import ActivationCache, describe_names_filter
 from .errors import HookFlagError, HookNameError, HookShapeError, LensError, close_matches
 
 HookFn = Callable[..., Any]  # fn(tensor, hook: HookPoint) -> None | Tensor
@@ -28,10 +28,10 @@ NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 Direction = Literal["fwd", "bwd"]
 
 
-def _any_global_hooks() -> bool:
-    m = nn.modules.module
-    return bool(m._global_forward_hooks or m._global_backward_hooks or m._global_forward_pre_hooks
-                or m._global_backward_pre_hooks)
+# torch's module-wide hook registries (register_module_forward_hook, ...): dicts it changes in place.
+_m = nn.modules.module
+_GLOBAL_FWD, _GLOBAL_BWD = _m._global_forward_hooks, _m._global_backward_hooks
+_GLOBAL_FWD_PRE, _GLOBAL_BWD_PRE = _m._global_forward_pre_hooks, _m._global_backward_pre_hooks
 
 
 @dataclass
@@ -66,9 +66,20 @@ class HookPoint(nn.Module):
     def __call__(self, x: Tensor) -> Tensor:
         # A model runs ~20 hook points per layer; with nothing attached (here or globally), skip
         # nn.Module's call machinery: an identity needs none, and generation calls these 600 times a token.
-        if self.has_hooks or _any_global_hooks():
+        others = (self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks
+                  or _GLOBAL_FWD or _GLOBAL_BWD or _GLOBAL_FWD_PRE or _GLOBAL_BWD_PRE)
+        if not self._forward_hooks:
+            return super().__call__(x) if others else x
+        if others or self._forward_hooks_with_kwargs or self._forward_hooks_always_called:
             return super().__call__(x)
-        return x
+        # Only plain forward hooks (run_with_cache attaches ~600): call them as nn.Module._call_impl does (a
+        # non-None return replaces the output), without the rest of its machinery.
+        args, out = (x,), x
+        for hook in tuple(self._forward_hooks.values()):
+            result = hook(self, args, out)
+            if result is not None:
+                out = result
+        return out
 
     @property
     def has_hooks(self) -> bool:
@@ -164,10 +175,12 @@ class HookPoint(nn.Module):
             h.handle.remove()
             return False
 
-        if dir in ("fwd", "both"):
-            self.fwd_hooks = [h for h in self.fwd_hooks if keep(h)]
-        if dir in ("bwd", "both"):
-            self.bwd_hooks = [h for h in self.bwd_hooks if keep(h)]
+        # In place, and only where there are hooks: reset_hooks() visits every hook point, and
+        # assigning through nn.Module.__setattr__ costs more than the filtering.
+        if dir in ("fwd", "both") and self.fwd_hooks:
+            self.fwd_hooks[:] = [h for h in self.fwd_hooks if keep(h)]
+        if dir in ("bwd", "both") and self.bwd_hooks:
+            self.bwd_hooks[:] = [h for h in self.bwd_hooks if keep(h)]
 
     def clear_context(self) -> None:
         self.ctx = {}
@@ -269,6 +282,11 @@ class HookedRootModule(nn.Module):
         """Attach `hook` to the hook called `name`, or to every hook whose name passes the filter `name`."""
         if isinstance(name, str):
             self.check_hook_name(name)
+        self._attach(name, hook, dir, is_permanent, level, prepend)
+
+    def _attach(self, name: NameOrFilter, hook: HookFn, dir: Direction, is_permanent=False, level=None, prepend=False) -> None:
+        """add_hook for a name already checked (hooks() checks its whole list before attaching any)."""
+        if isinstance(name, str):
             targets = [name]
         elif callable(name):
             targets = [n for n in self.hook_dict if self.hook_flag(n) is None and name(n)]
@@ -316,9 +334,9 @@ class HookedRootModule(nn.Module):
         level = self.context_level  # tag our hooks so an inner context removes only its own
         try:
             for name, fn in fwd_hooks:
-                self.add_hook(name, fn, dir="fwd", level=level)
+                self._attach(name, fn, "fwd", level=level)
             for name, fn in bwd_hooks:
-                self.add_hook(name, fn, dir="bwd", level=level)
+                self._attach(name, fn, "bwd", level=level)
             yield self
         finally:
             if reset_hooks_end:
@@ -356,8 +374,13 @@ class HookedRootModule(nn.Module):
         cache: dict | None = None,
     ) -> tuple[dict[str, Tensor], list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
         """(cache dict, fwd_hooks, bwd_hooks) that fill the dict with detached activations (and gradients)."""
+        return self._caching_hooks(self.hook_names_matching(names_filter), incl_bwd, device, remove_batch_dim, cache)
+
+    def _caching_hooks(
+        self, names: list[str], incl_bwd: bool, device, remove_batch_dim: bool, cache: dict | None = None,
+    ) -> tuple[dict[str, Tensor], list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
+        """get_caching_hooks for names already checked."""
         cache = {} if cache is None else cache
-        names = self.hook_names_matching(names_filter)
 
         def save(tensor: Tensor, hook: HookPoint, key: str) -> None:
             t = tensor.detach()
@@ -393,7 +416,7 @@ class HookedRootModule(nn.Module):
         return_cache_object=False returns the plain dict instead (TransformerLens' option).
         """
         selected = self.hook_names_matching(names_filter)  # checks names before anything runs
-        cache_dict, fwd, bwd = self.get_caching_hooks(selected, incl_bwd, device, remove_batch_dim)
+        cache_dict, fwd, bwd = self._caching_hooks(selected, incl_bwd, device, remove_batch_dim)
         with self.hooks(fwd, bwd, reset_hooks_end, clear_contexts):
             out = self(*model_args, **model_kwargs)
             if incl_bwd:
@@ -472,12 +495,3 @@ class HookedRootModule(nn.Module):
         from .hook_listing import print_hook_list
 
         print_hook_list(self, pattern)
-
-
-def describe_names_filter(names_filter: NamesFilter) -> str:
-    """How a names_filter reads in an error message."""
-    if names_filter is None or isinstance(names_filter, str):
-        return f"names_filter={names_filter!r}"
-    if callable(names_filter):
-        return f"names_filter={getattr(names_filter, '__name__', repr(names_filter))} (a filter function)"
-    return f"names_filter={list(names_filter)!r}"

@@ -120,9 +120,10 @@ class HookedTransformer(HookedRootModule):
                 residual = residual + self.hook_pos_embed(self.pos_embed(ctx.positions))
         else:
             residual = input
+        blocks = list(self.blocks)  # ModuleList indexing converts the index to a string each time
         for i in layers:
             entry = past_kv_cache[i] if past_kv_cache is not None else None
-            residual = self.blocks[i](residual, ctx, entry)
+            residual = blocks[i](residual, ctx, entry)
         if past_kv_cache is not None:
             past_kv_cache.extend_mask(key_mask, input.shape[1])
         if stop_at_layer is not None:
@@ -245,7 +246,8 @@ class HookedTransformer(HookedRootModule):
 
     def _stacked(self, path: str) -> Tensor:
         part, name = path.split(".")
-        return torch.stack([getattr(getattr(b, part), name) for b in self.blocks])
+        # On cfg.device: a model placed over several devices holds each block's weights on its own.
+        return torch.stack([getattr(getattr(b, part), name).to(self.cfg.device) for b in self.blocks])
 
     W_Q = property(lambda self: self._stacked("attn.W_Q"))  # [n_layers, n_heads, d_model, d_head]
     W_K = property(lambda self: self._stacked("attn.W_K"))  # per query head, GQA's repeated (TransformerLens)

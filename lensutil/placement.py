@@ -20,8 +20,14 @@ What moves where, and what the user sees:
 - cfg.device is where inputs go (the device the embedding runs on); `model.hf_device_map` (the
   attribute HuggingFace models carry) and `block_devices(model)` say where each block is, and
   print_hook_list prints it beside each hook.
-Weights of a block on "disk" are on the meta device between forwards: reading
-`model.blocks[i].attn.W_Q` outside a forward gives a meta tensor. Load without offload to edit weights.
+Weights of a block on "disk" (or, beside a GPU, on "cpu") are on the meta device between forwards:
+reading `model.blocks[i].attn.W_Q` (or `model.W_Q`) outside a forward, or `model.to(...)`, raises
+OffloadedWeightError saying what to do; `offloaded_weights.read_weight(model, name)` loads one weight.
+Load without offload to edit weights.
+Tied embeddings (lensutil/tying.py) are held once when W_E and W_U are placed on one device, as
+without a device map (tying.is_tied(model) is then True; offloaded to "cpu" beside a GPU they are one
+tensor in CPU memory too, though the parameters are meta between forwards). On two devices, or with
+either on "disk", W_U keeps its own copy.
 """
 
 from __future__ import annotations
@@ -349,6 +355,14 @@ def memory_order(t: torch.Tensor) -> list[int]:
     return sorted(range(t.ndim), key=lambda d: (-t.stride(d), -d))
 
 
+def empty_in_order(t: torch.Tensor, device=None) -> torch.Tensor:
+    """An empty tensor of t's shape and dtype, its axes in memory in t's order, without gaps: W_Q, W_K and W_V
+    of a fused_qkv model are views into one storage, and empty_strided with their strides would allocate all of it."""
+    order = memory_order(t)
+    compact = torch.empty([t.shape[d] for d in order], dtype=t.dtype, device=t.device if device is None else device)
+    return compact.permute(*sorted(range(t.ndim), key=order.__getitem__))
+
+
 def dispatch(model, device_map: dict[str, str], folder: str | None):
     """Attach accelerate's hooks so `model` runs with its weights where `device_map` put them.
 
@@ -371,6 +385,9 @@ def dispatch(model, device_map: dict[str, str], folder: str | None):
             weights_map = OffloadFolder(folder, cpu_weights)
         attach_align_device_hook_on_blocks(model, execution_device=execution, offload=offload, weights_map=weights_map,
                                            preload_module_classes=NO_SPLIT)
+        from .offloaded_weights import Offloaded, guard  # reading an offloaded weight between forwards: a clear error
+
+        guard(model, {n: Offloaded(n, device_map[n], main, weights_map) for n, off in offload.items() if off})
     model.hf_device_map = dict(device_map)
     model.cfg.device = main
     return model

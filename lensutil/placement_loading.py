@@ -33,6 +33,8 @@ from .adapters import get_adapter
 from .components import compute_dtype
 from .errors import ConfigError
 from .model import HookedTransformer
+from .tying import tie_unembed_
+from .weight_layout import share_qkv_storage
 
 
 def load_placed(name_or_path: str, *, hf_model, tokenizer, dtype, revision, token, overrides: dict, options: dict,
@@ -229,17 +231,26 @@ def _put(model, values: dict, device_map: dict, folder: str | None) -> None:
 
     own = model.state_dict()
     index = {}
+    embeddings = {"embed.W_E", "unembed.W_U"} & set(values)
+    fused = [k.removesuffix(".W_Q") for k in values if k.endswith("attn.W_Q") and pl.device_for(device_map, k) != "disk"]
     for key in list(values):
         value, meta = values.pop(key), own[key]
         device = pl.device_for(device_map, key)
         if device == "disk":
             pl.offload(value.to(meta.dtype), key, folder, index, pl.memory_order(meta))
         else:
-            placed = torch.empty_strided(meta.shape, meta.stride(), dtype=meta.dtype, device=device).copy_(value)
-            set_module_tensor_to_device(model, key, device, value=placed)
+            set_module_tensor_to_device(model, key, device, value=pl.empty_in_order(meta, device).copy_(value))
         del value
     if index:
         pl.save_index(index, folder)
+    for name in fused:  # W_Q, W_K, W_V in one storage again, as without a device map: one fused matmul
+        attn = model.get_submodule(name)
+        if getattr(attn, "_qkv_storage", None) is not None:
+            share_qkv_storage(attn, model.cfg)
+    # Tied embeddings held once, as from_pretrained without a device map holds them, where W_E and W_U
+    # are equal and on one device (tying.py); done as soon as both are in place, before the blocks load.
+    if embeddings:
+        tie_unembed_(model)
 
 
 def _finish(model, device_map, folder, bnb_config=None) -> HookedTransformer:

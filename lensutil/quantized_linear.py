@@ -123,10 +123,42 @@ class QuantizableLinears(nn.Module):
         return None if q is None else q._modules.get(name)
 
     def _linear(self, x: Tensor, name: str, bias: Tensor | None = None, layout: str = "in_out") -> Tensor:
-        q = self.quantized_linear(name)
-        if q is None:  # a zero bias is skipped: mm, as HF's bias-free layers run (lensutil/zero_bias.py)
-            return F.linear(x, TO_OUT_IN[layout](getattr(self, name)), bias_or_none(bias))
-        return q(x, bias)
+        """x times the weight `name` (TransformerLens-shaped, turned by `layout`), plus `bias` [out] or
+        [heads, d_head] (flattened here, and only when it is kept)."""
+        # Generation runs this ~200 times a token: read the dicts nn.Module keeps instead of going
+        # through getattr and two __getattr__ layers (a property, such as GQA's W_K, still works).
+        quantized = self._modules.get("quantized")
+        if quantized is None or name not in quantized._modules:
+            weight = self._parameters.get(name)
+            weight = self._out_in(name, weight, layout) if weight is not None else TO_OUT_IN[layout](getattr(self, name))
+            bias = bias_or_none(bias)  # a zero bias is skipped: mm, as HF's bias-free layers run (lensutil/zero_bias.py)
+            return F.linear(x, weight, None if bias is None else bias.reshape(-1))
+        return quantized._modules[name](x, bias)
+
+    def _out_in(self, name: str, weight: nn.Parameter, layout: str) -> Tensor:
+        """TO_OUT_IN[layout](weight), remembered: making the view costs about as much as the matmul of one token.
+
+        A view shares its parameter's storage, so in-place edits (load_state_dict, weight processing,
+        optimiser steps) show through it. It is made again when the parameter is another object, or
+        holds another storage or shape (`param.data = ...`); never kept where autograd could want the
+        weight's gradient through it, and dropped when the module is moved or cast (_apply), so that it
+        holds no old copy alive. Never kept for an offloaded module (lensutil/offloaded_weights.py):
+        accelerate loads its weights for each forward and drops them after, and a kept view would hold
+        them in memory.
+        """
+        if (not isinstance(weight, nn.Parameter) or (weight.requires_grad and torch.is_grad_enabled())
+                or "_lens_offload" in self.__dict__):
+            return TO_OUT_IN[layout](weight)  # plain tensors: torch.func's functional_call, for one
+        views = self.__dict__.setdefault("_out_in_views", {})
+        key = (weight.data_ptr(), weight.shape, weight.stride(), layout)
+        cached = views.get(name)
+        if cached is None or cached[0] is not weight or cached[1] != key:
+            cached = views[name] = (weight, key, TO_OUT_IN[layout](weight))
+        return cached[2]
+
+    def _apply(self, fn, recurse: bool = True):
+        self.__dict__.pop("_out_in_views", None)
+        return super()._apply(fn, recurse)
 
     def _per_head_linear(self, x: Tensor, name: str, bias: Tensor) -> Tensor:
         """A quantised heads_in projection of one input per head, [batch, pos, n, d_model] -> [batch, pos, n, d_head].
@@ -153,10 +185,18 @@ class QuantizableLinears(nn.Module):
         return self.quantized_linear(name)(blocks.reshape(batch, pos, n, n * d_head))
 
     def __getattr__(self, name: str):
+        # Parameters and submodules first, as nn.Module.__getattr__ looks them up, without its frame:
+        # forward reads ~25 of them per layer.
+        d = self.__dict__
+        params, modules = d["_parameters"], d["_modules"]
+        if name in params:
+            return params[name]
+        if name in modules:
+            return modules[name]
         try:
             return super().__getattr__(name)
         except AttributeError:
-            q = self.__dict__["_modules"].get("quantized")
+            q = modules.get("quantized")
             if q is not None and name in q._modules:
                 return q._modules[name].dequantized_view()
             raise

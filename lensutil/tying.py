@@ -9,6 +9,8 @@ They stay one tensor only while they are equal: fold_ln (the final norm's scale 
 center_unembed change W_U and not W_E, so processing unties them (W_U gets its own copy, and the
 ProcessingReport says so). A load_state_dict whose W_U is not W_E.T unties them first, so loading
 never writes one matrix over the other. Moving or casting the model (.to, .half, ...) keeps them tied.
+A model placed with a device_map (lensutil/placement.py) is tied when W_E and W_U land on one device;
+on two devices, or offloaded to disk, they cannot share memory and W_U keeps its own copy.
 Both keys stay in state_dict(), as TransformerLens saves them; their tensors share memory (torch.save
 keeps that; safetensors' save_file refuses shared tensors: use save_model, or clone one).
 """
@@ -21,9 +23,9 @@ from torch import nn
 
 def is_tied(model: nn.Module) -> bool:
     """Whether model.unembed.W_U is a view of model.embed.W_E's storage (W_U == W_E.T, held once)."""
-    W_E, W_U = _embedding(model), getattr(getattr(model, "unembed", None), "W_U", None)
-    if W_E is None or W_U is None or W_U.shape != W_E.T.shape:
-        return False
+    W_E, W_U = _embedding(model), _weight(model, "unembed", "W_U")
+    if W_E is None or W_U is None or W_U.shape != W_E.T.shape or W_E.is_meta or W_U.is_meta:
+        return False  # meta tensors (no data: an empty or offloaded model) all report data_ptr() 0
     return W_U.data_ptr() == W_E.data_ptr() and W_U.stride() == W_E.T.stride()
 
 
@@ -35,10 +37,10 @@ def tie_unembed_(model: nn.Module) -> bool:
     W_E, unembed = _embedding(model), getattr(model, "unembed", None)
     if W_E is None or unembed is None or not getattr(model.cfg, "tie_word_embeddings", False):
         return False
-    W_U = unembed.W_U
+    W_U = _weight(model, "unembed", "W_U")
     if is_tied(model):
         return True
-    if (W_U.shape != W_E.T.shape or W_U.dtype != W_E.dtype or W_U.device != W_E.device
+    if (W_U.shape != W_E.T.shape or W_U.dtype != W_E.dtype or W_U.device != W_E.device or W_E.is_meta
             or not torch.equal(W_U.detach(), W_E.detach().T)):
         return False
     W_U.data = W_E.data.T
@@ -56,7 +58,16 @@ def untie_unembed_(model: nn.Module) -> None:
 
 
 def _embedding(model: nn.Module):
-    return getattr(getattr(model, "embed", None), "W_E", None)
+    return _weight(model, "embed", "W_E")
+
+
+def _weight(model: nn.Module, module: str, name: str):
+    # Straight from _parameters: on a placed model an offloaded module refuses attribute reads of its
+    # (meta) weights (lensutil/offloaded_weights.py), and here "not in memory" just means "not tied".
+    part = getattr(model, module, None)
+    if part is None:
+        return None
+    return part._parameters[name] if name in part._parameters else getattr(part, name, None)
 
 
 def _untie_before_loading_other_values(module, state_dict, prefix, *args) -> None:

@@ -23,9 +23,10 @@ def bias_or_none(bias: Tensor | None) -> Tensor | None:
     if bias is None or (bias.requires_grad and torch.is_grad_enabled()):
         return bias
     owner = bias._base if bias._base is not None else bias  # b.reshape(-1) is a view: remember on the parameter
-    if owner.is_inference():  # no version counter to key on: check every time (cheap: a few thousand numbers)
+    try:  # generation runs this ~200 times a token: the key costs three attribute reads
+        key = (owner._version, owner.data_ptr(), owner.device)
+    except RuntimeError:  # an inference tensor has no version counter: check every time (a few thousand numbers)
         return None if not bool(bias.any()) else bias
-    key = (owner.data_ptr(), owner._version, owner.device)
     memo = getattr(owner, "_lensutil_zero_memo", None)
     if memo is None or memo[0] != key:
         memo = (key, not bool(owner.any()))

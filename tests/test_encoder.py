@@ -35,7 +35,7 @@ def test_tiny_bert_mlm_logits_match_huggingface(kind):
     model, enc, theirs = _run_both("tiny-bert", INPUTS[kind])
     with torch.no_grad():
         ours = model(enc["input_ids"], token_type_ids=enc["token_type_ids"], one_zero_attention_mask=enc["attention_mask"])
-    assert _max_real(ours, theirs.logits, enc["attention_mask"]) <= 1e-5
+    assert _max_real(ours, theirs.logits, enc["attention_mask"]) == 0
 
 
 @pytest.mark.parametrize("kind", INPUTS)
@@ -44,8 +44,8 @@ def test_minilm_hidden_states_and_pooler_match_huggingface(kind):
     args = (enc["input_ids"], "embeddings", enc["token_type_ids"], enc["attention_mask"])
     with torch.no_grad():
         hidden, pooled = model(*args), model(*args[:1], "pooled", *args[2:])
-    assert _max_real(hidden, theirs.last_hidden_state, enc["attention_mask"]) <= 1e-5
-    assert (pooled - theirs.pooler_output).abs().max().item() <= 1e-5
+    assert _max_real(hidden, theirs.last_hidden_state, enc["attention_mask"]) == 0
+    assert (pooled - theirs.pooler_output).abs().max().item() == 0
 
 
 def test_text_input_tokenises_itself_with_token_types_and_mask():
@@ -195,9 +195,9 @@ def test_bad_options_and_inputs_are_lens_errors():
 def test_checks_compare_and_locate_divergence_accept_encoders():
     from lensutil import checks
 
-    assert checks.compare_with_hf(encoder("tiny-bert"), hf_encoder("tiny-bert")).max <= 1e-5
+    assert checks.compare_with_hf(encoder("tiny-bert"), hf_encoder("tiny-bert")).max == 0
     stats = checks.compare_with_hf(encoder("minilm-l6"), hf_encoder("minilm-l6"), prompts=[PAIR, ("Hi.", "Yes.")])
-    assert stats.on == "hidden states" and stats.max <= 1e-5
+    assert stats.on == "hidden states" and stats.max == 0
     report = checks.locate_divergence(encoder("minilm-l6"), hf_encoder("minilm-l6"), input=PAIR)
     assert report.first is None and report.table[-1]["component"] == "pooler"
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from _models import ALL, hf, lens
+from _models import ALL, TINY, hf, lens
 
 PROMPTS = ["The Eiffel Tower is in the city of", "def fibonacci(n):\n    return", "1, 2, 3, 5, 8, 13,"]
 
@@ -19,7 +19,7 @@ def test_logits_match_huggingface(name):
         tokens = model.to_tokens(prompt)
         with torch.no_grad():
             diff = (model(tokens) - ref(tokens).logits).abs().max().item()
-        assert diff <= 1e-5, f"{name}: max |Δ logit| {diff:.2e} on {prompt!r}"
+        assert diff == 0, f"{name}: max |Δ logit| {diff:.2e} on {prompt!r}"
 
 
 @pytest.mark.parametrize("name", [_param(n) for n in ALL])
@@ -107,7 +107,7 @@ def test_logits_bit_exact_with_huggingface_at_d_head_128(attn_implementation):
 
 # ---- the default attention mode (issue 14) ----------------------------------------------------------
 
-SAME_MATHS = ["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-mixtral"]  # GPT-2's fused c_attn rounds otherwise
+SAME_MATHS = TINY  # every architecture: the same maths in the same order as HuggingFace's, in either mode
 
 
 def test_from_pretrained_and_the_config_default_to_the_fused_kernel():

@@ -200,6 +200,28 @@ def test_has_hooks_counts_every_hook_kind(toy, register):
     assert not hp.has_hooks
 
 
+def test_hook_point_runs_forward_hooks_as_nn_module_does(toy):
+    # HookPoint calls plain forward hooks itself (skipping nn.Module's call machinery) and hands
+    # the rest to nn.Module: the same hooks in the same order must give the same result either way.
+    hp, x = toy.hook_dict["hook_in"], x_in()
+    seen = []
+    hp.register_forward_hook(lambda m, args, out: seen.append(("torch", args[0] is x)) or out * 2)
+    with toy.hooks(fwd_hooks=[("hook_in", lambda t, hook: seen.append(("lens", t.clone())) or t + 1)]):
+        fast = hp(x)
+        assert seen[0] == ("torch", True) and torch.equal(seen[1][1], x * 2)  # each sees the output so far
+        hp.register_forward_pre_hook(lambda m, args: None)  # a pre-hook sends the call through nn.Module
+        slow = hp(x)
+    assert torch.equal(fast, x * 2 + 1) and torch.equal(slow, fast)
+
+
+def test_hook_point_keeps_torch_hooks_that_take_kwargs_or_always_run(toy):
+    hp, x = toy.hook_dict["hook_in"], x_in()
+    calls = []
+    hp.register_forward_hook(lambda m, args, kwargs, out: calls.append("kwargs") or out + 1, with_kwargs=True)
+    hp.register_forward_hook(lambda m, args, out: calls.append("always"), always_call=True)
+    assert torch.equal(hp(x), x + 1) and calls == ["kwargs", "always"]
+
+
 # ---- names ---------------------------------------------------------------------------------------
 
 def test_unknown_hook_name_lists_close_matches(toy):

@@ -11,6 +11,8 @@ from _models import TINY, lens
 from lensutil import placement as pl
 from lensutil.errors import ConfigError, LensError
 from lensutil.loading import from_pretrained, from_pretrained_no_processing, load_hf
+from lensutil.offloaded_weights import OffloadedWeightError, read_weight
+from lensutil.tying import is_tied
 
 TOKENS = torch.tensor([[1, 5, 7, 9, 200, 300, 11, 12], [1, 40, 41, 42, 43, 44, 45, 46]])
 
@@ -56,7 +58,7 @@ def test_half_the_blocks_on_disk_gives_the_single_device_logits_cache_and_genera
     assert torch.equal(placed(TOKENS, return_type="loss"), ref(TOKENS, return_type="loss"))
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])  # GPT-2's fused c_attn rounds otherwise (test_equivalence)
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-qwen2"])
 def test_placed_model_equals_huggingface_with_the_same_device_map(name, tmp_path):
     ours = from_pretrained_no_processing(name, attn_implementation="eager", device_map=half_on_disk(lens(name)),
                                          offload_folder=str(tmp_path / "ours"))
@@ -201,3 +203,186 @@ def test_an_hf_model_passed_in_is_placed_after_converting_in_ram(tmp_path):
                              device_map={"": "disk"}, offload_folder=str(tmp_path))
     assert set(placed.hf_device_map.values()) == {"disk"}
     assert torch.equal(placed(TOKENS), single("tiny-llama")(TOKENS))
+
+
+# ---- tied embeddings, placed -----------------------------------------------------------------------
+
+
+def _resident_bytes(model) -> int:
+    """Bytes of weight storage in memory, each storage once (a tied W_U adds nothing); meta tensors hold none."""
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters() if not p.is_meta}
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-qwen2"])
+@pytest.mark.parametrize("path", ["streamed from the checkpoint", "converted in RAM"])
+def test_a_placed_tied_model_holds_W_E_and_W_U_once_as_the_unplaced_one(name, path, tmp_path):
+    ref = from_pretrained_no_processing(name)
+    hf_model = load_hf(name, attn_implementation="sdpa")[0] if path == "converted in RAM" else None  # as loaded by name
+    hf_in = dict(hf_model=hf_model, tokenizer=ref.tokenizer) if hf_model is not None else {}
+    placed = from_pretrained_no_processing(name, device_map=half_on_disk(ref), offload_folder=str(tmp_path), **hf_in)
+    assert is_tied(ref) and is_tied(placed)
+    assert placed.W_U.data_ptr() == placed.W_E.data_ptr() and torch.equal(placed.W_U, placed.W_E.T)
+    sizes = pl.memory_footprint(ref)
+    on_disk = sum(sizes[u] for u, d in placed.hf_device_map.items() if d == "disk")
+    # A 2nd copy of W_U would add sizes["unembed"]; GPT-2's W_Q, W_K, W_V allocated with their fused strides, 3x theirs.
+    assert _resident_bytes(placed) == _resident_bytes(ref) - on_disk
+    assert torch.equal(placed(TOKENS), ref(TOKENS))
+
+
+def test_a_tied_unembedding_offloaded_apart_from_the_embedding_keeps_its_own_copy(tmp_path):
+    ref = from_pretrained_no_processing("tiny-gpt2")
+    placed = from_pretrained_no_processing("tiny-gpt2", device_map=_cpu_map(ref, unembed="disk"), offload_folder=str(tmp_path))
+    assert is_tied(ref) and not is_tied(placed)  # W_E in RAM, W_U on disk: nothing to share
+    assert placed.embed.W_E.device.type == "cpu" and next(placed.unembed.parameters()).is_meta
+    assert torch.equal(read_weight(placed, "unembed.W_U"), ref.W_U)
+    assert torch.equal(placed(TOKENS), ref(TOKENS))
+
+
+# ---- weights of offloaded blocks between forwards ------------------------------------------------
+
+
+def _offloaded(name, folder):
+    return from_pretrained(name, device_map=half_on_disk(single(name)), offload_folder=folder)
+
+
+@pytest.fixture(scope="module")
+def offloaded_llama(tmp_path_factory):
+    return _offloaded("tiny-llama", str(tmp_path_factory.mktemp("offloaded")))
+
+
+@pytest.mark.parametrize("read, name", [
+    (lambda m: m.blocks[1].attn.W_Q, "blocks.1.attn.W_Q"),
+    (lambda m: m.W_Q, "blocks.1.attn.W_Q"),  # stacks every block's, so meets block 1's
+    (lambda m: m.blocks[1].mlp.W_in, "blocks.1.mlp.W_in"),
+    (lambda m: m.blocks[1].attn.W_K, "blocks.1.attn._W_K"),  # grouped-query: W_K repeats the stored _W_K
+])
+def test_reading_an_offloaded_weight_between_forwards_says_why_and_what_to_do(offloaded_llama, read, name):
+    escaped = name.replace(".", r"\.")
+    with pytest.raises(OffloadedWeightError, match=(
+        rf"^{escaped} is not in memory between forwards: the device map offloads blocks\.1 to disk.*"
+        rf"read_weight\(model, '{escaped}'\).*inside a hook in blocks\.1.*load without offload"
+    )):
+        read(offloaded_llama)
+
+
+def test_weights_in_memory_stay_readable_beside_offloaded_ones(offloaded_llama):
+    assert torch.equal(offloaded_llama.blocks[0].attn.W_Q, single("tiny-llama").blocks[0].attn.W_Q)
+    assert torch.equal(offloaded_llama.W_E, single("tiny-llama").W_E)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])  # GPT-2: W_Q, W_K, W_V views of one fused storage
+def test_read_weight_loads_each_offloaded_weight_as_the_whole_model_holds_it(name, tmp_path):
+    placed, ref = _offloaded(name, str(tmp_path)), single(name)
+    offloaded = [k for k in ref.state_dict() if pl.device_for(placed.hf_device_map, k) == "disk"]
+    assert offloaded
+    for key, value in ref.state_dict().items():
+        got = read_weight(placed, key)
+        assert torch.equal(got, value) and pl.memory_order(got) == pl.memory_order(value), key
+    assert all(read_weight(placed, k).device.type == "cpu" for k in offloaded)
+    with pytest.raises(LensError, match=r"'blocks\.1\.attn\.W_Qq' is not a weight.*did you mean 'blocks\.1\.attn\.W_Q'"):
+        read_weight(placed, "blocks.1.attn.W_Qq")
+
+
+def test_a_hook_inside_an_offloaded_block_reads_its_loaded_weights(offloaded_llama):
+    seen = {}
+
+    def read_weights(resid, hook):
+        seen["W_Q"] = offloaded_llama.blocks[1].attn.W_Q.clone()
+
+    offloaded_llama.run_with_hooks(TOKENS, fwd_hooks=[("blocks.1.hook_resid_pre", read_weights)])
+    assert torch.equal(seen["W_Q"], single("tiny-llama").blocks[1].attn.W_Q)
+    assert next(offloaded_llama.blocks[1].parameters()).is_meta  # and off again after the forward
+
+
+def test_after_a_forward_no_loaded_weight_of_an_offloaded_block_stays_in_memory(offloaded_llama):
+    import gc
+
+    with torch.no_grad():
+        offloaded_llama(TOKENS)
+    block, ref = offloaded_llama.blocks[1], single("tiny-llama").blocks[1].mlp.W_out
+    assert all(p.is_meta for p in block.parameters())
+    gc.collect()
+    held = [o for o in gc.get_objects() if type(o) in (torch.Tensor, torch.nn.Parameter) and not o.is_meta and o.shape in (ref.shape, ref.T.shape)
+            and o.data_ptr() != ref.data_ptr() and (torch.equal(o, ref) or torch.equal(o, ref.T))]
+    assert held == [], "a loaded weight of an offloaded block is still referenced after its forward"
+
+
+def test_head_results_of_an_offloaded_block_read_its_w_o_from_the_offload_folder(offloaded_llama):
+    # ActivationCache.stack_head_results multiplies each head's z by W_O, read after the forward.
+    _, placed_cache = offloaded_llama.run_with_cache(TOKENS)
+    _, cache = single("tiny-llama").run_with_cache(TOKENS)
+    assert torch.equal(placed_cache.stack_head_results(layer=2), cache.stack_head_results(layer=2))
+
+
+def test_moving_an_offloaded_model_is_refused_before_anything_moves_unless_it_changes_nothing(offloaded_llama):
+    model = offloaded_llama
+    assert model.to(model.cfg.device) is model and model.float() is model  # no-ops, as notebooks write them
+    with pytest.raises(OffloadedWeightError, match=r"Cannot move or cast the model: the device map offloads blocks\.1.*dtype=\.\.\."):
+        model.to(torch.float64)
+    with pytest.raises(OffloadedWeightError, match=r"Cannot move or cast blocks\.1\.attn"):
+        model.blocks[1].attn.half()
+    assert model.W_E.dtype == model.blocks[0].attn.W_Q.dtype == torch.float32 and model.cfg.dtype == torch.float32
+    assert torch.equal(model(TOKENS), single("tiny-llama")(TOKENS))
+
+
+# ---- hub names, placed: the loopback hub -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hub_placement(tmp_path_factory):
+    """A tiny model published on the loopback hub, placed by its hub name: online, then offline from the cache."""
+    from _hub_server import HubServer, Repo
+    from test_hub import run_scenarios
+
+    from lensutil import zoo
+
+    tmp = tmp_path_factory.mktemp("hub_placement")
+    code = f"""
+import lensutil.loading
+real_load_hf = lensutil.loading.load_hf
+
+def placed_equals_zoo(name, folder):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the whole HuggingFace model was loaded into RAM")
+    lensutil.loading.load_hf = refuse  # a hub name is placed from the snapshot's safetensors, block by block
+    try:
+        placed = HookedTransformer.from_pretrained(name, device_map={{"": "cpu", "blocks.1": "disk"}}, offload_folder=folder)
+    finally:
+        lensutil.loading.load_hf = real_load_hf
+    tokens = torch.tensor([[1, 5, 7, 9, 200, 300]])
+    on_disk = next(placed.blocks[1].parameters()).is_meta
+    return on_disk and bool(torch.equal(placed(tokens), HookedTransformer.from_pretrained("tiny-gpt2")(tokens)))
+
+attempt("placed", lambda: placed_equals_zoo("lensutil-tests/tiny-gpt2", {str(tmp / "offload")!r}))
+attempt("missing", lambda: HookedTransformer.from_pretrained("lensutil-tests/tiny-gtp2", device_map="auto"))
+"""
+    offline = f"""
+attempt("placed", lambda: bool(torch.equal(
+    HookedTransformer.from_pretrained("lensutil-tests/tiny-gpt2", device_map={{"": "disk"}}, offload_folder={str(tmp / "off2")!r})("Hi"),
+    HookedTransformer.from_pretrained("tiny-gpt2")("Hi"))))
+attempt("not cached", lambda: HookedTransformer.from_pretrained("lensutil-tests/tiny-llama", device_map="auto"))
+"""
+    with HubServer([Repo.from_dir("lensutil-tests/tiny-gpt2", zoo.resolve("tiny-gpt2"))]) as hub:
+        online = run_scenarios(code, tmp, hub.url, tmp / "cache")
+        requests = list(hub.requests)
+    cached = run_scenarios(offline, tmp, hub.url, tmp / "cache", HF_HUB_OFFLINE="1")
+    return {"online": online, "offline": cached, "requests": requests}
+
+
+def test_a_hub_name_is_placed_from_its_downloaded_safetensors_with_the_zoo_models_logits(hub_placement):
+    placed = hub_placement["online"]["placed"]
+    assert placed["ok"] and placed["value"] is True, placed
+    fetched = [path for method, path, _ in hub_placement["requests"] if method == "GET"]
+    assert any(p.startswith("/lensutil-tests/tiny-gpt2/resolve/") and p.endswith("/model.safetensors") for p in fetched), fetched
+
+
+def test_a_missing_hub_name_on_the_placement_path_gets_the_hubs_advice(hub_placement):
+    missing = hub_placement["online"]["missing"]
+    assert missing["error"] == "ModelNotFoundError" and missing["lens_error"], missing
+
+
+def test_offline_a_cached_hub_name_is_placed_and_an_uncached_one_says_what_is_missing(hub_placement):
+    offline = hub_placement["offline"]
+    assert offline["placed"] == {"ok": True, "value": True, "seconds": offline["placed"]["seconds"]}
+    assert offline["not cached"]["error"] == "HubUnreachableError" and offline["not cached"]["lens_error"], offline

@@ -18,7 +18,6 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "inputs will be cas
 
 MODES = ["8-bit", "4-bit nf4", "4-bit fp4"]
 PROMPTS = ["The Eiffel Tower is in the city of", "def fibonacci(n):\n    return", "1, 2, 3, 5, 8, 13,"]
-SAME_MATHS = ["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-mixtral"]  # bit-exact with HF in float32 eager
 # transformers 5 does not quantise a Mixtral's fused experts; like for like, lensutil skips them too.
 SKIPS = {"tiny-mixtral": {"llm_int8_skip_modules": ["lm_head", "experts"]}}
 
@@ -83,10 +82,8 @@ def _top1(a, b):
 def test_logits_match_huggingface_quantised_model(name, mode):
     ours, theirs = logits_q(name, mode), logits_hf_q(name, mode)
     diff = (ours - theirs).abs().max().item()
-    if name in SAME_MATHS:  # same bytes, same bitsandbytes kernels, same process: the same logits
-        assert diff == 0, f"{name} {mode}: max |Δ logit| vs HF's quantised model {diff:.2e}"
-    else:  # GPT-2 already differs from HF by ~1e-6 in float32 (LayerNorm, fused c_attn)
-        assert diff <= 1e-3, f"{name} {mode}: max |Δ logit| vs HF's quantised model {diff:.2e}"
+    # Same bytes, same bitsandbytes kernels, same process: the same logits.
+    assert diff == 0, f"{name} {mode}: max |Δ logit| vs HF's quantised model {diff:.2e}"
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -239,7 +236,7 @@ def test_an_hf_model_quantised_by_huggingface_loads_without_processing():
 # ---- encoders ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["8-bit", "4-bit fp4"])
+@pytest.mark.parametrize("mode", MODES)
 def test_bert_quantised_matches_huggingface_quantised(mode):
     import transformers
 
@@ -253,7 +250,7 @@ def test_bert_quantised_matches_huggingface_quantised(mode):
     with torch.no_grad():
         diff = (model(ids, token_type_ids=types, one_zero_attention_mask=mask) - ref(input_ids=ids, token_type_ids=types,
                                                                                     attention_mask=mask).logits).abs().max().item()
-    assert diff <= 1e-3, f"tiny-bert {mode}: {diff:.2e}"
+    assert diff == 0, f"tiny-bert {mode}: {diff:.2e}"
 
 
 # ---- errors ------------------------------------------------------------------------------------

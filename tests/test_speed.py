@@ -39,3 +39,60 @@ def test_real_biases_are_kept():
     tokens = model.to_tokens("The Eiffel Tower is in")
     with torch.no_grad():
         assert torch.equal(model(tokens), hf("tiny-qwen2")(tokens).logits)
+
+
+def test_in_place_attention_and_mlp_steps_keep_gradients_exact():
+    # The written-out attention scales and masks its scores in place, and the gated MLP multiplies
+    # in place when no gradient is recorded: with autograd on, gradients must still be HF's, bit for bit.
+    model, ref = lens("tiny-llama", attn_implementation="eager"), hf("tiny-llama", attn_implementation="eager")
+    tokens = model.to_tokens("The Eiffel Tower is in Paris, France")
+    model.zero_grad(), ref.zero_grad()
+    model(tokens, return_type="loss").backward()
+    ref(tokens, labels=tokens).loss.backward()
+    try:
+        assert model.embed.W_E.grad.abs().sum() > 0
+        assert torch.equal(model.embed.W_E.grad, ref.get_input_embeddings().weight.grad)
+    finally:
+        model.zero_grad(set_to_none=True), ref.zero_grad(set_to_none=True)
+
+
+def test_weights_edited_or_replaced_after_a_forward_are_used_by_the_next():
+    # _linear remembers each weight's [out, in] view (quantized_linear.QuantizableLinears._out_in): an
+    # in-place edit must show through it, and `param.data = ...` (new storage) must replace it.
+    edited, fresh = HookedTransformer.from_pretrained_no_processing("tiny-llama"), HookedTransformer.from_pretrained_no_processing("tiny-llama")
+    tokens = edited.to_tokens("The Eiffel Tower is in")
+    with torch.no_grad():
+        before = edited(tokens)  # the views are made here
+        edited.blocks[0].mlp.W_in.mul_(2)
+        edited.blocks[1].attn.W_Q.data = edited.blocks[1].attn.W_Q.data * 3
+        edited.blocks[1].attn._W_K.data = edited.blocks[1].attn._W_K.data.clone().neg_()
+        fresh.blocks[0].mlp.W_in.mul_(2)
+        fresh.blocks[1].attn.W_Q.mul_(3)
+        fresh.blocks[1].attn._W_K.neg_()
+        after = edited(tokens)
+        assert not torch.equal(after, before)
+        assert torch.equal(after, fresh(tokens))
+
+
+def test_hooks_fire_at_every_generation_step_and_their_edits_change_the_output():
+    model = lens("tiny-llama")
+    prompt = model.to_tokens("The Eiffel Tower is in")
+    plain = model.generate(prompt, max_new_tokens=5, do_sample=False, stop_at_eos=False)
+    seen = []
+
+    def record(x, hook):
+        seen.append((hook.name, x.shape[1]))
+
+    def ablate(x, hook):
+        return torch.zeros_like(x)
+
+    names = ["blocks.0.attn.hook_rot_k", "blocks.1.hook_resid_post", "blocks.0.ln1.hook_normalized", "blocks.1.mlp.hook_post"]
+    with model.hooks(fwd_hooks=[(n, record) for n in names]):
+        hooked = model.generate(prompt, max_new_tokens=5, do_sample=False, stop_at_eos=False)
+    assert torch.equal(hooked, plain)  # reading hooks change nothing
+    # the prompt once, then one position per new token (the last token's logits need no further step)
+    assert [p for name, p in seen if name == names[1]] == [prompt.shape[1], 1, 1, 1, 1]
+    assert {name for name, _ in seen} == set(names)
+    with model.hooks(fwd_hooks=[(f"blocks.{model.cfg.n_layers - 1}.hook_attn_out", ablate)]):
+        ablated = model.generate(prompt, max_new_tokens=5, do_sample=False, stop_at_eos=False)
+    assert not torch.equal(ablated, plain)

@@ -2,6 +2,8 @@
 
 GPT-2 stores its projections as Conv1D weights of shape [in, out] (the transpose of nn.Linear),
 so W_in/W_out are taken as they are and the fused q/k/v matrix is split along its output axis.
+weight_layout="in_out" keeps that memory layout and fused_qkv=True keeps c_attn's single matmul
+(lensutil/weight_layout.py): BLAS then rounds as in HuggingFace's GPT-2, bit for bit.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
         n_layers=hf.n_layer, d_model=hf.n_embd, n_ctx=hf.n_positions, n_heads=hf.n_head,
         d_head=hf.n_embd // hf.n_head, d_mlp=d_mlp, d_vocab=hf.vocab_size, act_fn=hf.activation_function,
         eps=hf.layer_norm_epsilon, normalization_type="LN", positional_embedding_type="standard",
-        mlp_type="dense", tie_word_embeddings=True, original_architecture="GPT2LMHeadModel",
+        mlp_type="dense", tie_word_embeddings=True, original_architecture="GPT2LMHeadModel", weight_layout="in_out", fused_qkv=True,
         attn_scale_rule=_scale_rule(),
     )
     if overrides.get("n_ctx", hf.n_positions) > hf.n_positions:

@@ -1,0 +1,103 @@
+"""Weights laid out as HuggingFace lays them out (lensutil/weight_layout.py), so float32 logits are its bits.
+
+GPT-2 stores its matrices as Conv1D [in, out] and computes q, k, v in one matmul (c_attn); the Llama
+family stores nn.Linear [out, in]. BLAS picks its kernel by layout and width, and for a single token
+(a matrix-vector product) three narrow matmuls round unlike one wide one.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from _models import lens
+from lensutil import HookedTransformerConfig
+from lensutil.errors import ConfigError
+from lensutil.loading import from_pretrained_no_processing
+from lensutil.weight_layout import _still_shared
+
+
+@pytest.fixture(scope="module")
+def gpt2_768():
+    """A seeded random GPT-2 at GPT-2 small's width (768), where one token's q/k/v round differently split."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=768, n_layer=2, n_head=12, vocab_size=512, n_positions=64, bos_token_id=0,
+                        eos_token_id=0, architectures=["GPT2LMHeadModel"], attn_implementation="eager")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ref = GPT2LMHeadModel(config).eval()
+    return ref, from_pretrained_no_processing("random-gpt2-768", hf_model=ref)
+
+
+def _shared(attn) -> bool:
+    return _still_shared(attn._qkv_storage, [attn.W_Q, attn.W_K, attn.W_V])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 1), (1, 7), (3, 33)])
+def test_gpt2_logits_equal_huggingfaces_for_one_token_and_for_many(gpt2_768, shape):
+    ref, model = gpt2_768
+    tokens = torch.randint(0, 512, shape, generator=torch.Generator().manual_seed(sum(shape)))
+    with torch.no_grad():
+        assert torch.equal(model(tokens), ref(tokens).logits), shape
+
+
+def test_gpt2_q_k_v_are_views_of_one_storage_laid_out_as_c_attn(gpt2_768):
+    ref, model = gpt2_768
+    attn, c_attn = model.blocks[0].attn, ref.transformer.h[0].attn.c_attn.weight  # [d_model, 3 * d_model]
+    assert model.cfg.fused_qkv and model.cfg.weight_layout == "in_out" and _shared(attn)
+    assert torch.equal(attn._qkv_storage.view(768, -1), c_attn)
+    mlp = model.blocks[0].mlp
+    assert mlp.W_in.is_contiguous() and mlp.W_out.is_contiguous()  # Conv1D's [in, out], as they are
+    llama = lens("tiny-llama").blocks[0].mlp
+    assert llama.W_in.T.is_contiguous() and not llama.W_in.is_contiguous()  # nn.Linear's [out, in]
+
+
+def test_dtype_round_trip_keeps_one_storage_and_the_logits(gpt2_768):
+    _, model = gpt2_768
+    model = copy.deepcopy(model)
+    tokens = torch.randint(0, 512, (1, 1))
+    with torch.no_grad():
+        before = model(tokens)
+        model.to(torch.float64)
+        assert _shared(model.blocks[1].attn) and model.blocks[1].attn.W_Q.dtype == torch.float64
+        model.to(torch.float32)
+        assert _shared(model.blocks[1].attn) and torch.equal(model(tokens), before)
+
+
+def test_separate_storages_give_the_same_values(gpt2_768):
+    # An offloaded block (and a deep copy) gives each weight its own storage: the forward concatenates them then.
+    _, model = gpt2_768
+    apart = copy.deepcopy(model)
+    for block in apart.blocks:
+        for name in ("W_Q", "W_K", "W_V"):
+            getattr(block.attn, name).data = getattr(block.attn, name).data.clone()
+    assert not _shared(apart.blocks[0].attn)
+    tokens = torch.randint(0, 512, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(apart(tokens), model(tokens))
+
+
+def test_gradients_reach_w_q_w_k_w_v_through_the_fused_matmul(gpt2_768):
+    _, model = gpt2_768
+    fused = copy.deepcopy(model)
+    split_cfg = copy.deepcopy(model.cfg)
+    split_cfg.fused_qkv = False
+    split = type(model)(split_cfg)
+    split.load_state_dict(model.state_dict())
+    tokens = torch.randint(0, 512, (1, 6))
+    for m in (fused, split):
+        m(tokens)[0, -1].logsumexp(-1).backward()
+    for name in ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V"):
+        ours, ref = getattr(fused.blocks[0].attn, name).grad, getattr(split.blocks[0].attn, name).grad
+        assert ours is not None and ours.abs().max() > 0, name
+        assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-7), name
+
+
+def test_fused_qkv_needs_one_key_value_head_per_query_head():
+    with pytest.raises(ConfigError, match="fused_qkv needs one key/value head per query head"):
+        HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, n_key_value_heads=1, fused_qkv=True)
+    with pytest.raises(ConfigError, match="weight_layout must be"):
+        HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, weight_layout="columns")
