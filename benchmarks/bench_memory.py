@@ -2,7 +2,7 @@
 
 Run by hand (never part of the test suite):
 
-    .venv/bin/python benchmarks/bench_memory.py [--model smollm2-135m] [--pairs 7] [--stream 1024] [--keep-freed-memory]
+    .venv/bin/python benchmarks/bench_memory.py [--model smollm2-135m] [--pairs 7] [--stream 1024] [--keep-freed-memory auto|always|never]
 
 A. Ratios to HuggingFace's default forward (attn_implementation "sdpa"), float32, batch x seq tokens;
    lensutil loaded with from_pretrained_no_processing in its default mode ("sdpa" too):
@@ -23,10 +23,13 @@ from pair to pair, after warm-up runs, under torch.inference_mode(); the ratio r
 of the per-pair ratios (their min and max beside it), so load from other processes that drifts
 during the run hits both sides of each pair alike. The load average is printed before and after.
 
---keep-freed-memory calls lensutil.keep_freed_memory() before anything is loaded: glibc then keeps the
-memory the process frees instead of handing it back to the kernel. It is process-wide, so it applies to
-lensutil and HuggingFace alike; the header of part A says which allocator setting the run used, and the
-process's RSS after part A is printed beside its peak (what keeping costs).
+--keep-freed-memory says what the allocator does, for lensutil and HuggingFace alike (it is process-wide):
+"auto" (the default) is lensutil's own default, cache_memory.py: after a run_with_cache() of 64 MiB or
+more glibc keeps the memory the process frees, for the next call, and gets it back after 10 s idle;
+"always" calls lensutil.keep_freed_memory() before anything is loaded; "never" turns lensutil's policy
+off and leaves glibc's malloc as it comes (freed memory goes back to the kernel). The header of part A
+says which setting the run used, and the process's RSS after part A is printed beside its peak (what
+keeping costs).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_vs_hf import _rss_bytes, machine_report, peak_rss_delta  # noqa: E402
 
-from lensutil import collect_activations, keep_freed_memory, loading  # noqa: E402
+from lensutil import cache_memory, collect_activations, keep_freed_memory, loading  # noqa: E402
 
 
 def paired(ours: Callable, theirs: Callable, pairs: int, warmup: int = 1) -> dict:
@@ -103,12 +106,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip", default="", help="comma-separated parts to skip: A,B,C,D")
     p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's choice); "
                    "1 is steadier on a machine other jobs share")
-    p.add_argument("--keep-freed-memory", action="store_true", help="glibc keeps freed memory for reuse "
-                   "(lensutil.keep_freed_memory(), process-wide: lensutil and HuggingFace alike)")
+    p.add_argument("--keep-freed-memory", choices=("auto", "always", "never"), default="auto",
+                   help="auto: lensutil's default (glibc keeps freed memory for 10 s after a run_with_cache() of 64 MiB "
+                        "or more); always: keep_freed_memory(True); never: glibc as it comes "
+                        "(LENSUTIL_KEEP_FREED_MEMORY=0). Process-wide: lensutil and HuggingFace alike")
     args = p.parse_args(argv)
     # Before anything is allocated, so that both sides run under the same allocator setting from the start.
-    allocator = (str(keep_freed_memory()) if args.keep_freed_memory
-                 else "malloc defaults (glibc: freed memory goes back to the kernel)")
+    if args.keep_freed_memory == "always":
+        allocator = str(keep_freed_memory(True))
+    elif args.keep_freed_memory == "never":
+        cache_memory.set_mode("off")  # glibc's thresholds untouched, as LENSUTIL_KEEP_FREED_MEMORY=0 leaves them
+        allocator = "glibc as it comes, no automatic keeping: " + cache_memory.status()
+    else:
+        allocator = "lensutil's default: " + cache_memory.status()
     if args.threads:
         torch.set_num_threads(args.threads)
     args.repeats, args.warmup, args.processed = args.pairs, 1, False
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     tokens = torch.randint(100, model.cfg.d_vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
 
     if "A" not in skip:
-        kept = "keep_freed_memory() on" if args.keep_freed_memory else "glibc defaults"
+        kept = {"auto": "lensutil's default", "always": "keep_freed_memory(True)", "never": "no keeping"}[args.keep_freed_memory]
         print(f"\nA. ratio to HuggingFace's default forward (sdpa), {args.batch} x {args.seq} tokens; "
               f"median of {args.pairs} pairs [min-max]; allocator: {kept}, for both")
         hf_fwd = lambda: hf(tokens)  # noqa: E731

@@ -1,4 +1,4 @@
-"""Keep freed memory for reuse: why `run_with_cache()` of everything page-faults, and the opt-in fix.
+"""Keep freed memory for reuse: why `run_with_cache()` of everything page-faults, and glibc's knobs.
 
 lensutil's own (TransformerLens has none; there one sets the environment variables below by hand).
 
@@ -16,11 +16,15 @@ peak, and some allocation patterns leave it above (freed blocks that a slightly 
 use stay held while the heap grows: 256 MiB allocated and freed over and over settled at ~2.2 GiB here).
 For one process that reruns the same work that is what you want; for a long-lived process that
 caches once and then does something else, call `keep_freed_memory(False)` afterwards.
+
+By default lensutil does this only for a while: after a large cache, until it has been idle for some
+seconds (cache_memory.py). keep_freed_memory() here is the explicit, permanent switch.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from dataclasses import dataclass
 
@@ -39,6 +43,10 @@ KEEP_THRESHOLD = 2**31 - 1
 # setting the threshold too high", from mallopt and the MALLOC_MMAP_THRESHOLD_ variable alike); 2.36 (Debian
 # 12) takes INT_MAX. This is the most an older one accepts.
 OLD_GLIBC_MMAP_MAX = 32 * 2**20
+# Where glibc's dynamic scheme tops out (malloc.c: DEFAULT_MMAP_THRESHOLD_MAX = 4 MiB * sizeof(long) on 64-bit,
+# and the trim threshold follows at twice the mmap threshold): what the automatic policy sets when it gives back.
+SETTLED_MMAP = 32 * 2**20
+SETTLED_TRIM = 2 * SETTLED_MMAP
 
 _ENV_HINT = ("MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_MMAP_THRESHOLD_=4000000000 (glibc, set before Python "
              "starts), or LD_PRELOAD=libjemalloc.so.2 / libtcmalloc_minimal.so.4, which keep freed memory by default")
@@ -59,12 +67,16 @@ class AllocatorSettings:
     note: str
 
     def __str__(self) -> str:
-        what = "keeping freed memory" if self.keep else "glibc defaults restored as far as possible"
+        what = ("keeping freed memory" if self.keep else "glibc defaults restored as far as possible"
+                if self.mmap_threshold == DEFAULT_THRESHOLD else "lensutil's automatic policy")
         return (f"glibc {self.glibc} malloc, {what}: M_TRIM_THRESHOLD={self.trim_threshold}, "
                 f"M_MMAP_THRESHOLD={self.mmap_threshold}. {self.note}")
 
 
-def _glibc() -> tuple[ctypes.CDLL, str]:
+_found: tuple[ctypes.CDLL, str] | None = None
+
+
+def glibc() -> tuple[ctypes.CDLL, str]:
     """This process's glibc, if its malloc is the one in use (not jemalloc/tcmalloc preloaded over it)."""
     if not sys.platform.startswith("linux"):
         raise AllocatorError(f"keep_freed_memory() tunes glibc's malloc, which this platform ({sys.platform}) "
@@ -90,19 +102,64 @@ def _glibc() -> tuple[ctypes.CDLL, str]:
                              "tcmalloc through LD_PRELOAD), so glibc's thresholds would change nothing. Those "
                              "allocators keep freed memory already; tune them with their own settings "
                              "(jemalloc: MALLOC_CONF).")
-    return libc, version().decode()
+    global _found
+    libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    _found = libc, version().decode()
+    return _found
+
+
+def glibc_or_none() -> ctypes.CDLL | None:
+    try:
+        return (_found or glibc())[0]
+    except AllocatorError:
+        return None
+
+
+def trim() -> bool:
+    """malloc_trim(0): free memory at the heap's top and free whole pages inside it go back to the kernel."""
+    libc = glibc_or_none()
+    return libc is not None and libc.malloc_trim(0) == 1
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def keep_thresholds() -> int:
+    """Both thresholds at INT_MAX (the mmap one at 32 MiB on an older glibc); returns the mmap threshold set."""
+    libc, version = _found or glibc()
+    if not _set(libc, M_TRIM_THRESHOLD, KEEP_THRESHOLD):
+        raise AllocatorError(f"glibc {version} refused M_TRIM_THRESHOLD={KEEP_THRESHOLD}; use {_ENV_HINT}.")
+    for mmap in (KEEP_THRESHOLD, OLD_GLIBC_MMAP_MAX):  # an older glibc: HEAP_MAX_SIZE / 2 at most
+        if _set(libc, M_MMAP_THRESHOLD, mmap):
+            return mmap
+    raise AllocatorError(f"glibc {version} refused M_MMAP_THRESHOLD={OLD_GLIBC_MMAP_MAX}; use {_ENV_HINT}.")
+
+
+def settled_thresholds() -> None:
+    """The thresholds glibc's own dynamic scheme ends at (32 MiB mmap, 64 MiB trim)."""
+    libc = glibc_or_none()
+    if libc is not None:
+        _set(libc, M_MMAP_THRESHOLD, SETTLED_MMAP), _set(libc, M_TRIM_THRESHOLD, SETTLED_TRIM)
 
 
 def _set(libc: ctypes.CDLL, param: int, value: int) -> bool:
-    libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return libc.mallopt(param, value) == 1
 
 
-def keep_freed_memory(enabled: bool = True) -> AllocatorSettings:
-    """Make glibc's malloc keep freed memory for reuse (enabled=True), or go back to its defaults (False).
+def keep_freed_memory(enabled: bool | str = True) -> AllocatorSettings:
+    """Make glibc's malloc keep freed memory for reuse (True), go back to its defaults (False), or hand the
+    choice back to lensutil's automatic policy ("auto", the default state; cache_memory.py).
 
     lensutil's own. It acts on the whole process from the next allocation on: every library's memory
     (HuggingFace's too), not only lensutil's. Linux with glibc only; elsewhere it raises AllocatorError.
+    Either True or False turns the automatic policy off until keep_freed_memory("auto").
 
     enabled=True sets M_TRIM_THRESHOLD and M_MMAP_THRESHOLD to INT_MAX (2 GiB - 1; mallopt takes an int):
     freed blocks stay in the heap for the next allocation instead of going back to the kernel. Single
@@ -116,28 +173,39 @@ def keep_freed_memory(enabled: bool = True) -> AllocatorSettings:
     32 MiB); any mallopt of them turns that off for the rest of the process, so afterwards blocks of
     128 KiB or more are always mmap'ed. Thresholds from MALLOC_*_ variables at start-up are overridden too.
 
+    enabled="auto" gives kept memory back, sets the thresholds where glibc's dynamic scheme tops out
+    (32 MiB mmap, 64 MiB trim), and lets large caches switch keeping on for a while again.
+
     The trade-off: RSS stays at its peak after a cache is dropped (sometimes above it, see the module
     docstring); measure with this off.
     """
-    libc, version = _glibc()
+    from . import cache_memory
+
+    if enabled not in (True, False, "auto"):
+        raise AllocatorError(f"keep_freed_memory() takes True, False or 'auto', not {enabled!r}.")
+    libc, version = glibc()
+    if enabled == "auto":
+        cache_memory.set_mode("auto")
+        settled_thresholds()
+        released = trim()
+        note = ("Kept free memory " + ("given back to the kernel." if released else "was none to give back.") + " "
+                + cache_memory.status()[:1].upper() + cache_memory.status()[1:] + ".")
+        return AllocatorSettings(False, SETTLED_TRIM, SETTLED_MMAP, version, note)
+    cache_memory.set_mode("keep" if enabled else "off")
     if not enabled:
         ok = _set(libc, M_TRIM_THRESHOLD, DEFAULT_THRESHOLD) and _set(libc, M_MMAP_THRESHOLD, DEFAULT_THRESHOLD)
         if not ok:
             raise AllocatorError("glibc's mallopt refused its own default thresholds (128 KiB); nothing to do but "
                                  "restart the process without the MALLOC_*_ variables.")
-        libc.malloc_trim.argtypes, libc.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
-        released = libc.malloc_trim(0) == 1
+        released = trim()
         note = ("Kept free memory " + ("given back to the kernel (malloc_trim)." if released else "was none to give back.")
                 + " Not undone: glibc's dynamic thresholds stay off for this process (blocks >= 128 KiB are "
-                  "always mmap'ed now); restart the process for glibc's own behaviour.")
+                  "always mmap'ed now); restart the process for glibc's own behaviour. Automatic keeping after "
+                  "large caches is off too; keep_freed_memory('auto') turns it back on.")
         return AllocatorSettings(False, DEFAULT_THRESHOLD, DEFAULT_THRESHOLD, version, note)
-    if not _set(libc, M_TRIM_THRESHOLD, KEEP_THRESHOLD):
-        raise AllocatorError(f"glibc {version} refused M_TRIM_THRESHOLD={KEEP_THRESHOLD}; use {_ENV_HINT}.")
-    mmap, note = KEEP_THRESHOLD, "Freed blocks under 2 GiB stay in the heap; RSS no longer falls when memory is freed."
-    if not _set(libc, M_MMAP_THRESHOLD, mmap):  # an older glibc: HEAP_MAX_SIZE / 2 at most
-        mmap = OLD_GLIBC_MMAP_MAX
-        if not _set(libc, M_MMAP_THRESHOLD, mmap):
-            raise AllocatorError(f"glibc {version} refused M_MMAP_THRESHOLD={mmap}; use {_ENV_HINT}.")
+    mmap = keep_thresholds()
+    note = "Freed blocks under 2 GiB stay in the heap; RSS no longer falls when memory is freed."
+    if mmap != KEEP_THRESHOLD:
         note = (f"This glibc caps M_MMAP_THRESHOLD at {mmap} bytes: blocks of 32 MiB or more (the logits) are still "
                 f"mmap'ed and fault each call; to keep them too, start Python with MALLOC_MMAP_MAX_=0 (no mmap at "
                 f"all) or LD_PRELOAD=libjemalloc.so.2.")

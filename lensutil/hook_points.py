@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from . import cache_memory
 from .activation_cache import ActivationCache, describe_names_filter
 from .errors import HookFlagError, HookNameError, HookShapeError, LensError, close_matches
 
@@ -428,6 +429,7 @@ class HookedRootModule(nn.Module):
                     )
                 out.backward()
         if not return_cache_object:
+            cache_memory.after_cache(cache_dict.values(), cache_dict)  # a large cache's memory is kept for the next
             return out, cache_dict
         cache = ActivationCache(
             cache_dict,
@@ -436,6 +438,7 @@ class HookedRootModule(nn.Module):
             names_filter_description=describe_names_filter(names_filter),
             selected_names=set(selected),
         )
+        cache_memory.after_cache(cache_dict.values(), cache)
         return out, cache
 
     # ---- discovery ----------------------------------------------------------------------------
