@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         allocator = str(keep_freed_memory(True))
     elif args.keep_freed_memory == "never":
         cache_memory.set_mode("off")  # glibc's thresholds untouched, as LENSUTIL_KEEP_FREED_MEMORY=0 leaves them
-        allocator = "glibc as it comes, no automatic keeping: " + cache_memory.status()
+        allocator = "glibc as it comes (lensutil's automatic keeping off; glibc's thresholds untouched)"
     else:
         allocator = "lensutil's default: " + cache_memory.status()
     if args.threads:
