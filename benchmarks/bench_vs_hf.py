@@ -36,7 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lensutil import loading  # noqa: E402
+from lensutil import loading, release_freed_memory  # noqa: E402
+from lensutil.allocator import rss_bytes as _rss_bytes  # noqa: E402
 from lensutil.tokens import tokenize  # noqa: E402
 
 BATCH_PROMPTS = [  # 8 prompts of mixed length for the batched-generation measurement
@@ -71,26 +72,11 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _release_free_memory() -> None:
-    # glibc keeps freed blocks for reuse, which would hide a second run's growth; hand them back first.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def peak_rss_delta(fn: Callable[[], object]) -> int | None:
     """Peak resident memory above the starting level while fn runs (sampled every ~1 ms; Linux only)."""
     if not os.path.exists("/proc/self/statm"):
         return None
-    _release_free_memory()
+    release_freed_memory()  # kept free memory would hide a second run's growth: hand it back first
     base, peak, done = _rss_bytes(), [0], threading.Event()
 
     def sample() -> None:
