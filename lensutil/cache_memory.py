@@ -10,7 +10,9 @@ The policy, in the spirit of jemalloc's "decay" (its dirty pages are purged afte
 10 s by default):
 - A `run_with_cache()` whose CPU tensors total AUTO_MIN_BYTES or more makes glibc keep freed memory
   (allocator.keep_thresholds), and (re)starts an idle clock of IDLE_RELEASE_S seconds.
-- When no such call has come for that long, a daemon thread gives the memory back (malloc_trim) and
+- The clock stops while any run_with_cache() runs and restarts when it ends, so a forward longer than
+  the idle time keeps the memory it is about to reuse.
+- When no call has come for that long, a daemon thread gives the memory back (malloc_trim) and
   sets glibc's thresholds to where its own dynamic scheme tops out (32 MiB mmap, 64 MiB trim).
 - A cache built while keeping that is dropped after that gets its memory given back too, a moment
   after it is freed: the blocks came from the heap, where an ordinary free would leave them.
@@ -28,7 +30,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -49,6 +52,7 @@ class _State:
         self.deadline = 0.0  # monotonic time at which it gives the memory back
         self.trim_at: float | None = None  # a cache built while keeping was freed after it stopped
         self.alive = 0  # caches built while keeping, not freed yet
+        self.busy = 0  # run_with_cache() calls under way: the idle clock waits for them
         self.thread: threading.Thread | None = None
         self.blocker: str | None = None  # why the automatic policy cannot act here (computed once)
         self.checked = False
@@ -73,6 +77,22 @@ def _why_not() -> str | None:
             _state.blocker = str(e).split(";")[0].split(". ")[0]
     _state.checked = True
     return _state.blocker
+
+
+@contextmanager
+def caching() -> Iterator[None]:
+    """Around run_with_cache's forward: kept memory is never given back while a cache is being built
+    (a forward longer than the idle time would otherwise lose the memory it is about to reuse)."""
+    with _state.cond:
+        _state.busy += 1
+    try:
+        yield
+    finally:
+        with _state.cond:
+            _state.busy -= 1
+            if _state.keeping:  # the idle clock starts when the call ends
+                _state.deadline = max(_state.deadline, time.monotonic() + IDLE_RELEASE_S)
+            _state.cond.notify()
 
 
 def after_cache(tensors: Iterable[torch.Tensor], owner: object) -> None:
@@ -124,7 +144,7 @@ def _run() -> None:
     with s.cond:
         while True:
             now = time.monotonic()
-            if s.keeping and now >= s.deadline:
+            if s.keeping and now >= s.deadline and not s.busy:
                 _give_back()
             if s.trim_at is not None and now >= s.trim_at:
                 s.trim_at = None
@@ -132,7 +152,7 @@ def _run() -> None:
             if not s.keeping and s.trim_at is None and s.alive == 0:
                 s.thread = None
                 return
-            waits = [t - now for t in (s.deadline if s.keeping else None, s.trim_at) if t is not None]
+            waits = [t - now for t in (s.deadline if s.keeping and not s.busy else None, s.trim_at) if t is not None]
             s.cond.wait(timeout=max(0.0, min(waits)) if waits else None)
 
 

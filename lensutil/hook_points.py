@@ -418,7 +418,7 @@ class HookedRootModule(nn.Module):
         """
         selected = self.hook_names_matching(names_filter)  # checks names before anything runs
         cache_dict, fwd, bwd = self._caching_hooks(selected, incl_bwd, device, remove_batch_dim)
-        with self.hooks(fwd, bwd, reset_hooks_end, clear_contexts):
+        with cache_memory.caching(), self.hooks(fwd, bwd, reset_hooks_end, clear_contexts):
             out = self(*model_args, **model_kwargs)
             if incl_bwd:
                 if not isinstance(out, Tensor) or out.numel() != 1:
