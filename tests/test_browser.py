@@ -82,9 +82,15 @@ def lab(tmp_path_factory):
     port, token = _free_port(), secrets.token_hex(16)  # made up per run, never written to a file
     # Settings, workspaces and runtime files go to the temporary directory, not the user's home; the
     # kernel is this environment's python3 (the notebooks' kernelspec), as with `make lab`.
+    # ipykernel aborts the requests queued behind a failing cell only while they are already there
+    # (stop_on_error_timeout, 0 s by default): on a loaded machine Run All's next request can arrive later
+    # and run. Its own profile gives that window 2 s, so "the run stopped at the error" is what is tested.
+    profile = work / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text("c.Kernel.stop_on_error_timeout = 2.0\n")
     env = dict(os.environ, JUPYTER_PREFER_ENV_PATH="1", JUPYTER_CONFIG_DIR=str(work / "config"),
                JUPYTER_RUNTIME_DIR=str(work / "runtime"), JUPYTERLAB_SETTINGS_DIR=str(work / "settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(work / "workspaces"))
+               JUPYTERLAB_WORKSPACES_DIR=str(work / "workspaces"), IPYTHONDIR=str(work / "ipython"))
     cmd = [str(jupyter_lab), "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
