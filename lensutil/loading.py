@@ -115,7 +115,7 @@ def from_pretrained(
     *,
     hf_model=None,
     tokenizer=None,
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str | None = None,
     device: str | None = None,
     revision: str | None = None,
     token: str | None = None,
@@ -146,7 +146,8 @@ def from_pretrained(
     config records the processing; the processing options are not applied again).
 
     Weights are converted and processed in float32 (float64 for a float64 model) and only then cast
-    to `dtype`, so processing adds no half-precision rounding of its own. The default
+    to `dtype` (default float32; a save_pretrained() directory: the dtype it was saved in), so
+    processing adds no half-precision rounding of its own. The default
     attn_implementation="sdpa" (HuggingFace's default too) uses torch's fused attention whenever no
     hook reads the scores or pattern, and rounds like HuggingFace's "sdpa"; a hook on hook_pattern
     or hook_attn_scores (run_with_cache of everything) switches that layer to the written-out path,
@@ -159,8 +160,6 @@ def from_pretrained(
     refuse_unknown_kwargs(unknown, from_pretrained)
     attn_implementation = attn_implementation or attention_mode_of(hf_model)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if hf_model is None and saving.is_lensutil_dir(name_or_path):  # from model.save_pretrained(): as saved, not reprocessed
-        return saving.load_saved(name_or_path, tokenizer=tokenizer, dtype=dtype, device=device)
     if max_seq_len is not None:
         if n_ctx is not None and n_ctx != max_seq_len:
             raise ConfigError(f"max_seq_len={max_seq_len} and n_ctx={n_ctx} disagree; max_seq_len means n_ctx, pass only n_ctx.")
@@ -174,6 +173,9 @@ def from_pretrained(
     from . import quantization as qz
 
     bnb_config = qz.config_from_kwargs(**quant)  # None, or a BitsAndBytesConfig; conflicting arguments fail here
+    if hf_model is None and saving.is_lensutil_dir(name_or_path):  # from model.save_pretrained(): as saved, not reprocessed
+        return saving.load_saved(name_or_path, tokenizer=tokenizer, dtype=dtype, device=device, bnb_config=bnb_config)
+    dtype = dtype or torch.float32
     overrides = name_overrides(name_or_path, attn_implementation)
     if n_ctx is not None:
         overrides["n_ctx"] = n_ctx
@@ -276,8 +278,8 @@ def _load_strict(model: HookedTransformer, state_dict: dict) -> None:
     mismatch = describe_mismatch(model.state_dict(), state_dict)
     if mismatch:
         raise WeightLoadError(mismatch)
-    dtype = next(model.parameters()).dtype
-    model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
+    own = model.state_dict()  # each weight cast once, to its own parameter's dtype (an MoE router's stays float32)
+    model.load_state_dict({k: torch.as_tensor(v).to(own[k].dtype) for k, v in state_dict.items()}, strict=True)
 
 
 def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **options):
@@ -296,6 +298,9 @@ def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **op
         raise LensError(f"Unknown options {sorted(unknown)}; the processing options are {PROCESSING_OPTIONS}.")
     if isinstance(state_dict, (str, os.PathLike)):  # a .safetensors or .pt file
         state_dict = load_torch_file(state_dict)
+    from .saving import drop_transformerlens_buffers
+
+    state_dict = drop_transformerlens_buffers(state_dict, model.cfg)  # TransformerLens 2.x's attn.mask, attn.IGNORE, ...
     if not any(k.startswith(("embed.", "blocks.", "unembed.")) for k in state_dict):
         from .adapters import _registry
         from .saving import describe_mismatch, looks_wrapped
@@ -310,13 +315,23 @@ def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **op
     work = compute_dtype(model.cfg.dtype)  # float32, or float64 for a float64 model
     state_dict = {k: torch.as_tensor(v).to(work) for k, v in state_dict.items()}
     _prepare_norms_for(model, state_dict)
-    _load_strict(model, state_dict)
     settings = {o: options.get(o, default) for o, default in DEFAULT_PROCESSING.items()}
-    if any(v is not False for v in settings.values()):
-        from .processing import process_weights_
+    if not any(v is not False for v in settings.values()):
+        _load_strict(model, state_dict)
+        return None
+    from .processing import process_into_
+    from .saving import describe_mismatch
 
-        return process_weights_(model, **settings)
-    return None
+    own = model.state_dict()
+    mismatch = describe_mismatch(own, state_dict)
+    if mismatch:
+        raise WeightLoadError(mismatch)
+    # Processed at full precision, laid out in memory as the model's parameters (so the sums round as
+    # from_pretrained's do), then cast once into each parameter: a half-precision model's weights are
+    # not rounded before processing.
+    state_dict = {k: torch.empty_strided(own[k].shape, own[k].stride(), dtype=work, device=own[k].device).copy_(v)
+                  for k, v in state_dict.items()}
+    return process_into_(model, state_dict, **settings)
 
 
 _UNFOLDED = {"LNPre": "LN", "RMSPre": "RMS"}

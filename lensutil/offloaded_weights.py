@@ -12,7 +12,9 @@ cannot be called on meta tensors", "Cannot copy out of meta tensor"). So placeme
 - `model.to(...)`, `.half()`, `.cuda()` ... raise it too (there is no data to move), unless they
   would change nothing: `model.to(model.cfg.device)`, as TransformerLens notebooks write, still works;
 - `read_weight(model, "blocks.3.attn.W_Q")` loads one weight from where it is kept (lensutil's own;
-  TransformerLens has no offloading).
+  TransformerLens has no offloading);
+- `model.state_dict()` (so torch.save and save_pretrained) holds every weight's values, read from where
+  it is kept (from disk: all of them in memory at once); `state_dict(keep_vars=True)` the meta Parameters.
 
 Python looks `__getattr__` up on the type, never the instance, so the modules holding offloaded
 weights get a subclass of their own class that adds the check (same name; `isinstance` holds).
@@ -84,7 +86,7 @@ def read_weight(model: nn.Module, name: str) -> Tensor:
         module = None
     param = None if module is None else module._parameters.get(leaf, module._buffers.get(leaf))
     if param is None:
-        close = close_matches(name, model.state_dict().keys(), n=3)
+        close = close_matches(name, model.state_dict(keep_vars=True).keys(), n=3)
         raise PlacementError(
             f"{name!r} is not a weight of this model (read_weight takes a state_dict name"
             + (f"; did you mean {', '.join(map(repr, close))}?)" if close else ")") + "."
@@ -115,6 +117,18 @@ class _GuardedReads:
             info, where = self.__dict__["_lens_offload"]
             raise OffloadedWeightError(_read_message(f"{where}.{attr}", info))
         return value
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # state_dict() (torch.save, save_pretrained) gets the stored weights, not meta tensors (which torch.save
+        # writes as a few KB of shapes without complaint). keep_vars=True asks for the Parameters themselves
+        # (lensutil's placement code reads their shapes that way): those stay meta, and nothing is read.
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if keep_vars or getattr(_moving, "depth", 0):
+            return
+        info, where = self.__dict__["_lens_offload"]
+        for name, param in self._parameters.items():
+            if param is not None and param.is_meta and prefix + name in destination:
+                destination[prefix + name] = info.weights_map[f"{where}.{name}"]  # from disk: a fresh tensor
 
 
 _GUARDED: dict[type, type] = {}

@@ -280,7 +280,7 @@ def memory_footprint(model, dtype: torch.dtype | None = None) -> dict[str, int]:
     Works on a model on the meta device, so a 7B model's needs are known without its weights.
     """
     sizes: dict[str, int] = {}
-    for key, t in model.state_dict().items():
+    for key, t in model.state_dict(keep_vars=True).items():  # shapes only: an offloaded weight is not read
         item = torch.empty((), dtype=dtype or t.dtype).element_size()
         sizes[_unit_of(key)] = sizes.get(_unit_of(key), 0) + t.numel() * item
     return sizes

@@ -274,15 +274,24 @@ def process_weights_(
     other three are projections (centring a centred tensor, zeroing a zero b_V), so re-applying them
     leaves the weights as they are.
     """
+    dtype = next(model.parameters()).dtype
+    sd = {k: v.detach().to(compute_dtype(dtype)) for k, v in model.state_dict().items()}
+    return process_into_(model, sd, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                         center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+
+
+def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
+    """process_weights_ of the full-precision weights `sd` (all of `model`'s, at least float32), loaded into `model`.
+
+    Each processed weight is cast once, to its own parameter's dtype: a half-precision model's
+    weights are rounded after processing, never before (load_and_process_state_dict hands the
+    float32 weights it was given straight here), and an MoE router's weight stays float32.
+    """
     from .quantization import refuse_if_quantized
 
     refuse_if_quantized(model, "Weight processing (fold_ln, center_writing_weights, center_unembed, fold_value_biases)")
     cfg = model.cfg
-    wanted = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                  center_unembed=center_unembed, fold_value_biases=fold_value_biases)
     report = ProcessingReport()
-    dtype = next(model.parameters()).dtype
-    sd = {k: v.detach().to(compute_dtype(dtype)) for k, v in model.state_dict().items()}
     new_kind = None
 
     if wanted["fold_ln"]:
@@ -334,6 +343,6 @@ def process_weights_(
         warnings.warn(
             "process_weights_ did not apply " + "; ".join(f"{k} ({v})" for k, v in not_applicable.items())
             + ". The model computes the same function; see the returned ProcessingReport.",
-            stacklevel=2,
+            stacklevel=3,
         )
     return report

@@ -57,6 +57,7 @@ def save_pretrained(model, directory) -> Path:
     """
     from safetensors.torch import save_file
 
+    _refuse_quantised(model)
     target = Path(os.path.expanduser(str(directory))).absolute()
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not is_lensutil_dir(target))):
         raise LensError(
@@ -88,8 +89,28 @@ def save_pretrained(model, directory) -> Path:
     return target
 
 
-def load_saved(directory, *, tokenizer=None, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """A HookedTransformer from a save_pretrained() directory: weights exactly as saved, no processing."""
+def _refuse_quantised(model) -> None:
+    # A quantised weight is bitsandbytes' packed codes and statistics (on the CPU, repacked for its 4-bit
+    # kernel at the first forward), not a tensor lensutil's format holds: refuse before writing anything,
+    # rather than write a directory that cannot be loaded back.
+    config = getattr(model, "quantization_config", None)
+    if config is None:
+        return
+    from .quantization import QuantizationError, mode_of
+
+    arg = "load_in_8bit=True" if config.load_in_8bit else f"load_in_4bit=True, bnb_4bit_quant_type={config.bnb_4bit_quant_type!r}"
+    raise QuantizationError(
+        f"save_pretrained() cannot save a quantised model ({mode_of(config)}): lensutil's format holds full-precision "
+        "weights only, and dequantised weights are not the originals. Nothing was written. Instead, save the full-precision "
+        f"model (from_pretrained without the quantisation arguments, then save_pretrained) and quantise it on loading: "
+        f"from_pretrained(directory, {arg}) (or quantization_config=...) gives this same quantised model."
+    )
+
+
+def load_saved(directory, *, tokenizer=None, dtype: torch.dtype | None = None, device: str | None = None, bnb_config=None):
+    """A HookedTransformer from a save_pretrained() directory: weights exactly as saved, no processing,
+    in the dtype it was saved in unless `dtype` says otherwise (an MoE router's weight stays float32),
+    then quantised if `bnb_config` (a BitsAndBytesConfig) asks for it."""
     from safetensors.torch import load_file
 
     from .config import HookedTransformerConfig
@@ -111,7 +132,12 @@ def load_saved(directory, *, tokenizer=None, dtype: torch.dtype = torch.float32,
     saved_dtype = cfg.dtype
     model = HookedTransformer(cfg, tokenizer)
     _load_strict(model, load_file(str(path / WEIGHTS_FILE)))
-    return place(model, device, dtype or saved_dtype)
+    model = place(model, device, dtype or saved_dtype)
+    if bnb_config is None:
+        return model
+    from .quantization import quantize_
+
+    return quantize_(model, bnb_config)  # as from_pretrained by name: processed (as saved) first, quantised last
 
 
 # ---- a state dict that does not fit -------------------------------------------------------------
@@ -182,6 +208,52 @@ def describe_mismatch(own: dict, state_dict: dict, limit: int = 6) -> str | None
     counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of the wrong shape"
     cause = _likely_cause(own, state_dict, missing, unexpected, wrong)
     return f"The weights do not fit this model ({counts}):\n{table}\nLikely cause: {cause}"
+
+
+_TL_BUFFER = re.compile(r"^(blocks\.\d+\.attn\.)(mask|IGNORE|rotary_sin|rotary_cos)$")
+
+
+def drop_transformerlens_buffers(state_dict: dict, cfg) -> dict:
+    """`state_dict` without the constant buffers TransformerLens 2.x saves in every attention layer, after
+    checking each is what TransformerLens writes (components/abstract_attention.py, v2.18):
+
+    - `attn.mask`: the causal mask, bool [n_ctx, n_ctx], True where key <= query (banded to the last
+      window_size keys with sliding-window attention);
+    - `attn.IGNORE`: the score masked positions get, a scalar -inf;
+    - `attn.rotary_sin`, `attn.rotary_cos` (rotary models): [n_ctx, rotary_dim] tables of position angles,
+      position 0 at angle 0.
+
+    lensutil builds all of them from its config at each forward, so they carry no weights; one that is
+    not what TransformerLens writes (another mask, a finite IGNORE) is refused, naming it.
+    """
+    found = {k: v for k, v in state_dict.items() if _TL_BUFFER.match(k)}
+    if not found:
+        return state_dict
+    for key, t in found.items():
+        kind = _TL_BUFFER.match(key).group(2)
+        t = torch.as_tensor(t)
+        if kind == "mask":
+            n = t.shape[0] if t.ndim == 2 else 0
+            expected = torch.tril(torch.ones((n, n), dtype=torch.bool))
+            if cfg.window_size is not None:
+                expected = torch.triu(expected, 1 - cfg.window_size)
+            ok = t.dtype == torch.bool and t.shape == (n, n) and n > 0 and torch.equal(t.cpu(), expected)
+            what = "a bool causal mask [n_ctx, n_ctx], True where key <= query" + (
+                f" and query - key < {cfg.window_size}" if cfg.window_size is not None else "")
+        elif kind == "IGNORE":
+            ok = t.ndim == 0 and t.is_floating_point() and t.item() == float("-inf")
+            what = "a scalar -inf"
+        else:
+            ok = (t.ndim == 2 and t.shape[1] == cfg.rotary_dim and t.is_floating_point()
+                  and float(t[0].abs().max() if kind == "rotary_sin" else (t[0] - 1).abs().max()) == 0)
+            what = f"[n_ctx, {cfg.rotary_dim}] (rotary_dim) with position 0 at angle 0"
+        if not ok:
+            raise WeightLoadError(
+                f"{key!r} ({_shape(t)}, {t.dtype}) is not the {kind} buffer TransformerLens 2.x writes ({what}); "
+                "lensutil builds it from the config, so another one would change the model. Check that the state "
+                f"dict comes from a causal model with this config; if the buffer is stale, drop {key!r} from it."
+            )
+    return {k: v for k, v in state_dict.items() if k not in found}
 
 
 def looks_wrapped(state_dict: dict) -> bool:

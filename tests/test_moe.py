@@ -151,3 +151,36 @@ def test_validate_model_setup_passes_on_an_moe_model(dtype):
     report = checks.validate_model_setup(from_pretrained(NAME, dtype=dtype))
     failed = [line for line in str(report).splitlines() if line.startswith("✗")]
     assert not failed, str(report)
+
+
+def _same_parameters(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    differ = [k for k in sa if sa[k].dtype != sb[k].dtype or not torch.equal(sa[k], sb[k])]
+    assert not differ, f"{len(differ)} weights differ, e.g. {differ[:3]}"
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", NAME])
+def test_load_and_process_state_dict_on_a_bf16_model_equals_from_pretrained_in_bf16(name):
+    # The float32 state dict is processed in float32 and cast once: not rounded to bfloat16 first.
+    import dataclasses
+
+    from lensutil import HookedTransformer
+
+    raw = lens(name)
+    model = HookedTransformer(dataclasses.replace(raw.cfg, dtype=torch.bfloat16), raw.tokenizer)
+    model.load_and_process_state_dict({k: v.clone() for k, v in raw.state_dict().items()})
+    direct = from_pretrained(name, dtype=torch.bfloat16)
+    _same_parameters(model, direct)
+    tokens = raw.to_tokens(PROMPTS[:3])
+    assert torch.equal(model(tokens), direct(tokens))
+
+
+def test_bf16_save_pretrained_reloads_in_bf16_with_the_float32_router_exactly(tmp_path):
+    direct = from_pretrained(NAME, dtype=torch.bfloat16)
+    direct.save_pretrained(tmp_path / "saved")
+    for again in (from_pretrained(str(tmp_path / "saved"), dtype=torch.bfloat16), from_pretrained(str(tmp_path / "saved"))):
+        assert again.cfg.dtype == torch.bfloat16 and again.blocks[0].mlp.W_gate.dtype == torch.float32
+        _same_parameters(again, direct)
+        tokens = direct.to_tokens(PROMPTS[:3])
+        assert torch.equal(again(tokens), direct(tokens))

@@ -144,3 +144,96 @@ def test_other_sizes_and_wrapped_checkpoints_are_named():
         model.load_and_process_state_dict({"module." + k: v for k, v in sd.items()})
     with pytest.raises(WeightLoadError, match=r"a training checkpoint.*Pass checkpoint\['state_dict'\]"):
         model.load_and_process_state_dict({"state_dict": sd, "epoch": 3})
+
+
+def _transformerlens_state_dict(model, n_ctx=None, rotary=False):
+    """model's state dict with the persistent buffers TransformerLens 2.x (v2.18) writes into every attention
+    layer (components/abstract_attention.py): a causal bool mask [n_ctx, n_ctx], IGNORE = -inf, and for rotary
+    models rotary_sin / rotary_cos [n_ctx, rotary_dim]."""
+    n = n_ctx or model.cfg.n_ctx
+    sd = dict(model.state_dict())
+    for i in range(model.cfg.n_layers):
+        sd[f"blocks.{i}.attn.mask"] = torch.tril(torch.ones((n, n)).bool())
+        sd[f"blocks.{i}.attn.IGNORE"] = torch.tensor(-torch.inf)
+        if rotary:
+            d = model.cfg.rotary_dim
+            angles = torch.arange(n)[:, None] * (10000.0 ** (-torch.arange(d // 2) / (d // 2)))[None].repeat(1, 2)
+            sd[f"blocks.{i}.attn.rotary_sin"], sd[f"blocks.{i}.attn.rotary_cos"] = angles.sin(), angles.cos()
+    return sd
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_a_transformerlens_state_dict_with_its_attention_buffers_loads(name):
+    model = HookedTransformer.from_pretrained_no_processing(name)
+    sd = _transformerlens_state_dict(model, rotary=model.cfg.positional_embedding_type == "rotary")
+    fresh = HookedTransformer(model.cfg, model.tokenizer)
+    fresh.load_and_process_state_dict(sd, fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                      fold_value_biases=False)
+    assert torch.equal(fresh(TEXT), model(TEXT))
+    processed = HookedTransformer.from_pretrained(name)
+    fresh = HookedTransformer(model.cfg, model.tokenizer)
+    fresh.load_and_process_state_dict(sd)  # processed on loading, as from_pretrained processes
+    assert torch.equal(fresh(TEXT), processed(TEXT))
+
+
+def test_attention_buffers_that_are_not_transformerlens_causal_ones_are_refused():
+    model = HookedTransformer.from_pretrained_no_processing("tiny-gpt2")
+    sd = _transformerlens_state_dict(model)
+    sd["blocks.0.attn.mask"] = torch.ones_like(sd["blocks.0.attn.mask"])  # bidirectional: not a causal model's
+    with pytest.raises(WeightLoadError, match="blocks.0.attn.mask"):
+        HookedTransformer(model.cfg, model.tokenizer).load_and_process_state_dict(sd)
+    sd = _transformerlens_state_dict(model)
+    sd["blocks.1.attn.IGNORE"] = torch.tensor(-1e5)
+    with pytest.raises(WeightLoadError, match="blocks.1.attn.IGNORE"):
+        HookedTransformer(model.cfg, model.tokenizer).load_and_process_state_dict(sd)
+
+
+def test_an_offloaded_models_state_dict_and_save_pretrained_hold_its_real_weights(tmp_path):
+    from lensutil import placement as pl
+
+    single = HookedTransformer.from_pretrained("tiny-llama")
+    n = single.cfg.n_layers
+    device_map = {u: "disk" if u.startswith("blocks.") and int(u.split(".")[1]) >= n // 2 else "cpu" for u in pl.units(single)}
+    placed = HookedTransformer.from_pretrained("tiny-llama", device_map=device_map, offload_folder=str(tmp_path / "offload"))
+    sd = placed.state_dict()
+    assert not any(v.is_meta for v in sd.values())  # not meta tensors that torch.save writes as a few KB
+    _assert_same_weights(placed, single)
+    torch.save(sd, tmp_path / "weights.pt")
+    fresh = HookedTransformer(single.cfg, single.tokenizer)
+    fresh.load_state_dict(torch.load(tmp_path / "weights.pt"))
+    assert torch.equal(fresh(TEXT), single(TEXT))
+    placed.save_pretrained(tmp_path / "saved")
+    again = HookedTransformer.from_pretrained(str(tmp_path / "saved"))
+    _assert_same_weights(again, single)
+    assert torch.equal(again(TEXT), placed(TEXT))
+    assert next(placed.blocks[n - 1].parameters()).is_meta  # still offloaded: reading them loaded nothing for good
+
+
+@pytest.mark.parametrize("mode", ["8-bit", "4-bit nf4"])
+def test_saving_a_quantised_model_is_refused_before_anything_is_written_and_says_what_to_do(mode, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from lensutil.quantization import QuantizationError, config_for_mode
+
+    model = HookedTransformer.from_pretrained("tiny-llama", quantization_config=config_for_mode(mode))
+    with pytest.raises(QuantizationError, match="save the full-precision model") as err:
+        model.save_pretrained(tmp_path / "saved")
+    assert "load_in_" in str(err.value) and not (tmp_path / "saved").exists()
+    assert list(tmp_path.iterdir()) == []
+    # What the message advises: save before quantising, quantise on loading; the same quantised model.
+    HookedTransformer.from_pretrained("tiny-llama").save_pretrained(tmp_path / "full")
+    again = HookedTransformer.from_pretrained(str(tmp_path / "full"), quantization_config=config_for_mode(mode))
+    assert again.quantization_config is not None
+    with torch.no_grad():
+        assert torch.equal(again(TEXT), model(TEXT))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_save_reloads_in_its_own_dtype_unless_another_is_asked(dtype, tmp_path):
+    model = HookedTransformer.from_pretrained("tiny-llama", dtype=dtype)
+    model.save_pretrained(tmp_path / "saved")
+    again = HookedTransformer.from_pretrained(str(tmp_path / "saved"))
+    assert again.cfg.dtype == dtype and {p.dtype for p in again.parameters()} == {dtype}
+    _assert_same_weights(again, model)
+    assert torch.equal(again(TEXT), model(TEXT))
+    wider = HookedTransformer.from_pretrained(str(tmp_path / "saved"), dtype="float32")
+    assert wider.cfg.dtype == torch.float32 and torch.equal(wider.W_E, model.W_E.float())
