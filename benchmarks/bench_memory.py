@@ -1,13 +1,16 @@
-"""Memory and speed (issue 14): lensutil's ratios to HuggingFace's default forward, side by side in one run.
+"""Memory and speed (issues 14, 24): lensutil's ratios to HuggingFace's forward, side by side in one run.
 
 Run by hand (never part of the test suite):
 
-    .venv/bin/python benchmarks/bench_memory.py [--model smollm2-135m] [--pairs 7] [--stream 1024] [--keep-freed-memory auto|always|never]
+    .venv/bin/python benchmarks/bench_memory.py [--model smollm2-135m] [--pairs 7] [--stream 1024] [--keep-freed-memory never|always]
 
 A. Ratios to HuggingFace's default forward (attn_implementation "sdpa"), float32, batch x seq tokens;
    lensutil loaded with from_pretrained_no_processing in its default mode ("sdpa" too):
    1 forward, default settings                               lensutil time / HF time     goal <= 1.05
    2 run_with_cache() of every hook                          lensutil time / HF time     goal <= 1.25
+   2b the same, against HF doing the same work: its eager forward (the attention pattern written out, as
+      run_with_cache of every hook does) with output_hidden_states=True, output_attentions=True
+                                                             lensutil time / HF time     goal <= 1.05
    3 greedy generation, one prompt (tokens/s)                lensutil tok/s / HF tok/s   goal >= 1.0
    4 run_with_cache(names_filter=every hook_resid_post)      lensutil time / HF time     goal <= 1.05
    TransformerLens 4.x (TransformerBridge) and nnsight rows when they are importable.
@@ -24,12 +27,10 @@ of the per-pair ratios (their min and max beside it), so load from other process
 during the run hits both sides of each pair alike. The load average is printed before and after.
 
 --keep-freed-memory says what the allocator does, for lensutil and HuggingFace alike (it is process-wide):
-"auto" (the default) is lensutil's own default, cache_memory.py: after a run_with_cache() of 64 MiB or
-more glibc keeps the memory the process frees, for the next call, and gets it back after 10 s idle;
-"always" calls lensutil.keep_freed_memory() before anything is loaded; "never" turns lensutil's policy
-off and leaves glibc's malloc as it comes (freed memory goes back to the kernel). The header of part A
-says which setting the run used, and the process's RSS after part A is printed beside its peak (what
-keeping costs).
+"never" (the default, and lensutil's: it changes no allocator setting by itself) leaves glibc's malloc
+as it comes (freed memory above its thresholds goes back to the kernel); "always" calls the opt-in
+lensutil.keep_freed_memory(True) before anything is loaded. The header of part A says which setting
+the run used, and the process's RSS after part A is printed beside its peak (what keeping costs).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_vs_hf import _rss_bytes, machine_report, peak_rss_delta  # noqa: E402
 
-from lensutil import cache_memory, collect_activations, keep_freed_memory, loading  # noqa: E402
+from lensutil import collect_activations, keep_freed_memory, loading  # noqa: E402
 
 
 def paired(ours: Callable, theirs: Callable, pairs: int, warmup: int = 1) -> dict:
@@ -106,19 +107,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip", default="", help="comma-separated parts to skip: A,B,C,D")
     p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's choice); "
                    "1 is steadier on a machine other jobs share")
-    p.add_argument("--keep-freed-memory", choices=("auto", "always", "never"), default="auto",
-                   help="auto: lensutil's default (glibc keeps freed memory for 10 s after a run_with_cache() of 64 MiB "
-                        "or more); always: keep_freed_memory(True); never: glibc as it comes "
-                        "(LENSUTIL_KEEP_FREED_MEMORY=0). Process-wide: lensutil and HuggingFace alike")
+    p.add_argument("--keep-freed-memory", choices=("never", "always"), default="never",
+                   help="never: glibc's malloc as it comes (lensutil's default); always: the opt-in "
+                        "keep_freed_memory(True). Process-wide: lensutil and HuggingFace alike")
     args = p.parse_args(argv)
     # Before anything is allocated, so that both sides run under the same allocator setting from the start.
     if args.keep_freed_memory == "always":
         allocator = str(keep_freed_memory(True))
-    elif args.keep_freed_memory == "never":
-        cache_memory.set_mode("off")  # glibc's thresholds untouched, as LENSUTIL_KEEP_FREED_MEMORY=0 leaves them
-        allocator = "glibc as it comes (lensutil's automatic keeping off; glibc's thresholds untouched)"
     else:
-        allocator = "lensutil's default: " + cache_memory.status()
+        allocator = "glibc's malloc as it comes (lensutil's default: no mallopt, thresholds untouched)"
     if args.threads:
         torch.set_num_threads(args.threads)
     args.repeats, args.warmup, args.processed = args.pairs, 1, False
@@ -129,18 +126,25 @@ def main(argv: list[str] | None = None) -> None:
     print(f"allocator, lensutil and HuggingFace alike: {allocator}")
 
     hf, _ = loading.load_hf(args.model, attn_implementation="sdpa")
+    hf_eager = None if "A" in skip else loading.load_hf(args.model, attn_implementation="eager")[0]
     model = loading.from_pretrained_no_processing(args.model)
     assert model.cfg.attn_implementation == hf.config._attn_implementation == "sdpa"
     tokens = torch.randint(100, model.cfg.d_vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
 
     if "A" not in skip:
-        kept = {"auto": "lensutil's default", "always": "keep_freed_memory(True)", "never": "no keeping"}[args.keep_freed_memory]
-        print(f"\nA. ratio to HuggingFace's default forward (sdpa), {args.batch} x {args.seq} tokens; "
+        kept = {"always": "keep_freed_memory(True)", "never": "glibc as it comes"}[args.keep_freed_memory]
+        print(f"\nA. ratio to HuggingFace's forward (sdpa unless named), {args.batch} x {args.seq} tokens; "
               f"median of {args.pairs} pairs [min-max]; allocator: {kept}, for both")
         hf_fwd = lambda: hf(tokens)  # noqa: E731
         resid_post = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
         print(row("1 forward, default settings", paired(lambda: model(tokens), hf_fwd, args.pairs), "<= 1.05"))
         print(row("2 run_with_cache() of every hook", paired(lambda: model.run_with_cache(tokens), hf_fwd, args.pairs), "<= 1.25"))
+        # HuggingFace asked for what it can give of a cache: every hidden state and attention pattern. sdpa
+        # returns no patterns, so eager, as run_with_cache of every hook runs eager attention too.
+        hf_same = lambda: hf_eager(tokens, output_hidden_states=True, output_attentions=True)  # noqa: E731
+        assert hf_same().attentions[0] is not None
+        print(row("2b the same vs HF eager, hidden states + attentions out", paired(lambda: model.run_with_cache(tokens),
+                                                                                    hf_same, args.pairs), "<= 1.05"))
         prompt = tokens[:1, :16]
         n = args.new_tokens
         ours_gen = lambda: model.generate(prompt, max_new_tokens=n, do_sample=False, stop_at_eos=False)  # noqa: E731

@@ -14,7 +14,7 @@ from .patching import run_with_cache_from_cache as run_with_cache_from_cache
 from .utils import get_act_name as get_act_name
 from .collect import collect_activations as collect_activations
 from .allocator import keep_freed_memory as keep_freed_memory
-from .cache_memory import release_freed_memory as release_freed_memory
+from .allocator import release_freed_memory as release_freed_memory
 from .hub import hf_token_status as hf_token_status
 from .model_names import list_models as list_models
 from . import errors as errors

@@ -15,10 +15,14 @@ The cost: the process's resident memory (RSS) no longer falls when a cache is dr
 peak, and some allocation patterns leave it above (freed blocks that a slightly larger request cannot
 use stay held while the heap grows: 256 MiB allocated and freed over and over settled at ~2.2 GiB here).
 For one process that reruns the same work that is what you want; for a long-lived process that
-caches once and then does something else, call `keep_freed_memory(False)` afterwards.
+caches once and then does something else, call `keep_freed_memory(False)` afterwards, or
+`release_freed_memory()` whenever the kept memory is wanted elsewhere.
 
-By default lensutil does this only for a while: after a large cache, until it has been idle for some
-seconds (cache_memory.py). keep_freed_memory() here is the explicit, permanent switch.
+lensutil never does this by itself: the allocator's policy is the whole process's (HuggingFace's and
+every other library's memory too), so changing it is the user's explicit choice, keep_freed_memory().
+Measured, it matters less than it looks: against HuggingFace doing the same work (its eager forward with
+output_hidden_states=True, output_attentions=True) a loop of run_with_cache() of everything takes about
+as long with or without it (benchmarks/README.md; docs/allocator.md has the internals).
 """
 
 from __future__ import annotations
@@ -43,10 +47,6 @@ KEEP_THRESHOLD = 2**31 - 1
 # setting the threshold too high", from mallopt and the MALLOC_MMAP_THRESHOLD_ variable alike); 2.36 (Debian
 # 12) takes INT_MAX. This is the most an older one accepts.
 OLD_GLIBC_MMAP_MAX = 32 * 2**20
-# Where glibc's dynamic scheme tops out (malloc.c: DEFAULT_MMAP_THRESHOLD_MAX = 4 MiB * sizeof(long) on 64-bit,
-# and the trim threshold follows at twice the mmap threshold): what the automatic policy sets when it gives back.
-SETTLED_MMAP = 32 * 2**20
-SETTLED_TRIM = 2 * SETTLED_MMAP
 
 _ENV_HINT = ("MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_MMAP_THRESHOLD_=4000000000 (glibc, set before Python "
              "starts), or LD_PRELOAD=libjemalloc.so.2 / libtcmalloc_minimal.so.4, which keep freed memory by default")
@@ -67,8 +67,7 @@ class AllocatorSettings:
     note: str
 
     def __str__(self) -> str:
-        what = ("keeping freed memory" if self.keep else "glibc defaults restored as far as possible"
-                if self.mmap_threshold == DEFAULT_THRESHOLD else "lensutil's automatic policy")
+        what = "keeping freed memory" if self.keep else "glibc defaults restored as far as possible"
         return (f"glibc {self.glibc} malloc, {what}: M_TRIM_THRESHOLD={self.trim_threshold}, "
                 f"M_MMAP_THRESHOLD={self.mmap_threshold}. {self.note}")
 
@@ -142,30 +141,23 @@ def keep_thresholds() -> int:
     raise AllocatorError(f"glibc {version} refused M_MMAP_THRESHOLD={OLD_GLIBC_MMAP_MAX}; use {_ENV_HINT}.")
 
 
-def settled_thresholds() -> None:
-    """The thresholds glibc's own dynamic scheme ends at (32 MiB mmap, 64 MiB trim)."""
-    libc = glibc_or_none()
-    if libc is not None:
-        _set(libc, M_MMAP_THRESHOLD, SETTLED_MMAP), _set(libc, M_TRIM_THRESHOLD, SETTLED_TRIM)
-
-
 def _set(libc: ctypes.CDLL, param: int, value: int) -> bool:
     return libc.mallopt(param, value) == 1
 
 
-def keep_freed_memory(enabled: bool | str = True) -> AllocatorSettings:
-    """Make glibc's malloc keep freed memory for reuse (True), go back to its defaults (False), or hand the
-    choice back to lensutil's automatic policy ("auto", the default state; cache_memory.py).
+def keep_freed_memory(enabled: bool = True) -> AllocatorSettings:
+    """Make glibc's malloc keep freed memory for reuse (enabled=True), or go back to its defaults (False).
 
-    lensutil's own. It acts on the whole process from the next allocation on: every library's memory
-    (HuggingFace's too), not only lensutil's. Linux with glibc only; elsewhere it raises AllocatorError.
-    Either True or False turns the automatic policy off until keep_freed_memory("auto").
+    lensutil's own, and never done by default. It acts on the whole process from the next allocation on:
+    every library's memory (HuggingFace's too), not only lensutil's. Linux with glibc only; elsewhere it
+    raises AllocatorError.
 
     enabled=True sets M_TRIM_THRESHOLD and M_MMAP_THRESHOLD to INT_MAX (2 GiB - 1; mallopt takes an int):
     freed blocks stay in the heap for the next allocation instead of going back to the kernel. Single
     blocks of 2 GiB or more are still mmap'ed, and free memory at the top of the heap beyond 2 GiB is
     still trimmed; the environment variables in the error message go higher. An older glibc caps the
-    mmap threshold at 32 MiB; the result says when that cap applied.
+    mmap threshold at 32 MiB; the result says when that cap applied. release_freed_memory() gives what
+    is kept back at any time, and keeping goes on.
 
     enabled=False sets both back to glibc's starting value (128 KiB) and calls malloc_trim(0) to give
     the kept free memory back to the kernel. What cannot be undone: glibc normally raises both
@@ -173,25 +165,16 @@ def keep_freed_memory(enabled: bool | str = True) -> AllocatorSettings:
     32 MiB); any mallopt of them turns that off for the rest of the process, so afterwards blocks of
     128 KiB or more are always mmap'ed. Thresholds from MALLOC_*_ variables at start-up are overridden too.
 
-    enabled="auto" gives kept memory back, sets the thresholds where glibc's dynamic scheme tops out
-    (32 MiB mmap, 64 MiB trim), and lets large caches switch keeping on for a while again.
-
     The trade-off: RSS stays at its peak after a cache is dropped (sometimes above it, see the module
     docstring); measure with this off.
     """
-    from . import cache_memory
-
-    if enabled not in (True, False, "auto"):
-        raise AllocatorError(f"keep_freed_memory() takes True, False or 'auto', not {enabled!r}.")
+    if enabled == "auto":  # lensutil's former default, gone (issue 24): say what replaced it
+        raise AllocatorError("keep_freed_memory('auto') is gone: lensutil no longer changes the allocator by itself, "
+                             "so the default is glibc's malloc as it comes. Call keep_freed_memory(True) to keep "
+                             "freed memory, release_freed_memory() to give it back.")
+    if enabled not in (True, False):
+        raise AllocatorError(f"keep_freed_memory() takes True or False, not {enabled!r}.")
     libc, version = glibc()
-    if enabled == "auto":
-        cache_memory.set_mode("auto")
-        settled_thresholds()
-        released = trim()
-        note = ("Kept free memory " + ("given back to the kernel." if released else "was none to give back.") + " "
-                + cache_memory.status()[:1].upper() + cache_memory.status()[1:] + ".")
-        return AllocatorSettings(False, SETTLED_TRIM, SETTLED_MMAP, version, note)
-    cache_memory.set_mode("keep" if enabled else "off")
     if not enabled:
         ok = _set(libc, M_TRIM_THRESHOLD, DEFAULT_THRESHOLD) and _set(libc, M_MMAP_THRESHOLD, DEFAULT_THRESHOLD)
         if not ok:
@@ -200,8 +183,7 @@ def keep_freed_memory(enabled: bool | str = True) -> AllocatorSettings:
         released = trim()
         note = ("Kept free memory " + ("given back to the kernel (malloc_trim)." if released else "was none to give back.")
                 + " Not undone: glibc's dynamic thresholds stay off for this process (blocks >= 128 KiB are "
-                  "always mmap'ed now); restart the process for glibc's own behaviour. Automatic keeping after "
-                  "large caches is off too; keep_freed_memory('auto') turns it back on.")
+                  "always mmap'ed now); restart the process for glibc's own behaviour.")
         return AllocatorSettings(False, DEFAULT_THRESHOLD, DEFAULT_THRESHOLD, version, note)
     mmap = keep_thresholds()
     note = "Freed blocks under 2 GiB stay in the heap; RSS no longer falls when memory is freed."
@@ -210,3 +192,16 @@ def keep_freed_memory(enabled: bool | str = True) -> AllocatorSettings:
                 f"mmap'ed and fault each call; to keep them too, start Python with MALLOC_MMAP_MAX_=0 (no mmap at "
                 f"all) or LD_PRELOAD=libjemalloc.so.2.")
     return AllocatorSettings(True, KEEP_THRESHOLD, mmap, version, note)
+
+
+def release_freed_memory() -> int:
+    """Give the freed memory this process keeps back to the kernel now; returns how far RSS fell (bytes).
+
+    lensutil's own: malloc_trim(0), which changes no setting. Under keep_freed_memory(True) call it when
+    the kept memory is wanted elsewhere (before measuring memory, or before another step): it gives back
+    what is free now and keeping goes on. Without it glibc keeps a little by itself (up to its trim
+    threshold), which this gives back too. It does nothing where glibc's malloc is not in use.
+    """
+    before = rss_bytes()
+    trim()
+    return max(0, before - rss_bytes())

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from . import cache_memory
 from .activation_cache import ActivationCache, describe_names_filter
 from .errors import HookFlagError, HookNameError, HookShapeError, LensError, close_matches
 
@@ -418,7 +417,7 @@ class HookedRootModule(nn.Module):
         """
         selected = self.hook_names_matching(names_filter)  # checks names before anything runs
         cache_dict, fwd, bwd = self._caching_hooks(selected, incl_bwd, device, remove_batch_dim)
-        with cache_memory.caching(), self.hooks(fwd, bwd, reset_hooks_end, clear_contexts):
+        with self.hooks(fwd, bwd, reset_hooks_end, clear_contexts):
             out = self(*model_args, **model_kwargs)
             if incl_bwd:
                 if not isinstance(out, Tensor) or out.numel() != 1:
@@ -429,7 +428,6 @@ class HookedRootModule(nn.Module):
                     )
                 out.backward()
         if not return_cache_object:
-            cache_memory.after_cache(cache_dict.values(), cache_dict)  # a large cache's memory is kept for the next
             return out, cache_dict
         cache = ActivationCache(
             cache_dict,
@@ -438,7 +436,6 @@ class HookedRootModule(nn.Module):
             names_filter_description=describe_names_filter(names_filter),
             selected_names=set(selected),
         )
-        cache_memory.after_cache(cache_dict.values(), cache)
         return out, cache
 
     # ---- discovery ----------------------------------------------------------------------------
