@@ -311,3 +311,32 @@ def test_support_table_is_measured_and_printable(monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(LensError, match="pip install pandas"):
         table.to_dataframe()
+
+
+# ---- flags never change outputs (issue 24, item 1.6) -------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [None, "8-bit", "4-bit nf4"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_hook_flags_never_change_the_output(name, mode):
+    model = lens(name) if mode is None else lens_q(name, mode)
+    tokens = model.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        plain = model(tokens)
+        for flag in ["set_use_attn_result", "set_use_split_qkv_input", "set_use_hook_mlp_in"]:
+            getattr(model, flag)(True)
+            try:
+                flagged, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_result"))
+                cached = cache if flag == "set_use_attn_result" else cached
+                assert torch.equal(model(tokens), plain) and torch.equal(flagged, plain), flag
+            finally:
+                getattr(model, flag)(False)
+        # an edit of a head's result still reaches the output, as zeroing that head's z does
+        model.set_use_attn_result(True)
+        try:
+            no_head_0 = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_result", lambda r, hook: r.index_fill(2, torch.tensor([0]), 0))])
+        finally:
+            model.set_use_attn_result(False)
+        no_z_0 = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", lambda z, hook: z.index_fill(2, torch.tensor([0]), 0))])
+    assert "blocks.0.attn.hook_result" in cached and not torch.allclose(no_head_0, plain)
+    assert torch.allclose(no_head_0, no_z_0, atol=1e-4 if mode is None else 0.1)
