@@ -225,13 +225,19 @@ class Attention(QuantizableLinears):
                 k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             z = self._eager_attention(q, k, v, ctx)
         z = self.hook_z(z.transpose(1, 2))
-        if cfg.use_attn_result:
+        out = self._linear(z.reshape(*z.shape[:2], -1), "W_O", self.b_O, layout="heads_out")  # a view, no copy
+        if cfg.use_attn_result and self.hook_result.has_hooks:
+            # Flags never change outputs: the output stays the one matmul above, since summing per-head
+            # results rounds otherwise (1e-6 in float32; 0.06 in 8-bit, where LLM.int8() scales each
+            # head's zero-padded row by its own max). What a hook changes in a head's result is added
+            # to it, so edits reach the output; an unchanged result adds exact zeros.
             if self.quantized_linear("W_O") is not None:
-                result = self.hook_result(self._per_head_result(z, "W_O"))
+                result = self._per_head_result(z, "W_O")
             else:
-                result = self.hook_result(torch.einsum("bphe,hem->bphm", z, self.W_O))
-            return result.sum(dim=2) + self.b_O
-        return self._linear(z.reshape(*z.shape[:2], -1), "W_O", self.b_O, layout="heads_out")  # a view, no copy
+                result = torch.einsum("bphe,hem->bphm", z, self.W_O)
+            before = result.clone()  # a hook may edit in place
+            out = out + (self.hook_result(result) - before).sum(dim=2)
+        return out
 
     def _eager_attention(self, q, k, v, ctx: AttentionContext):
         # HuggingFace's eager order of operations, so logits agree with it bit for bit.

@@ -15,8 +15,10 @@ tied output embedding) and the MoE router. One difference: transformers 5 keeps 
 experts as fused 3-D parameters, which its bitsandbytes integration does not quantise (it
 replaces nn.Linear and Conv1D only), while lensutil quantises each expert's matrices (most of a
 Mixtral's weights). BitsAndBytesConfig(llm_int8_skip_modules=["lm_head", "experts"]) keeps
-lensutil's experts in full precision too, for a like-for-like comparison. Skip patterns match
-lensutil's weight paths (e.g. "blocks.0.attn.W_Q") at dot boundaries.
+lensutil's experts in full precision too, for a like-for-like comparison. Skip patterns are read
+as HuggingFace reads them, against HF's module names ("lm_head", "down_proj", GPT-2's fused
+"c_attn" = W_Q, W_K, W_V), mapped to lensutil's weights by the model's adapter; lensutil's own
+weight paths (e.g. "blocks.0.attn.W_Q") match too, at dot boundaries (skipped_weights).
 
 Axis names: see lensutil/components.py.
 """
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .quantized_linear import FROM_OUT_IN, TO_OUT_IN, QuantizableLinears, QuantizedLinear, weight_bytes
+from .quantized_linear import FROM_OUT_IN, TO_OUT_IN, QuantizableLinears, QuantizedLinear, held_bytes, weight_tensors
 
 INSTALL = 'pip install "bitsandbytes>=0.48"'
 MODES = ("8-bit", "4-bit nf4", "4-bit fp4")
@@ -182,6 +184,53 @@ def _skipped(path: str, patterns) -> bool:
     return any(re.search(rf"(?:^|\.)(?:{p})(?:\.|$)", path) for p in patterns or ())
 
 
+def _hf_matches(pattern: str, module: str) -> bool:
+    """HuggingFace's rule (transformers.quantizers.quantizers_utils.should_convert_module): from the start up
+    to a module boundary, as a regex with that boundary, or as a suffix ("down_proj" matches "model.layers.0.mlp.down_proj")."""
+    return bool(re.match(rf"(?:{pattern})(?:(?<=\.)|(?=\.|$))", module)) or module.endswith(pattern)
+
+
+def _under(path: str, targets) -> bool:
+    # a target is a weight ("blocks.0.attn.W_K") or a prefix ("blocks.0.mlp.experts"); GQA's compact _W_K is W_K
+    path = re.sub(r"\._(W_[KV])$", r".\1", path)
+    return any(path == t or path.startswith(t + ".") for t in targets)
+
+
+def skipped_weights(model: nn.Module, paths: list[str], patterns) -> set[str]:
+    """Which of `paths` (quantisable weights) `llm_int8_skip_modules` keeps in full precision, read as
+    HuggingFace reads it. A pattern may name HF modules ("lm_head", "down_proj", "c_attn",
+    "model.layers.0.self_attn": the adapter says which lensutil weights each holds; GPT-2's c_attn
+    holds W_Q, W_K and W_V) or lensutil weights ("blocks.0.attn.W_Q", "experts"). A list replaces HF's
+    default, which keeps the output embedding (lm_head) unquantised; lensutil's W_U always stays full
+    precision, so a list that leaves lm_head out is refused instead of quietly differing from HF."""
+    from .adapters import adapter_for
+
+    adapter = adapter_for(model.cfg) if hasattr(model, "cfg") else None
+    hf_names = adapter.module_names(model.cfg) if adapter is not None and adapter.module_names is not None else {}
+    if patterns is None:
+        return set()
+    skip = set()
+    for pattern in patterns:
+        hf_hits = [n for n in hf_names if _hf_matches(pattern, n)]
+        hits = {p for p in paths if _skipped(p, [pattern]) or _under(p, [t for n in hf_hits for t in hf_names[n]])}
+        if not hf_hits and not hits:
+            leaves = sorted({n.split(".")[-1] for n in hf_names})
+            raise QuantizationError(
+                f"llm_int8_skip_modules names {pattern!r}, which matches no module of this model. "
+                + (f"HuggingFace's linear modules here end in {', '.join(leaves)} (e.g. {next(iter(hf_names))!r}); " if hf_names else "")
+                + f"lensutil's weights are paths such as {paths[0]!r}. Check the spelling."
+            )
+        skip |= hits
+    output = [n for n, targets in hf_names.items() if "unembed.W_U" in targets]
+    if output and not any(_hf_matches(p, output[0]) or _skipped("unembed.W_U", [p]) for p in patterns):
+        raise QuantizationError(
+            f"llm_int8_skip_modules={list(patterns)!r} leaves out {output[0]!r}. A list replaces HuggingFace's default skips, so "
+            f"HuggingFace would quantise {output[0]!r} (and fail where it is tied to the embedding), while lensutil keeps its "
+            f"unembedding W_U in full precision. Add {output[0]!r} to the list (the model is then HF's, byte for byte)."
+        )
+    return skip
+
+
 def linear_weights(module: QuantizableLinears) -> dict[str, str]:
     """The quantisable weights of a component and their layouts: its W... parameters (W_O maps heads out)."""
     layouts = {}
@@ -207,19 +256,18 @@ def quantize_(model: nn.Module, config) -> nn.Module:
     require_bitsandbytes()
     for device in {p.device for p in model.parameters()}:
         check_mode_runs(config, device)
-    skip = config.llm_int8_skip_modules
-    for path, module in list(model.named_modules()):
-        if not isinstance(module, QuantizableLinears):
+    weights = [(path, module, name, layout) for path, module in model.named_modules() if isinstance(module, QuantizableLinears)
+               for name, layout in linear_weights(module).items()]
+    skip = skipped_weights(model, [f"{path}.{name}" for path, _, name, _ in weights], config.llm_int8_skip_modules)
+    for path, module, name, layout in weights:
+        if f"{path}.{name}" in skip:
             continue
-        for name, layout in linear_weights(module).items():
-            if _skipped(f"{path}.{name}", skip):
-                continue
-            param = module._parameters[name]
-            lin = make_bnb_linear(TO_OUT_IN[layout](param.detach()), config)
-            if "quantized" not in module._modules:
-                module.add_module("quantized", nn.ModuleDict())
-            del module._parameters[name]
-            module._modules["quantized"][name] = QuantizedLinear(lin, layout, tuple(param.shape))
+        param = module._parameters[name]
+        lin = make_bnb_linear(TO_OUT_IN[layout](param.detach()), config)
+        if "quantized" not in module._modules:
+            module.add_module("quantized", nn.ModuleDict())
+        del module._parameters[name]
+        module._modules["quantized"][name] = QuantizedLinear(lin, layout, tuple(param.shape))
     model.quantization_config = config
     return model.eval()
 
@@ -291,21 +339,34 @@ def dequantized_state_dict(hf_model) -> dict:
 
 
 def weight_memory(model: nn.Module) -> dict:
-    """Bytes of a model's weights (lensutil's or HuggingFace's): all of them, the quantised linears', and
-    what those linears take in float32. Quantisation statistics (absmax, scales) are counted."""
+    """Bytes of a model's weights (lensutil's or HuggingFace's) as held in memory: all of them, the
+    quantised linears', and what those linears take in float32. Quantisation statistics (absmax,
+    scales) are counted. Each storage counts once, however many parameters view it: HF's tied
+    lm_head is its input embedding (once), while lensutil's W_U, like TransformerLens', is a
+    parameter of its own (counted, since it is held)."""
     bnb = require_bitsandbytes()
-    quantized = float32 = 0
-    seen = set()
+    linears = {}
     for module in model.modules():
         lin = module.linear if isinstance(module, QuantizedLinear) else module
-        if isinstance(lin, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) and id(lin) not in seen:
-            seen.add(id(lin))
-            quantized += weight_bytes(lin)
-            float32 += lin.in_features * lin.out_features * 4
-    quantized_ids = {id(m.weight) for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
-    others = sum(p.numel() * p.element_size() for p in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
-                 if id(p) not in quantized_ids)
-    return {"total": others + quantized, "linear": quantized, "linear_float32": float32}
+        if isinstance(lin, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
+            linears[id(lin)] = lin
+    quantized = [t for lin in linears.values() for t in weight_tensors(lin)]
+    float32 = sum(lin.in_features * lin.out_features * 4 for lin in linears.values())
+    return {"total": held_bytes([*model.parameters(), *model.buffers(), *quantized]), "linear": held_bytes(quantized),
+            "linear_float32": float32, "unembed_apart": unembed_apart_bytes(model)}
+
+
+def unembed_apart_bytes(model: nn.Module) -> int:
+    """Bytes lensutil holds for W_U apart from W_E where the checkpoint ties them (HF holds that matrix
+    once); 0 for an untied model, for an HF model, and where W_U views W_E's storage. lensutil keeps
+    W_U a parameter of its own, as TransformerLens does, so an edit of one never reaches the other."""
+    cfg, unembed = getattr(model, "cfg", None), getattr(model, "unembed", None)
+    if unembed is None or not getattr(cfg, "tie_word_embeddings", False):
+        return 0
+    quantized = unembed.quantized_linear("W_U") if hasattr(unembed, "quantized_linear") else None
+    tensors = weight_tensors(quantized.linear) if quantized is not None else [unembed.W_U]
+    embed = held_bytes([model.W_E])
+    return held_bytes([*tensors, model.W_E]) - embed  # 0 when they share a storage
 
 
 __all__ = ["QuantizationError", "config_from_kwargs", "quantize_", "is_quantized", "weight_memory", "FROM_OUT_IN"]

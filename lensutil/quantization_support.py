@@ -162,7 +162,7 @@ def quantization_support(models=TINY, modes=("none", *MODES), device: str | None
     from .errors import LensError
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    rows = []
+    rows, apart = [], {}
     for name in models:
         arch = ARCHITECTURES.get(name, name)
         lens32, hf32 = _load(name, device)
@@ -170,6 +170,8 @@ def quantization_support(models=TINY, modes=("none", *MODES), device: str | None
         tokens = [t[0] if isinstance(t, tuple) else t for t in tokens]  # encoders: (ids, token types, mask)
         ref, hf_ref = _logits(lens32, tokens, hf=False), _logits(hf32, tokens, hf=True)
         mem32, hf_mem32 = weight_memory(lens32)["total"], weight_memory(hf32)["total"]
+        if weight_memory(lens32)["unembed_apart"]:
+            apart[arch] = (weight_memory(lens32)["unembed_apart"], mem32, hf_mem32)
         for mode in modes:
             if mode == "none":
                 rows.append(SupportRow(name, arch, "none (float32)", True, memory=1.0, max_dlogit=0.0, top1=1.0,
@@ -199,11 +201,18 @@ def quantization_support(models=TINY, modes=("none", *MODES), device: str | None
     import transformers
 
     notes = [f"bitsandbytes {bitsandbytes.__version__}, transformers {transformers.__version__}, torch {torch.__version__}; "
-             f"{len(prompts)} prompts, every position; eager attention on both sides; memory = all weights vs float32.",
+             f"{len(prompts)} prompts, every position; eager attention on both sides; memory = all weights as held "
+             "(each storage once) vs float32.",
              "Δ vs HF: max |Δ logit| between lensutil and HuggingFace in the same mode (float32, or the same bytes "
              "through the same bitsandbytes kernels); 0 is bit for bit.",
              "Mixtral: HuggingFace leaves the fused experts in float32 (its bnb integration replaces nn.Linear only); "
              "lensutil quantises them. 'Δ vs HF' compares with lensutil skipping them too (llm_int8_skip_modules)."]
+    if apart:
+        notes.append("W_U: lensutil holds the unembedding apart from the embedding, as TransformerLens does (an edit of one "
+                     "never reaches the other); where the checkpoint ties them HuggingFace holds that matrix once. In float32: "
+                     + "; ".join(f"{arch} +{b / 2**20:.1f} MiB ({mem / 2**20:.1f} vs HF {hf / 2**20:.1f} MiB)"
+                                 for arch, (b, mem, hf) in apart.items())
+                     + ". It stays full precision in every mode, so 'memory' (vs lensutil's own float32) includes it.")
     keep = {"Mixtral": "tiny-mixtral" in models}
     return SupportTable(rows, device, [n for n in notes if keep.get(n.split(":")[0], True)])
 

@@ -100,19 +100,34 @@ class QuantizedLinear(nn.Module):
         return weight_bytes(self.linear)
 
 
-def weight_bytes(bnb_linear: nn.Module) -> int:
-    """Bytes of a bitsandbytes linear's weight and statistics (HF's modules too; bias not counted)."""
+def weight_tensors(bnb_linear: nn.Module) -> list[Tensor]:
+    """A bitsandbytes linear's packed weight and its quantisation statistics (HF's modules too; bias not included)."""
     weight = bnb_linear.weight
-    total = weight.data.numel() * weight.data.element_size()
+    tensors = [weight.data]
     state = getattr(weight, "quant_state", None)
-    tensors = []
     if state is not None:
         tensors += [state.absmax, state.code]
         if state.state2 is not None:
             tensors += [state.state2.absmax, state.state2.code, state.offset]
     else:
         tensors += [bnb_linear.state.SCB if bnb_linear.state.SCB is not None else weight.SCB]
-    return total + sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
+    return [t for t in tensors if isinstance(t, Tensor)]
+
+
+def held_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind `tensors`: a storage several tensors view (a tied matrix and
+    its transpose, GPT-2's W_Q/W_K/W_V over one c_attn buffer) is held once; a meta tensor holds none."""
+    storages = {}
+    for t in tensors:
+        if t.device.type != "meta":
+            s = t.untyped_storage()
+            storages[(t.device, s.data_ptr())] = s.nbytes()
+    return sum(storages.values())
+
+
+def weight_bytes(bnb_linear: nn.Module) -> int:
+    """Bytes of a bitsandbytes linear's weight and statistics (HF's modules too; bias not counted)."""
+    return held_bytes(weight_tensors(bnb_linear))
 
 
 class QuantizableLinears(nn.Module):

@@ -165,3 +165,100 @@ def test_collects_less_memory_than_run_with_cache_of_everything():
     everything = sum(t.numel() * t.element_size() for t in cache.values())
     kept = got["blocks.0.hook_resid_post"]
     assert everything >= 20 * kept.numel() * kept.element_size()
+
+
+# ---- encoders and a tokenizer's own output (issue 24, item 1.5) ---------------------------------
+PAIRS = [("The cat sat on the mat.", "It was tired."), ("Paris is the capital of [MASK].", "France"),
+         ("Hi", "there, how are you today?"), ("Water boils at", "100 degrees"), ("One", "Two")]
+ENC_HOOKS = ["embed.hook_token_type_embed", "hook_full_embed", "blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]
+
+
+def _encoder_reference(model, batches, names):
+    """run_with_cache of each batch as the model takes it (texts or pairs); every real position, in order."""
+    out = {n: [] for n in names}
+    for batch in batches:
+        _, cache = model.run_with_cache(batch, names_filter=names, return_type="logits" if model.cfg.mlm_head else "embeddings")
+        mask = model.to_tokens(*([list(a for a, _ in batch), list(b for _, b in batch)] if isinstance(batch[0], tuple) else [batch]))[2]
+        for n in names:
+            out[n].append(cache[n][mask.bool()])
+    return {n: torch.cat(v) for n, v in out.items()}
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "minilm-l6"])
+def test_encoder_rows_equal_run_with_cache_with_special_tokens_and_token_types(name):
+    from _models import encoder
+
+    model = encoder(name)
+    after = ["mlm_head.ln.hook_normalized"] if model.cfg.mlm_head else []
+    names = [*ENC_HOOKS, *after, f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+    for inputs, batches in ((PAIRS, [PAIRS[0:2], PAIRS[2:4], PAIRS[4:]]),
+                            ([a for a, _ in PAIRS], [[a for a, _ in PAIRS[i:i + 2]] for i in range(0, 5, 2)])):
+        got = collect_activations(model, inputs, names, batch_size=2, progress=False)
+        ref = _encoder_reference(model, batches, names)
+        n_real = sum(len(model.to_str_tokens(x)) for x in inputs)  # [CLS] and [SEP]s included
+        for n in names:
+            assert got[n].shape[0] == n_real and torch.equal(got[n], ref[n]), n
+        assert got["_pos"][0] == 0 and model.to_str_tokens(inputs[0])[0] == "[CLS]"
+        types = ref["embed.hook_token_type_embed"]  # sentence B's rows differ from A's only if types reach the model
+        assert (types != types[0]).any(-1).any() == (inputs is PAIRS)
+
+
+def test_encoder_forward_stops_after_the_last_block_needed():
+    from _models import encoder
+
+    model = encoder("tiny-bert")
+    calls = []
+    with model.hooks(fwd_hooks=[("blocks.1.attn.hook_q", lambda t, hook: calls.append("block 1")),
+                                ("mlm_head.ln.hook_normalized", lambda t, hook: calls.append("mlm_head"))]):
+        collect_activations(model, PAIRS, ["blocks.0.hook_resid_post"], progress=False)
+        assert calls == []
+        collect_activations(model, PAIRS, ["hook_full_embed"], progress=False)
+        assert calls == []
+        collect_activations(model, PAIRS, ["blocks.1.attn.hook_z"], batch_size=5, progress=False)
+        assert calls == ["block 1"]
+        collect_activations(model, PAIRS, ["mlm_head.ln.hook_normalized"], batch_size=5, progress=False)
+        assert calls == ["block 1", "block 1", "mlm_head"]
+    assert model.list_hooks() == {}
+
+
+def test_a_tokenizers_output_is_collected_as_its_token_ids_not_its_key_names():
+    from _models import encoder
+
+    model = encoder("tiny-bert")
+    enc = model.tokenizer([a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True, return_tensors="pt")
+    got = collect_activations(model, enc, ENC_HOOKS, batch_size=5, progress=True)
+    _, cache = model.run_with_cache(enc["input_ids"], token_type_ids=enc["token_type_ids"],
+                                    attention_mask=enc["attention_mask"], names_filter=ENC_HOOKS)
+    mask = enc["attention_mask"].bool()
+    assert got["_seq"].max() == 4 and got["_seq"].shape[0] == int(mask.sum())
+    for n in ENC_HOOKS:
+        assert torch.equal(got[n], cache[n][mask]), n
+    decoder = lens("tiny-llama")
+    enc = decoder.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    got = collect_activations(decoder, enc, HOOKS, batch_size=2, progress=False)
+    ref = {n: [] for n in HOOKS}
+    for i in range(0, 5, 2):
+        ids, m = enc["input_ids"][i:i + 2], enc["attention_mask"][i:i + 2]
+        _, cache = decoder.run_with_cache(ids, attention_mask=m if not m.all() else None, names_filter=HOOKS)
+        for n in HOOKS:
+            ref[n].append(cache[n][m.bool()])
+    for n in HOOKS:
+        assert torch.equal(got[n], torch.cat(ref[n])), n
+
+
+def test_encoder_and_tokenizer_input_mistakes_are_explained():
+    from _models import encoder
+
+    model = encoder("tiny-bert")
+    with pytest.raises(InputError, match="input_ids"):
+        collect_activations(model, {"text": PAIRS}, ENC_HOOKS, progress=False)
+    with pytest.raises(InputError, match="prepend_bos"):
+        collect_activations(model, PAIRS, ENC_HOOKS, prepend_bos=True, progress=False)
+    with pytest.raises(InputError, match="pairs"):
+        collect_activations(model, ["One text", ("a", "pair")], ENC_HOOKS, progress=False)
+    decoder = lens("tiny-llama")
+    ids, mask = tokenize(decoder, TEXTS)
+    with pytest.raises(InputError, match="token_type_ids"):
+        collect_activations(decoder, {"input_ids": ids, "attention_mask": mask, "token_type_ids": mask}, HOOKS, progress=False)
+    with pytest.raises(InputError, match="same length"):
+        collect_activations(decoder, [{"input_ids": [[1, 2, 3], [4]]}], HOOKS, progress=False)

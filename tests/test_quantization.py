@@ -311,3 +311,112 @@ def test_support_table_is_measured_and_printable(monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(LensError, match="pip install pandas"):
         table.to_dataframe()
+
+
+# ---- flags never change outputs (issue 24, item 1.6) -------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [None, "8-bit", "4-bit nf4"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_hook_flags_never_change_the_output(name, mode):
+    model = lens(name) if mode is None else lens_q(name, mode)
+    tokens = model.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        plain = model(tokens)
+        for flag in ["set_use_attn_result", "set_use_split_qkv_input", "set_use_hook_mlp_in"]:
+            getattr(model, flag)(True)
+            try:
+                flagged, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_result"))
+                cached = cache if flag == "set_use_attn_result" else cached
+                assert torch.equal(model(tokens), plain) and torch.equal(flagged, plain), flag
+            finally:
+                getattr(model, flag)(False)
+        # an edit of a head's result still reaches the output, as zeroing that head's z does
+        model.set_use_attn_result(True)
+        try:
+            no_head_0 = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_result", lambda r, hook: r.index_fill(2, torch.tensor([0]), 0))])
+        finally:
+            model.set_use_attn_result(False)
+        no_z_0 = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", lambda z, hook: z.index_fill(2, torch.tensor([0]), 0))])
+    assert "blocks.0.attn.hook_result" in cached and not torch.allclose(no_head_0, plain)
+    assert torch.allclose(no_head_0, no_z_0, atol=1e-4 if mode is None else 0.1)
+
+
+# ---- weight memory counts what is held (issue 24, item 1.7) -------------------------------------
+
+
+def _shares_storage(a, b):
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def test_weight_memory_counts_each_storage_once():
+    import copy
+
+    model = lens("tiny-gpt2")  # tied: HF holds wte once, as lm_head too
+    W_U, b_U = model.unembed.W_U, model.unembed.b_U
+    apart = 0 if _shares_storage(W_U, model.embed.W_E) else W_U.nbytes
+    mem = weight_memory(model)
+    assert mem["unembed_apart"] == apart and weight_memory(hf("tiny-gpt2"))["unembed_apart"] == 0
+    assert mem["total"] == weight_memory(hf("tiny-gpt2"))["total"] + apart + b_U.nbytes  # b_U: zeros HF does not hold
+    assert weight_memory(lens("tiny-llama"))["unembed_apart"] == 0  # untied: HF holds lm_head apart too
+    shared, separate = copy.deepcopy(model), copy.deepcopy(model)
+    shared.unembed.W_U = torch.nn.Parameter(shared.embed.W_E.detach().T)  # one storage, two parameters
+    separate.unembed.W_U = torch.nn.Parameter(separate.embed.W_E.detach().T.clone())
+    assert weight_memory(separate)["total"] - weight_memory(shared)["total"] == W_U.nbytes
+    assert weight_memory(separate)["unembed_apart"] == W_U.nbytes and weight_memory(shared)["unembed_apart"] == 0
+
+
+# ---- llm_int8_skip_modules with HuggingFace's module names (issue 24, item 1.6) -----------------
+
+
+@pytest.mark.parametrize("name, mode, skip, kept", [
+    ("tiny-llama", "8-bit", ["lm_head", "down_proj"], ["blocks.{i}.mlp.W_out"]),
+    ("tiny-llama", "4-bit nf4", ["lm_head", "model.layers.0.self_attn"], ["blocks.0.attn.W_Q", "blocks.0.attn.W_O"]),
+    ("tiny-gpt2", "4-bit nf4", ["lm_head", "c_attn"], ["blocks.{i}.attn.W_Q", "blocks.{i}.attn.W_K", "blocks.{i}.attn.W_V"]),
+    ("tiny-gpt2", "8-bit", ["lm_head", "mlp.c_proj"], ["blocks.{i}.mlp.W_out"]),
+])
+def test_skip_modules_named_as_in_huggingface_keep_the_same_weights_full_precision(name, mode, skip, kept):
+    config = config_for_mode(mode, llm_int8_skip_modules=skip)
+    model = from_pretrained_no_processing(name, quantization_config=config, attn_implementation="eager")
+    params = dict(model.named_parameters())
+    for k in kept:
+        for i in range(model.cfg.n_layers) if "{i}" in k else [None]:
+            assert k.format(i=i) in params, k.format(i=i)
+    assert "blocks.1.attn.W_O" not in params  # the rest is quantised
+    tokens = _tokens(name)
+    assert torch.equal(_run(model, tokens), _run(load_hf(name, quantization_config=config)[0], tokens, hf_side=True))
+
+
+def test_skip_modules_that_name_nothing_or_drop_lm_head_are_refused():
+    with pytest.raises(LensError, match=r"'down_prj'.*down_proj"):
+        from_pretrained_no_processing("tiny-llama", quantization_config=config_for_mode("8-bit", llm_int8_skip_modules=["lm_head", "down_prj"]))
+    with pytest.raises(LensError, match=r"lm_head"):  # HF would quantise lm_head (a list replaces its default); lensutil does not
+        from_pretrained_no_processing("tiny-llama", quantization_config=config_for_mode("8-bit", llm_int8_skip_modules=["down_proj"]))
+
+
+# ---- 4-bit double quantisation (issue 24, item 1.6): not fixed yet --------------------------------
+# Double quantisation quantises each matrix's block scales again, in blocks of 256 around their mean
+# over the whole matrix: HF quantises GPT-2's fused c_attn as one matrix, lensutil W_Q, W_K, W_V apart
+# (other means, other blocks); and re-quantising HF's dequantised weights (hf_model=) does not give its
+# codes back once the scales themselves are rounded. Strict xfail: these fail today and flag the fix.
+DOUBLE = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+
+
+@pytest.mark.xfail(strict=True, reason="GPT-2's c_attn is quantised as three matrices, not one (issue 24, item 1.6)")
+def test_double_quantised_gpt2_matches_huggingface():
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(**DOUBLE)
+    model = from_pretrained_no_processing("tiny-gpt2", quantization_config=config, attn_implementation="eager")
+    tokens = _tokens("tiny-gpt2")
+    assert torch.equal(_run(model, tokens), _run(load_hf("tiny-gpt2", quantization_config=config)[0], tokens, hf_side=True))
+
+
+@pytest.mark.xfail(strict=True, reason="hf_model= re-quantises dequantised double-quantised weights (issue 24, item 1.6)")
+def test_double_quantised_hf_model_loads_as_it_is():
+    from transformers import BitsAndBytesConfig
+
+    ref = load_hf("tiny-llama", quantization_config=BitsAndBytesConfig(**DOUBLE))[0]
+    model = from_pretrained_no_processing("tiny-llama", hf_model=ref, attn_implementation="eager")
+    tokens = _tokens("tiny-llama")
+    assert torch.equal(_run(model, tokens), _run(ref, tokens, hf_side=True))

@@ -33,6 +33,9 @@ class Adapter:
     # The transformers auto class that loads the family; anything but AutoModelForCausalLM is an
     # encoder, loaded by HookedEncoder.from_pretrained (lensutil.encoder) rather than HookedTransformer.
     auto_class: str = "AutoModelForCausalLM"
+    # HF linear module name -> the lensutil weights (or prefixes of them) it holds, for cfg: what lets
+    # BitsAndBytesConfig(llm_int8_skip_modules=["lm_head", "down_proj"]) mean what it means in HF.
+    module_names: Callable[[HookedTransformerConfig], dict[str, tuple[str, ...]]] | None = None
 
     @property
     def is_encoder(self) -> bool:
@@ -57,6 +60,11 @@ def _registry() -> dict[str, Adapter]:
 
 def supported_architectures() -> list[str]:
     return sorted(_registry())
+
+
+def adapter_for(cfg: HookedTransformerConfig) -> Adapter | None:
+    """The adapter a model was converted with (cfg.original_architecture), or None for one built from a config."""
+    return _registry().get(getattr(cfg, "original_architecture", None) or "")
 
 
 def get_adapter(hf_config) -> Adapter:

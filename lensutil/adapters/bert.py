@@ -92,6 +92,22 @@ def _layout(prefix: str) -> HFLayout:
                     "cls.predictions.transform" if prefix else "")
 
 
+def _module_names(prefix: str):
+    def names(cfg: HookedTransformerConfig) -> dict[str, tuple[str, ...]]:
+        out = {}
+        for i in range(cfg.n_layers):
+            b, o = f"{prefix}encoder.layer.{i}.", f"blocks.{i}."
+            out.update({b + f"attention.self.{x}": (o + f"attn.W_{x[0].upper()}",) for x in ("query", "key", "value")})
+            out[b + "attention.output.dense"], out[b + "intermediate.dense"] = (o + "attn.W_O",), (o + "mlp.W_in",)
+            out[b + "output.dense"] = (o + "mlp.W_out",)
+        if cfg.pooler:
+            out[f"{prefix}pooler.dense"] = ("pooler.W",)
+        if cfg.mlm_head:
+            out["cls.predictions.transform.dense"], out["cls.predictions.decoder"] = ("mlm_head.W",), ("unembed.W_U",)
+        return out
+    return names
+
+
 ARCHITECTURES = ("BertForMaskedLM", "BertModel")
-ADAPTER_MLM = Adapter(config_from_hf, convert, _layout("bert."), auto_class="AutoModelForMaskedLM")
-ADAPTER_BASE = Adapter(config_from_hf, convert, _layout(""), auto_class="AutoModel")
+ADAPTER_MLM = Adapter(config_from_hf, convert, _layout("bert."), auto_class="AutoModelForMaskedLM", module_names=_module_names("bert."))
+ADAPTER_BASE = Adapter(config_from_hf, convert, _layout(""), auto_class="AutoModel", module_names=_module_names(""))

@@ -84,4 +84,14 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
     return sd
 
 
-ADAPTER = Adapter(config_from_hf, convert, HFLayout("transformer.wte", "transformer.h", "attn", "mlp", "transformer.ln_f"))
+def module_names(cfg: HookedTransformerConfig) -> dict[str, tuple[str, ...]]:
+    names = {"lm_head": ("unembed.W_U",)}
+    for i in range(cfg.n_layers):
+        b, o = f"transformer.h.{i}.", f"blocks.{i}."
+        names[b + "attn.c_attn"] = (o + "attn.W_Q", o + "attn.W_K", o + "attn.W_V")  # one fused module, three weights
+        names[b + "attn.c_proj"], names[b + "mlp.c_fc"], names[b + "mlp.c_proj"] = (o + "attn.W_O",), (o + "mlp.W_in",), (o + "mlp.W_out",)
+    return names
+
+
+ADAPTER = Adapter(config_from_hf, convert, HFLayout("transformer.wte", "transformer.h", "attn", "mlp", "transformer.ln_f"),
+                  module_names=module_names)

@@ -105,4 +105,18 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig, convert_mlp=_convert_mlp)
     return sd
 
 
-ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"))
+_MLP_NAMES = {"gate_proj": "W_gate", "up_proj": "W_in", "down_proj": "W_out"}
+
+
+def module_names(cfg: HookedTransformerConfig, mlp_names=lambda b, o: {b + f"mlp.{k}": (o + f"mlp.{v}",) for k, v in _MLP_NAMES.items()}):
+    """HF linear module -> lensutil weights; `mlp_names(hf_prefix, lensutil_prefix)` names each layer's MLP."""
+    names = {"lm_head": ("unembed.W_U",)}
+    for i in range(cfg.n_layers):
+        b, o = f"model.layers.{i}.", f"blocks.{i}."
+        names.update({b + f"self_attn.{x}_proj": (o + f"attn.W_{x.upper()}",) for x in "qkvo"})
+        names.update(mlp_names(b, o))
+    return names
+
+
+ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+                  module_names=module_names)

@@ -42,4 +42,10 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
     return llama.convert(hf_sd, cfg, convert_mlp=_convert_moe)
 
 
-ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"))
+def module_names(cfg: HookedTransformerConfig) -> dict[str, tuple[str, ...]]:
+    # transformers 5's router (mlp.gate) and fused experts (mlp.experts) are not nn.Linear; lensutil quantises each expert.
+    return llama.module_names(cfg, mlp_names=lambda b, o: {b + "mlp.gate": (), b + "mlp.experts": (o + "mlp.experts",)})
+
+
+ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+                  module_names=module_names)
