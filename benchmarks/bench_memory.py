@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if "B" not in skip:
         processed = loading.from_pretrained(args.model)
         print(f"\nB. weight memory (distinct parameter storage, float32): lensutil no processing {storage_mib(model):.0f} MiB, "
-              f"processed {storage_mib(processed):.0f} MiB (fold_ln unties W_U), HuggingFace {storage_mib(hf):.0f} MiB; "
+              f"processed {storage_mib(processed):.0f} MiB, HuggingFace {storage_mib(hf):.0f} MiB; "
               f"ratio (no processing) {storage_mib(model) / storage_mib(hf):.3f}")
         del processed
 

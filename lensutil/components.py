@@ -109,11 +109,13 @@ class PosEmbed(nn.Module):
 class Unembed(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig):
         super().__init__()
+        self.cfg = cfg
         self.W_U = _param(cfg.d_model, cfg.d_vocab_out, dtype=cfg.dtype, memory_order=_OUT_IN)
         self.b_U = _param(cfg.d_vocab_out, dtype=cfg.dtype)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        return F.linear(x, self.W_U.T, bias_or_none(self.b_U))  # zero b_U skipped (lensutil/zero_bias.py)
+        # A zero b_U is skipped where HF's lm_head has no bias (lensutil/zero_bias.py).
+        return F.linear(x, self.W_U.T, bias_or_none(self.b_U, "b_U" in self.cfg.absent_biases))
 
 
 def rotary_cos_sin(positions: Int[Tensor, "batch pos"], dim: int, base: float, dtype: torch.dtype):
@@ -180,7 +182,8 @@ class Attention(QuantizableLinears):
         """q, k, v from one matmul over W_Q, W_K, W_V side by side: GPT-2's c_attn, rounded as it rounds."""
         weight = fused_qkv_weight(self.cfg, self._qkv_storage, [self.W_Q, self.W_K, self.W_V])
         bias = torch.cat([self.b_Q.reshape(-1), self.b_K.reshape(-1), self.b_V.reshape(-1)])
-        qkv = F.linear(x, weight, bias_or_none(bias))
+        absent = {"b_Q", "b_K", "b_V"} <= set(self.cfg.absent_biases)  # never for GPT-2, whose c_attn has a bias
+        qkv = F.linear(x, weight, bias_or_none(bias, absent))
         return tuple(t.view(*x.shape[:-1], *self.b_Q.shape) for t in qkv.split(self.b_Q.numel(), dim=-1))
 
     def key_value_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:

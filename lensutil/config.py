@@ -18,6 +18,8 @@ Normalization = Literal["LN", "LNPre", "RMS", "RMSPre"]
 Positional = Literal["standard", "rotary"]
 DEFAULT_ATTN_IMPLEMENTATION = "sdpa"  # from_pretrained's and the config's; the checks load HuggingFace in it too
 MlpType = Literal["dense", "gated", "moe"]  # "moe": a router and num_experts gated experts (lensutil/moe.py)
+InitMode = Literal["gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
+BIAS_NAMES = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U")  # the biases a layer may lack in HuggingFace
 ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "silu", "relu"]
 
 # Hooks that exist on every block but only fire when a flag is on (they cost memory or a copy).
@@ -103,6 +105,19 @@ class HookedTransformerConfig:
     centered_unembed: bool = False
     folded_value_biases: bool = False
     d_vocab_out: int = -1  # the unembedding's width (TransformerLens); -1: d_vocab
+    # Initial weights of a model built from this config (lensutil/initialization.py), TransformerLens'
+    # fields: init_weights=False leaves them empty; init_mode "gpt2" draws every matrix from
+    # N(0, initializer_range), which -1 sets to 0.8 / sqrt(d_model) (for the xavier and kaiming modes it
+    # is their gain, 1 unless set); seed, where set, seeds a generator of the model's own.
+    init_weights: bool = True
+    init_mode: InitMode = "gpt2"
+    initializer_range: float = -1.0
+    seed: int | None = None
+    # The biases (b_Q, b_K, b_V, b_O, b_in, b_out, b_U) that the source model's layers do not have:
+    # lensutil keeps each, zero, as TransformerLens does. While one is all zeros (checked at every
+    # call), its layer runs as HuggingFace's bias-free layer does: a plain product (lensutil/zero_bias.py).
+    # Set by the adapter; () for a model built from a config (every bias is passed, as in TransformerLens).
+    absent_biases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self._default_sizes()
@@ -125,6 +140,7 @@ class HookedTransformerConfig:
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
         self._check_moe()
+        self._check_init_and_biases()
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"n_heads={self.n_heads} is not a multiple of n_key_value_heads={self.n_key_value_heads}; "
@@ -169,6 +185,19 @@ class HookedTransformerConfig:
                 f"mlp_type='moe' needs num_experts and experts_per_token with 1 <= experts_per_token <= num_experts; "
                 f"got num_experts={e!r}, experts_per_token={k!r} (Mixtral-8x7B: num_experts=8, experts_per_token=2)."
             )
+
+    def _check_init_and_biases(self) -> None:
+        modes = InitMode.__args__
+        if self.init_mode not in modes:
+            raise ConfigError(
+                f"init_mode must be one of {modes} (TransformerLens' names; its 'muP' is not implemented), got {self.init_mode!r}."
+            )
+        if self.initializer_range < 0:  # TransformerLens' "not set"
+            self.initializer_range = 0.8 / math.sqrt(self.d_model) if self.init_mode == "gpt2" else 1.0
+        self.absent_biases = tuple(self.absent_biases)  # a list, from a saved config
+        unknown = set(self.absent_biases) - set(BIAS_NAMES)
+        if unknown:
+            raise ConfigError(f"absent_biases names {sorted(unknown)}, which are not biases; they are among {BIAS_NAMES}.")
 
     @property
     def attn_scale_factor(self) -> float:

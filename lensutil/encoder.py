@@ -11,6 +11,7 @@ the embeddings add (word + token type) + position, and the MLM transform uses th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
@@ -18,11 +19,12 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from . import encoder_tokens as etok
+from . import initialization
 from . import tokens as tok
 from .components import AttentionContext, TransformerBlock, Unembed
 from .config import HookedTransformerConfig
 from .encoder_parts import EncoderEmbed, MLMHead, Pooler
-from .errors import ConfigError, InputError, LensError
+from .errors import InputError, LensError
 from .hook_points import HookedRootModule, HookPoint
 from .model import HookedTransformer
 
@@ -34,16 +36,24 @@ _NOT_A_DECODER = (
 )
 
 
+def as_encoder_config(cfg: HookedTransformerConfig) -> HookedTransformerConfig:
+    """A copy of a decoder-style config (TransformerLens' defaults) read as TransformerLens' HookedEncoder reads it.
+
+    TransformerLens' HookedEncoder accepts any config and builds BERT's structure from it: post-LN
+    blocks, two token types, the MLM head (it also keeps the config's causal mask, which an encoder
+    does not use: here every token sees every other, as in BERT).
+    """
+    return dataclasses.replace(cfg, attention_dir="bidirectional", norm_position="post",
+                               n_token_types=cfg.n_token_types or 2, mlm_head=cfg.mlm_head or not cfg.pooler)
+
+
 class HookedEncoder(HookedRootModule):
     is_encoder = True
 
     def __init__(self, cfg: HookedTransformerConfig, tokenizer=None):
         super().__init__()
         if cfg.attention_dir != "bidirectional" or cfg.n_token_types < 1:
-            raise ConfigError(
-                "HookedEncoder needs an encoder config (attention_dir='bidirectional', n_token_types >= 1); got "
-                f"attention_dir={cfg.attention_dir!r}, n_token_types={cfg.n_token_types}. For a causal model use HookedTransformer."
-            )
+            cfg = as_encoder_config(cfg)
         self.cfg, self.tokenizer = cfg, tokenizer
         self.embed = EncoderEmbed(cfg)
         self.hook_full_embed = HookPoint("batch pos d_model")  # after the embedding LayerNorm
@@ -52,9 +62,11 @@ class HookedEncoder(HookedRootModule):
             self.mlm_head, self.unembed = MLMHead(cfg), Unembed(cfg)
         if cfg.pooler:
             self.pooler = Pooler(cfg)
+        initialization.init_after_construction(self)  # skipped when loading (lensutil/initialization.py)
         self.setup()
         self.to(cfg.device)
 
+    init_weights = HookedTransformer.init_weights
     # the same flag-gated hooks as the decoder (hook_result, hook_q_input, hook_mlp_in, ...)
     hook_flag = HookedTransformer.hook_flag
     _set_flag = HookedTransformer._set_flag

@@ -18,6 +18,7 @@ from .adapters import get_adapter
 from .components import compute_dtype
 from .config import DEFAULT_ATTN_IMPLEMENTATION
 from .errors import ConfigError, LensError, ModelAccessError, WeightLoadError
+from .initialization import loading_weights
 from .model import HookedTransformer
 
 # On by default, as in TransformerLens. center_writing_weights=None: "where valid" (LayerNorm
@@ -253,11 +254,9 @@ def convert_into(model_cls, hf_model, tokenizer, dtype: torch.dtype, overrides: 
     cfg.dtype = compute_dtype(dtype)
     hf_state_dict = hf_model.state_dict() if hf_state_dict is None else hf_state_dict
     state_dict = {k: v.detach().to(cfg.dtype) for k, v in adapter.convert(hf_state_dict, cfg).items()}
-    model = model_cls(cfg, tokenizer)
+    with loading_weights():  # no initial values: every weight is loaded next
+        model = model_cls(cfg, tokenizer)
     _load_strict(model, state_dict)
-    from .tying import tie_unembed_
-
-    tie_unembed_(model)  # tied embeddings held once (W_U a view of W_E) while they are equal
     return model
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from . import initialization
 from . import tokens as tok
 from .components import AttentionContext, Embed, Norm, PosEmbed, TransformerBlock, Unembed, check_hook_flags, compute_dtype
 from .config import FLAG_GATED_HOOKS, HookedTransformerConfig
@@ -39,6 +40,7 @@ class HookedTransformer(HookedRootModule):
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.ln_final = Norm(cfg)
         self.unembed = Unembed(cfg)
+        initialization.init_after_construction(self)  # TransformerLens' init_weights; skipped when loading
         self.setup()
         self.to(cfg.device)
 
@@ -163,6 +165,10 @@ class HookedTransformer(HookedRootModule):
         return ctx, full
 
     # ---- one-line doors to the other modules ------------------------------------------------
+    def init_weights(self) -> None:
+        """Fill every weight afresh as cfg.init_mode says (TransformerLens' init_weights; lensutil/initialization.py)."""
+        initialization.init_weights(self)
+
     def to_tokens(self, input, prepend_bos=None, padding_side=None) -> Int[Tensor, "batch pos"]:
         return tok.tokenize(self, input, prepend_bos, padding_side)[0]
 
@@ -225,12 +231,7 @@ class HookedTransformer(HookedRootModule):
         # Every way of moving or casting a module (.to, .half, .float, .bfloat16, .double, .type,
         # .cuda, .cpu, ...) goes through nn.Module._apply, so cfg follows the parameters here:
         # components build rotary angles and masks from cfg.dtype and cfg.device at each forward.
-        from .tying import is_tied, tie_unembed_
-
-        tied = is_tied(self)
-        out = super()._apply(fn, *args, **kwargs)  # casts W_E and its view W_U separately ...
-        if tied:
-            tie_unembed_(self)  # ... so hold them once again
+        out = super()._apply(fn, *args, **kwargs)
         p = next(self.parameters(), None)
         if p is not None:
             self.cfg.device, self.cfg.dtype = str(p.device), p.dtype

@@ -24,10 +24,8 @@ Weights of a block on "disk" (or, beside a GPU, on "cpu") are on the meta device
 reading `model.blocks[i].attn.W_Q` (or `model.W_Q`) outside a forward, or `model.to(...)`, raises
 OffloadedWeightError saying what to do; `offloaded_weights.read_weight(model, name)` loads one weight.
 Load without offload to edit weights.
-Tied embeddings (lensutil/tying.py) are held once when W_E and W_U are placed on one device, as
-without a device map (tying.is_tied(model) is then True; offloaded to "cpu" beside a GPU they are one
-tensor in CPU memory too, though the parameters are meta between forwards). On two devices, or with
-either on "disk", W_U keeps its own copy.
+Tied embeddings are two parameters, W_E and W_U, each placed where its module goes (as without a
+device map, and as in TransformerLens).
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ from . import placement as pl
 from .adapters import get_adapter
 from .components import compute_dtype
 from .errors import ConfigError
+from .initialization import loading_weights
 from .model import HookedTransformer
-from .tying import tie_unembed_
 from .weight_layout import share_qkv_storage
 
 
@@ -201,7 +201,7 @@ def _meta_model(cfg, tokenizer, options: dict, dtype) -> tuple[HookedTransformer
     from accelerate import init_empty_weights
 
     cfg = dataclasses.replace(cfg, device="meta")
-    with init_empty_weights(), torch.device("meta"):
+    with init_empty_weights(), torch.device("meta"), loading_weights():
         model = HookedTransformer(cfg, tokenizer)
     applied: list[str] = []
     if any(v is not False for v in options.values()):
@@ -231,7 +231,6 @@ def _put(model, values: dict, device_map: dict, folder: str | None) -> None:
 
     own = model.state_dict()
     index = {}
-    embeddings = {"embed.W_E", "unembed.W_U"} & set(values)
     fused = [k.removesuffix(".W_Q") for k in values if k.endswith("attn.W_Q") and pl.device_for(device_map, k) != "disk"]
     for key in list(values):
         value, meta = values.pop(key), own[key]
@@ -247,10 +246,6 @@ def _put(model, values: dict, device_map: dict, folder: str | None) -> None:
         attn = model.get_submodule(name)
         if getattr(attn, "_qkv_storage", None) is not None:
             share_qkv_storage(attn, model.cfg)
-    # Tied embeddings held once, as from_pretrained without a device map holds them, where W_E and W_U
-    # are equal and on one device (tying.py); done as soon as both are in place, before the blocks load.
-    if embeddings:
-        tie_unembed_(model)
 
 
 def _finish(model, device_map, folder, bnb_config=None) -> HookedTransformer:

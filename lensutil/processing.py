@@ -52,12 +52,10 @@ class ProcessingReport:
 
     applied: list[str] = dataclasses.field(default_factory=list)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # option -> why it was not applied
-    untied: str = ""  # set when processing gave a tied W_U its own copy (lensutil/tying.py), and why
 
     def __str__(self) -> str:
         lines = [f"applied: {', '.join(self.applied) or 'nothing'}"]
         lines += [f"skipped {name}: {why}" for name, why in self.skipped.items()]
-        lines += [f"untied W_U from W_E: {self.untied}"] if self.untied else []
         return "\n".join(lines)
 
 
@@ -247,11 +245,6 @@ def rebuild_norms(model, kind: str) -> None:
     model.setup()
 
 
-def W_U_mib(model) -> float:
-    W_U = model.unembed.W_U
-    return W_U.numel() * W_U.element_size() / 2**20
-
-
 def process_weights_(
     model,
     *,
@@ -327,14 +320,7 @@ def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
     # load_state_dict copies into the existing Parameters (optimisers holding them stay valid).
     # Each in its parameter's own dtype: an MoE router's weight stays float32 in a half-precision model.
     own = model.state_dict()
-    from .tying import is_tied
-
-    was_tied = is_tied(model)
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)  # unties W_U if it changed
-    if was_tied and not is_tied(model):
-        changed = [o for o in ("fold_ln", "center_unembed") if o in report.applied]
-        report.untied = (f"{' and '.join(changed) or 'processing'} changed W_U but not W_E, so W_U now holds its own "
-                         f"copy ({W_U_mib(model):.0f} MiB more); from_pretrained_no_processing keeps them as one tensor")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
     for option in report.applied:
         setattr(cfg, _CFG_FLAG[option], True)
 

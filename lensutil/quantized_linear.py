@@ -31,6 +31,8 @@ from torch import Tensor, nn
 
 from .zero_bias import bias_or_none
 
+# The bias that goes with each weight a component runs through _linear (GQA's compact _W_K too).
+BIAS_OF = {"W_Q": "b_Q", "W_K": "b_K", "_W_K": "b_K", "W_V": "b_V", "_W_V": "b_V", "W_O": "b_O", "W_in": "b_in", "W_out": "b_out"}
 # TransformerLens-shaped weight -> F.linear's [out, in]. The expressions are the ones the
 # full-precision forward always used, so its bits (and HF equivalence) do not change.
 TO_OUT_IN = {
@@ -146,7 +148,9 @@ class QuantizableLinears(nn.Module):
         if quantized is None or name not in quantized._modules:
             weight = self._parameters.get(name)
             weight = self._out_in(name, weight, layout) if weight is not None else TO_OUT_IN[layout](getattr(self, name))
-            bias = bias_or_none(bias)  # a zero bias is skipped: mm, as HF's bias-free layers run (lensutil/zero_bias.py)
+            # A zero bias is skipped where HF's layer has none: mm, as HF runs it (lensutil/zero_bias.py).
+            cfg = self.__dict__.get("cfg")
+            bias = bias_or_none(bias, cfg is not None and BIAS_OF.get(name) in cfg.absent_biases)
             return F.linear(x, weight, None if bias is None else bias.reshape(-1))
         return quantized._modules[name](x, bias)
 

@@ -44,7 +44,7 @@ def _owning_contiguous(state_dict: dict) -> dict:
         t = tensor.detach().to("cpu").contiguous()
         ptr = t.untyped_storage().data_ptr()
         if ptr in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
-            t = t.clone()  # tied or a view into a larger tensor: safetensors wants one storage per tensor
+            t = t.clone()  # sharing another's storage, or a view into a larger tensor: safetensors wants one storage per tensor
         seen.add(t.untyped_storage().data_ptr())
         out[name] = t
     return out
@@ -114,6 +114,7 @@ def load_saved(directory, *, tokenizer=None, dtype: torch.dtype | None = None, d
     from safetensors.torch import load_file
 
     from .config import HookedTransformerConfig
+    from .initialization import loading_weights
     from .loading import _load_strict, place
     from .model import HookedTransformer
 
@@ -130,7 +131,8 @@ def load_saved(directory, *, tokenizer=None, dtype: torch.dtype | None = None, d
 
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     saved_dtype = cfg.dtype
-    model = HookedTransformer(cfg, tokenizer)
+    with loading_weights():  # no initial values: every weight is loaded next
+        model = HookedTransformer(cfg, tokenizer)
     _load_strict(model, load_file(str(path / WEIGHTS_FILE)))
     model = place(model, device, dtype or saved_dtype)
     if bnb_config is None:

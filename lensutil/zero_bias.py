@@ -1,15 +1,19 @@
-"""Skip biases that are all zeros, so F.linear runs a plain matrix product, as HuggingFace's bias-free layers do.
+"""Run a layer without its bias where HuggingFace's layer has none and lensutil's is all zeros.
 
 lensutil keeps TransformerLens' biases on every linear map (b_Q, b_K, b_V, b_O, b_in, b_out, b_U),
-zeros where the checkpoint has none (the Llama family). F.linear with a bias runs addmm, which on
-CPU first copies the bias into the output and then accumulates onto it: about a fifth more time
-than the mm that HuggingFace's bias-free nn.Linear runs (SmolLM2-135M: 1.13 s against 0.93 s of
-matrix products per 4 x 128-token forward). The result has the same values (adding 0 to each
-sum), so passing None for a zero bias is exact, and it runs HuggingFace's own call.
+zeros where the checkpoint has none (the Llama family; GPT-2's lm_head). F.linear with a bias runs
+addmm, which on CPU first copies the bias into the output and then accumulates onto it: about a
+fifth more time than the mm that HuggingFace's bias-free nn.Linear runs (SmolLM2-135M: 1.13 s
+against 0.93 s of matrix products per 4 x 128-token forward), and on some CPUs other bits. So where
+the adapter says HuggingFace's layer has no bias (cfg.absent_biases), a bias that is all zeros is
+passed as None: HuggingFace's own call, the same sum.
 
-A bias is checked once per change: the answer is remembered on the parameter together with its
-in-place version counter, which load_state_dict, weight processing and optimiser steps all bump.
-When autograd could want the bias' gradient (grad mode on and requires_grad), it is always passed.
+Where HuggingFace's layer has a bias (GPT-2's and BERT's layers, Qwen2's q/k/v), or the model was
+built from a config, the bias is always passed, zero or not: addmm, as HuggingFace and TransformerLens
+run it. The zero check runs at every call (one `any()` over a few thousand numbers), never from a
+memo: an edit through `.data` does not bump the version counter a memo would be keyed on, and the
+shortcut must never change what a forward computes. When autograd could want the bias' gradient
+(grad mode on and requires_grad), it is always passed.
 """
 
 from __future__ import annotations
@@ -18,17 +22,8 @@ import torch
 from torch import Tensor
 
 
-def bias_or_none(bias: Tensor | None) -> Tensor | None:
-    """`bias`, or None where it is all zeros and no gradient can be asked of it."""
-    if bias is None or (bias.requires_grad and torch.is_grad_enabled()):
+def bias_or_none(bias: Tensor | None, absent_in_hf: bool) -> Tensor | None:
+    """`bias`, or None where HuggingFace's layer has none (absent_in_hf), it is all zeros, and no gradient can be asked of it."""
+    if bias is None or not absent_in_hf or (bias.requires_grad and torch.is_grad_enabled()):
         return bias
-    owner = bias._base if bias._base is not None else bias  # b.reshape(-1) is a view: remember on the parameter
-    try:  # generation runs this ~200 times a token: the key costs three attribute reads
-        key = (owner._version, owner.data_ptr(), owner.device)
-    except RuntimeError:  # an inference tensor has no version counter: check every time (a few thousand numbers)
-        return None if not bool(bias.any()) else bias
-    memo = getattr(owner, "_lensutil_zero_memo", None)
-    if memo is None or memo[0] != key:
-        memo = (key, not bool(owner.any()))
-        owner._lensutil_zero_memo = memo
-    return None if memo[1] else bias
+    return None if not bool(bias.any()) else bias

@@ -12,7 +12,6 @@ from lensutil import placement as pl
 from lensutil.errors import ConfigError, LensError
 from lensutil.loading import from_pretrained, from_pretrained_no_processing, load_hf
 from lensutil.offloaded_weights import OffloadedWeightError, read_weight
-from lensutil.tying import is_tied
 
 TOKENS = torch.tensor([[1, 5, 7, 9, 200, 300, 11, 12], [1, 40, 41, 42, 43, 44, 45, 46]])
 
@@ -209,31 +208,34 @@ def test_an_hf_model_passed_in_is_placed_after_converting_in_ram(tmp_path):
 
 
 def _resident_bytes(model) -> int:
-    """Bytes of weight storage in memory, each storage once (a tied W_U adds nothing); meta tensors hold none."""
+    """Bytes of weight storage in memory, each storage once; meta tensors hold none."""
     storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters() if not p.is_meta}
     return sum(storages.values())
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-qwen2"])
 @pytest.mark.parametrize("path", ["streamed from the checkpoint", "converted in RAM"])
-def test_a_placed_tied_model_holds_W_E_and_W_U_once_as_the_unplaced_one(name, path, tmp_path):
+def test_a_placed_tied_model_holds_W_E_and_W_U_apart_as_the_unplaced_one(name, path, tmp_path):
     ref = from_pretrained_no_processing(name)
     hf_model = load_hf(name, attn_implementation="sdpa")[0] if path == "converted in RAM" else None  # as loaded by name
     hf_in = dict(hf_model=hf_model, tokenizer=ref.tokenizer) if hf_model is not None else {}
     placed = from_pretrained_no_processing(name, device_map=half_on_disk(ref), offload_folder=str(tmp_path), **hf_in)
-    assert is_tied(ref) and is_tied(placed)
-    assert placed.W_U.data_ptr() == placed.W_E.data_ptr() and torch.equal(placed.W_U, placed.W_E.T)
+    assert placed.cfg.tie_word_embeddings and torch.equal(placed.W_U, placed.W_E.T)
+    assert placed.W_U.untyped_storage().data_ptr() != placed.W_E.untyped_storage().data_ptr()  # two parameters, as TransformerLens
+    with torch.no_grad():
+        placed.unembed.W_U[:, 5] = 0.0
+        assert torch.equal(placed.W_E, ref.W_E)
+        placed.unembed.W_U[:, 5] = ref.W_U[:, 5]
     sizes = pl.memory_footprint(ref)
     on_disk = sum(sizes[u] for u, d in placed.hf_device_map.items() if d == "disk")
-    # A 2nd copy of W_U would add sizes["unembed"]; GPT-2's W_Q, W_K, W_V allocated with their fused strides, 3x theirs.
+    # GPT-2's W_Q, W_K, W_V allocated with their fused strides, 3x theirs: the same bytes as unplaced.
     assert _resident_bytes(placed) == _resident_bytes(ref) - on_disk
     assert torch.equal(placed(TOKENS), ref(TOKENS))
 
 
-def test_a_tied_unembedding_offloaded_apart_from_the_embedding_keeps_its_own_copy(tmp_path):
+def test_a_tied_unembedding_offloaded_apart_from_the_embedding_reads_back_as_W_U(tmp_path):
     ref = from_pretrained_no_processing("tiny-gpt2")
     placed = from_pretrained_no_processing("tiny-gpt2", device_map=_cpu_map(ref, unembed="disk"), offload_folder=str(tmp_path))
-    assert is_tied(ref) and not is_tied(placed)  # W_E in RAM, W_U on disk: nothing to share
     assert placed.embed.W_E.device.type == "cpu" and next(placed.unembed.parameters()).is_meta
     assert torch.equal(read_weight(placed, "unembed.W_U"), ref.W_U)
     assert torch.equal(placed(TOKENS), ref(TOKENS))

@@ -96,3 +96,65 @@ def test_hooks_fire_at_every_generation_step_and_their_edits_change_the_output()
     with model.hooks(fwd_hooks=[(f"blocks.{model.cfg.n_layers - 1}.hook_attn_out", ablate)]):
         ablated = model.generate(prompt, max_new_tokens=5, do_sample=False, stop_at_eos=False)
     assert not torch.equal(ablated, plain)
+
+
+# ---- the zero-bias shortcut never changes what a forward computes (issue 24) ----------------------
+
+
+def test_a_bias_edited_through_data_after_a_forward_is_used():
+    # `.data` edits do not bump a parameter's version counter: a shortcut remembering "all zeros"
+    # by that counter kept skipping the +10 logit bias below (the logit moved by -0.82, not +10).
+    model = HookedTransformer.from_pretrained_no_processing("tiny-llama")
+    reference = HookedTransformer.from_pretrained_no_processing("tiny-llama")
+    tokens = model.to_tokens("The Eiffel Tower is in")
+    with torch.no_grad():
+        before = model(tokens)
+        model.unembed.b_U.data[7] = 10.0
+        after = model(tokens)
+        reference.unembed.b_U[7] = 10.0  # the same edit, made the ordinary way on a model never run
+        assert torch.equal(after, reference(tokens))
+        assert torch.allclose(after[..., 7] - before[..., 7], torch.tensor(10.0), atol=1e-4)
+        model.unembed.b_U.data.zero_()  # and back: all zeros again, the plain product again
+        assert torch.equal(model(tokens), before)
+        model.blocks[0].mlp.b_out.data[3] = 1.0  # inside a block, under inference mode too
+        with torch.inference_mode():
+            model(tokens)
+            model.blocks[0].mlp.b_out.data[3] = 0.0
+            assert torch.equal(model(tokens), before)
+
+
+def test_bias_edits_around_casts_and_reloads_are_used():
+    model = HookedTransformer.from_pretrained_no_processing("tiny-llama")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    tokens = model.to_tokens("The Eiffel Tower is in")
+    with torch.no_grad():
+        before = model(tokens)
+        model.double()
+        model(tokens)
+        model.blocks[1].attn.b_O.data += 0.5  # edited in float64, after a float64 forward
+        model.float()
+        edited = model(tokens)
+        assert not torch.equal(edited, before)
+        model.load_state_dict(state)  # reloaded: zeros again
+        assert torch.equal(model(tokens), before)
+        model.blocks[1].attn.b_O.data += 0.5
+        assert torch.equal(model(tokens), edited)
+
+
+def test_where_huggingface_has_a_bias_lensutil_always_passes_its_own(monkeypatch):
+    # GPT-2's c_attn, c_proj, c_fc and mlp.c_proj have biases: HuggingFace runs addmm there, and so must
+    # lensutil even where a bias is zero (mm and addmm may round differently on another CPU). Its lm_head
+    # has none: a zero b_U is skipped (mm, as HF).
+    model = HookedTransformer.from_pretrained_no_processing("tiny-gpt2")
+    tokens = model.to_tokens("The Eiffel Tower is in")
+    with torch.no_grad():
+        model.blocks[0].mlp.b_in.zero_()
+        model.blocks[0].attn.b_O.zero_()
+    seen = _bias_seen(monkeypatch, model, tokens)
+    assert seen == [True] * 4 * model.cfg.n_layers + [False]
+    model = HookedTransformer.from_pretrained_no_processing("tiny-qwen2")  # q/k/v biases in HF; o_proj, MLP none
+    with torch.no_grad():
+        model.blocks[0].attn.b_Q.zero_()
+    seen = _bias_seen(monkeypatch, model, tokens)
+    per_layer = [True, True, True, False, False, False, False]  # q, k, v, o, gate, up, down
+    assert seen == per_layer * model.cfg.n_layers + [False]

@@ -47,7 +47,7 @@ def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
         d_head=hf.n_embd // hf.n_head, d_mlp=d_mlp, d_vocab=hf.vocab_size, act_fn=hf.activation_function,
         eps=hf.layer_norm_epsilon, normalization_type="LN", positional_embedding_type="standard",
         mlp_type="dense", tie_word_embeddings=True, original_architecture="GPT2LMHeadModel", weight_layout="in_out", fused_qkv=True,
-        attn_scale_rule=_scale_rule(),
+        attn_scale_rule=_scale_rule(), absent_biases=("b_U",),  # lm_head has no bias; every other layer has one
     )
     if overrides.get("n_ctx", hf.n_positions) > hf.n_positions:
         raise ConfigError(

@@ -53,9 +53,23 @@ def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
         n_key_value_heads=kv_heads if kv_heads != hf.num_attention_heads else None,
         attn_scale_rule="multiply",  # HF: scores * head_dim ** -0.5 (LlamaAttention.scaling)
         mlp_type="gated", window_size=window, tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
-        original_architecture=hf.architectures[0],
+        original_architecture=hf.architectures[0], absent_biases=_absent_biases(hf),
     )
     return HookedTransformerConfig(**{**fields, **overrides})  # overrides (n_ctx=...) win
+
+
+def _absent_biases(hf) -> tuple[str, ...]:
+    """The biases HuggingFace's layers lack (their zero stand-ins may run as a plain product, lensutil/zero_bias.py).
+
+    LlamaConfig's attention_bias (q, k, v, o) and mlp_bias (up, down); Qwen2's q/k/v always have one,
+    its o_proj none; Mistral's and Mixtral's layers none. lm_head never has one.
+    """
+    qwen2 = hf.architectures[0] == "Qwen2ForCausalLM"
+    attention, mlp = getattr(hf, "attention_bias", False), getattr(hf, "mlp_bias", False)
+    absent = [] if attention or qwen2 else ["b_Q", "b_K", "b_V"]
+    absent += [] if attention else ["b_O"]
+    absent += [] if mlp else ["b_in", "b_out"]
+    return (*absent, "b_U")
 
 
 def _bias(take, key: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
