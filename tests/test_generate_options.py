@@ -28,6 +28,8 @@ def test_return_type_input_mirrors_the_input_and_str_or_tokens_convert():
     assert model.generate(tokens, 5, return_type="str", **GREEDY) == text
     assert torch.equal(model.generate(PROMPTS[0], 5, return_type="tokens", **GREEDY), out)
     assert model.to_string(out[0, 1:]) == text
+    with torch.no_grad():  # "embeds": the token embeddings of what "tokens" gives (TransformerLens' self.embed)
+        assert torch.equal(model.generate(tokens, 5, return_type="embeds", **GREEDY), model.embed(out))
     with pytest.raises(InputError, match="return_type"):
         model.generate(tokens, 5, return_type="logits")
 
