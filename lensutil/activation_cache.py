@@ -195,15 +195,18 @@ class ActivationCache:
         return self
 
     def remove_batch_dim(self) -> "ActivationCache":
-        """Drop the leading batch axis (which must have size 1) from every activation; returns self."""
+        """Drop the leading batch axis (which must have size 1) from every activation that has one
+        (an MoE expert's hooks are [routed, d_mlp] and stay as they are); returns self."""
         if not self.has_batch_dim:
             warnings.warn("This cache has no batch dimension to remove.", stacklevel=2)
             return self
-        wide = {k: tuple(v.shape) for k, v in self.cache_dict.items() if v.shape[0] != 1}
+        hooks = getattr(self.model, "hook_dict", {})
+        batched = {k for k in self.cache_dict if (h := hooks.get(k.removesuffix("_grad"))) is None or h.has_batch_axis}
+        wide = {k: tuple(v.shape) for k, v in self.cache_dict.items() if k in batched and v.shape[0] != 1}
         if wide:
             name, shape = next(iter(wide.items()))
             raise LensError(f"remove_batch_dim needs batch size 1, but {name!r} has shape {shape}.")
-        self._replace_tensors({k: v[0] for k, v in self.cache_dict.items()})
+        self._replace_tensors({k: v[0] if k in batched else v for k, v in self.cache_dict.items()})
         self.has_batch_dim = False
         return self
 

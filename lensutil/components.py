@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .config import HookedTransformerConfig
 from .errors import ConfigError
-from .fused_attention import fused_attention
+from .fused_attention import fire_hook, fused_attention
 from .hook_points import HookPoint
 from .norm import Norm  # noqa: F401  (re-exported, as compute_dtype, _param and _OUT_IN, for the modules that build on this one)
 from .quantized_linear import QuantizableLinears
@@ -220,13 +220,15 @@ class Attention(QuantizableLinears):
             k, v = kv_cache_entry.append(k, v)
         # [batch, head, pos, d_head]; each key/value head serves n_heads / n_kv_heads query heads.
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if cfg.attn_implementation == "sdpa" and not (self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks):
-            z = fused_attention(cfg, q, k, v, ctx)
-        else:
+        hooked = self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+        fused = fused_attention(cfg, q, k, v, ctx) if cfg.attn_implementation == "sdpa" else None
+        if fused is not None and not hooked:
+            z = fused
+        else:  # the pattern written out: eager mode, or for the hooks on it (the kernel never makes it)
             group = cfg.n_heads // cfg.n_kv_heads
             if group > 1:
                 k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-            z = self._eager_attention(q, k, v, ctx)
+            z = self._eager_attention(q, k, v, ctx, fused)
         z = self.hook_z(z.transpose(1, 2))
         out = self._linear(z.reshape(*z.shape[:2], -1), "W_O", self.b_O, layout="heads_out")  # a view, no copy
         if cfg.use_attn_result and self.hook_result.has_hooks:
@@ -242,8 +244,10 @@ class Attention(QuantizableLinears):
             out = out + (self.hook_result(result) - before).sum(dim=2)
         return out
 
-    def _eager_attention(self, q, k, v, ctx: AttentionContext):
-        # HuggingFace's eager order of operations, so logits agree with it bit for bit.
+    def _eager_attention(self, q, k, v, ctx: AttentionContext, fused: Tensor | None = None):
+        # HuggingFace's eager order of operations, so logits agree with it bit for bit. With `fused` (sdpa
+        # mode: the kernel's z for the same q, k, v), that z unless a hook changed the scores or the pattern,
+        # so hooks that only read (run_with_cache) leave the plain forward's logits exactly.
         # The scaling and masking run in place on the fresh product (the same kernels, so the same
         # bits as out of place, and none of them needs its output for the gradient): two fewer
         # [batch, head, pos, key_pos] tensors per layer, which run_with_cache would otherwise allocate.
@@ -252,11 +256,17 @@ class Attention(QuantizableLinears):
             scores.mul_(self.cfg.attn_scale_factor)
         else:
             scores.div_(self.cfg.attn_scale)
-        scores = self.hook_attn_scores(scores.masked_fill_(~ctx.allowed, float("-inf")))
+        scores, edited_scores = fire_hook(self.hook_attn_scores, scores.masked_fill_(~ctx.allowed, float("-inf")))
         pattern = F.softmax(scores, dim=-1, dtype=compute_dtype(q.dtype)).to(q.dtype)
         if ctx.query_is_pad is not None:  # a padding query sees nothing: its row is 0, not NaN
             pattern = pattern.masked_fill(ctx.query_is_pad[:, None, :, None], 0.0)
-        return torch.matmul(self.hook_pattern(pattern), v)
+        pattern, edited_pattern = fire_hook(self.hook_pattern, pattern)
+        if fused is None or edited_scores or edited_pattern:  # eager mode, or z from what a hook changed
+            return torch.matmul(pattern, v)
+        if not pattern.requires_grad:  # hooks only read: the kernel's z (pattern @ v is not needed)
+            return fused
+        z = torch.matmul(pattern, v)
+        return fused.detach() + (z - z.detach())  # the kernel's value, the gradient through the pattern
 
 
 class GroupedQueryAttention(Attention):

@@ -124,6 +124,9 @@ class HookedEncoder(HookedRootModule):
             resid = block(resid, ctx)
         pooled = self.pooler(resid) if self.cfg.pooler else None
         if return_type is None:
+            # As TransformerLens: the whole model runs (the MLM head's hooks fire), nothing is returned.
+            if self.cfg.mlm_head:
+                self.unembed(self.mlm_head(resid))
             return None
         if return_type == "embeddings":
             return resid

@@ -1,9 +1,11 @@
 """The fused attention path: torch's scaled_dot_product_attention, called as HuggingFace's "sdpa" calls it.
 
 Attention (components.py) takes this path when cfg.attn_implementation == "sdpa" (the default of
-from_pretrained) and no hook reads `hook_attn_scores` or `hook_pattern`; otherwise it writes the
-attention out (HuggingFace's eager order of operations). The two round differently in the last bits,
-so each is bit-exact only with HuggingFace in the same mode.
+from_pretrained). The kernel never makes the scores or the pattern, so where a hook is attached to
+`hook_attn_scores` or `hook_pattern` they are also written out (HuggingFace's eager order of
+operations) for the hooks; z stays the kernel's unless a hook changed one of them (`fire_hook` tells),
+so run_with_cache gives exactly the plain forward's logits. The two paths round differently in the
+last bits, so each mode is bit-exact only with HuggingFace in the same mode.
 
 To round like HuggingFace's sdpa (transformers' integrations/sdpa_attention.py and the sdpa mask of
 masking_utils.py), the kernel is called with the same arguments HuggingFace gives it:
@@ -73,3 +75,19 @@ def fused_attention(
     if packed:
         z = z.reshape(batch, n_heads, q_len, d_head)
     return z if pad is None else z.masked_fill(pad, 0.0)
+
+
+def fire_hook(hook, x: Tensor) -> tuple[Tensor, bool]:
+    """Run `hook` on `x`: (what it gives back, whether a hook changed the value).
+
+    A hook that only reads (returns None or `x` itself, untouched) leaves the fused z valid. A change
+    is another tensor returned, or an in-place edit, which moves `x`'s version counter (as norm.py's
+    hook_scale). Inference-mode tensors keep no counter: their values are compared with a copy.
+    """
+    if not hook.has_hooks:
+        return x, False
+    seen = x.clone() if x.is_inference() else x._version
+    out = hook(x)
+    if out is not x:
+        return out, True
+    return out, (not torch.equal(out, seen)) if isinstance(seen, Tensor) else x._version != seen

@@ -7,7 +7,7 @@ alone: batched greedy output equals solo greedy output. Sampling follows Hugging
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -52,10 +52,14 @@ class KVCache:
 
 
 def filter_logits(
-    logits: Float[Tensor, "batch d_vocab"], temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+    logits: Float[Tensor, "batch d_vocab"], temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+    freq_penalty: float = 0.0, counts: Float[Tensor, "batch d_vocab"] | None = None,
 ) -> Float[Tensor, "batch d_vocab"]:
-    """Scale by temperature, keep the top_k, then the smallest set with probability >= top_p."""
+    """Scale by temperature, subtract freq_penalty times each token's count so far (TransformerLens'
+    sample_logits, in its order), keep the top_k, then the smallest set with probability >= top_p."""
     logits = logits / temperature
+    if counts is not None and freq_penalty > 0:
+        logits = logits - freq_penalty * counts
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1, None]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -68,7 +72,7 @@ def filter_logits(
     return logits
 
 
-def _check_options(max_new_tokens, temperature, top_k, top_p) -> None:
+def _check_options(max_new_tokens, temperature, top_k, top_p, freq_penalty, padding_side, return_type) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise InputError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}.")
     if temperature < 0:
@@ -77,6 +81,27 @@ def _check_options(max_new_tokens, temperature, top_k, top_p) -> None:
         raise InputError(f"top_p must be in (0, 1], got {top_p}.")
     if top_k is not None and top_k < 0:
         raise InputError(f"top_k must be >= 0, got {top_k}.")
+    if freq_penalty < 0:
+        raise InputError(f"freq_penalty must be >= 0 (0 = none; TransformerLens ignores a negative one), got {freq_penalty}.")
+    if padding_side not in (None, "left", "right"):
+        raise InputError(f"padding_side must be 'left', 'right' or None (cfg.default_padding_side), got {padding_side!r}.")
+    if return_type not in ("input", "str", "tokens", "embeds"):
+        raise InputError(f"return_type must be 'input' (as the input), 'str', 'tokens' or 'embeds', got {return_type!r}.")
+
+
+def _stop_tokens(model, eos_token_id, stop_at_eos: bool) -> tuple[list[int], int | None]:
+    """(ids that stop a row, id that pads a stopped row), as TransformerLens: a list stops at any of its
+    ids and pads with the tokenizer's EOS (its first id when the tokenizer has none)."""
+    tokenizer_eos = getattr(model.tokenizer, "eos_token_id", None)
+    if eos_token_id is None:
+        eos_token_id = tokenizer_eos
+    if not stop_at_eos or eos_token_id is None:
+        return [], None
+    stops = torch.as_tensor(eos_token_id).reshape(-1).tolist()
+    if not stops:
+        return [], None
+    single = isinstance(eos_token_id, int) or torch.as_tensor(eos_token_id).ndim == 0
+    return stops, stops[0] if single or tokenizer_eos is None else tokenizer_eos
 
 
 @torch.no_grad()
@@ -85,45 +110,62 @@ def generate(
     input: str | list[str] | Int[Tensor, "batch pos"],
     max_new_tokens: int = 10,
     *,
+    stop_at_eos: bool = True,
+    eos_token_id: int | list[int] | None = None,
     do_sample: bool = True,
-    temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    stop_at_eos: bool = True,
-    eos_token_id: int | None = None,
+    temperature: float = 1.0,
+    freq_penalty: float = 0.0,
     use_past_kv_cache: bool = True,
     prepend_bos: bool | None = None,
+    padding_side: Literal["left", "right"] | None = None,
+    return_type: Literal["input", "str", "tokens", "embeds"] = "input",
+    verbose: bool = False,
     attention_mask: Tensor | None = None,
     seed: int | None = None,
 ):
-    """Continue each prompt. Text in gives text out (prompt + continuation, each row cut at its EOS);
-    token ids in give token ids out ([batch, pos + new], rows that stopped padded with EOS).
+    """Continue each prompt; TransformerLens 2.18's options, plus attention_mask and seed (lensutil's own).
 
-    Token ids come back left-aligned: where attention_mask shows right padding (or any pad before a
-    real token), each row's real tokens are moved to its end first, so that the continuation follows
-    the prompt's last real token, not a pad. The new tokens are out[:, pos:] either way; the prompt
-    part's mask is then attention_mask.sort(-1).values (zeros first)."""
-    _check_options(max_new_tokens, temperature, top_k, top_p)
+    return_type "input" (default) mirrors the input: text in gives text out (prompt + continuation,
+    each row cut at its first stop token), token ids in give token ids out ([batch, pos + new], rows
+    that stopped padded with EOS); "str" and "tokens" convert; "embeds" is model.embed of the tokens.
+    eos_token_id may be a list: a row stops at any of them. freq_penalty (sampling only) subtracts
+    freq_penalty * (times a token occurs in the row so far) from the logits after the temperature.
+    verbose=True shows a progress bar (TransformerLens' default; lensutil's is False: no bar debris).
+
+    Text is tokenised as model.to_tokens(input, prepend_bos, padding_side) and returned tokens start
+    with exactly that; each row continues from its last real token whatever the side. Token ids come
+    back left-aligned: where attention_mask (or, without one, the pads padding_side names) shows
+    right padding, each row's real tokens are moved to its end first. The new tokens are out[:, pos:]
+    either way; the prompt part's mask is then attention_mask.sort(-1).values (zeros first)."""
+    _check_options(max_new_tokens, temperature, top_k, top_p, freq_penalty, padding_side, return_type)
     text_in = isinstance(input, (str, list))
     if text_in:
-        tokens, mask = tok.tokenize(model, input, prepend_bos, padding_side="left")
+        prompt, prompt_mask = tok.tokenize(model, input, prepend_bos, padding_side)
+        tokens, mask = _left_align(prompt, prompt_mask)  # the computation runs left-padded
     else:
         tokens = torch.as_tensor(input, device=model.cfg.device)
         tokens = tokens[None] if tokens.ndim == 1 else tokens
+        if attention_mask is None and padding_side is not None:  # as TransformerLens' forward reads pads from tokens
+            attention_mask = tok.generate_attention_mask(model, tokens, padding_side, prepend_bos)
         if attention_mask is not None:
             tokens, attention_mask = _left_align(tokens, attention_mask)
         mask = attention_mask if attention_mask is not None else torch.ones_like(tokens)
+        prompt, prompt_mask = tokens, mask
     mask = torch.as_tensor(mask, device=tokens.device).long()
     greedy = not do_sample or temperature == 0
-    if eos_token_id is None and model.tokenizer is not None:
-        eos_token_id = model.tokenizer.eos_token_id
+    stops, pad_eos = _stop_tokens(model, eos_token_id, stop_at_eos)
+    stop_ids = torch.tensor(stops, dtype=torch.long, device=tokens.device)
     generator = torch.Generator(device=tokens.device).manual_seed(seed) if seed is not None else None
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     cache = KVCache(model.cfg.n_layers) if use_past_kv_cache else None
+    counts = None  # [batch, d_vocab]: each row's real tokens so far, for freq_penalty
     prompt_len, step_input = tokens.shape[1], tokens
     # Per-token work kept small: with no padding the forward gets no mask at all (nothing to check or
     # build), and with padding a bool mask (checked once per step without a sort over its values).
     padded = not bool(mask.all())
+    bar = _progress_bar(max_new_tokens) if verbose else None
     for _ in range(max_new_tokens):
         # Run the blocks, then the final norm and unembedding for the last position only (as
         # HuggingFace's generate does): the other positions' logits would be thrown away.
@@ -139,23 +181,47 @@ def generate(
         if greedy:
             nxt = next_logits.argmax(-1)
         else:
-            probs = filter_logits(next_logits, temperature, top_k, top_p).softmax(-1)
+            if freq_penalty > 0 and counts is None:
+                counts = torch.zeros_like(next_logits).scatter_add_(1, tokens, mask.to(next_logits.dtype))
+            probs = filter_logits(next_logits, temperature, top_k, top_p, freq_penalty, counts).softmax(-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        if stop_at_eos and eos_token_id is not None:
-            nxt = torch.where(finished, eos_token_id, nxt)  # rows that stopped keep emitting EOS
-            finished |= nxt == eos_token_id
+        if stops:
+            nxt = torch.where(finished, pad_eos, nxt)  # rows that stopped keep emitting EOS
+            finished |= torch.isin(nxt, stop_ids)
+        if counts is not None:
+            counts.scatter_add_(1, nxt[:, None], torch.ones_like(counts[:, :1]))
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         if padded:  # without padding the mask is all ones: it is made once, at the end
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         step_input = nxt[:, None]
-        if stop_at_eos and finished.all():
+        if bar is not None:
+            bar.update(1)
+        if stops and finished.all():
             break
-    if not padded:
-        mask = torch.ones_like(tokens)
-    if not text_in:
-        return tokens
-    texts = [_decode_row(model, row, m, prompt_len, eos_token_id, stop_at_eos, prepend_bos) for row, m in zip(tokens, mask)]
-    return texts[0] if isinstance(input, str) else texts
+    if bar is not None:
+        bar.close()
+    out = torch.cat([prompt, tokens[:, prompt_len:]], dim=1)
+    if return_type == "input":
+        return_type = "str" if text_in else "tokens"
+    if return_type == "tokens":
+        return out
+    if return_type == "embeds":
+        return model.embed(out)
+    bos = tok._bos_id(model)
+    texts = []
+    for row, m, new in zip(prompt, prompt_mask, tokens[:, prompt_len:].tolist()):
+        real = row[torch.as_tensor(m, device=row.device).bool()].tolist()
+        # Text in: the BOS that prepend_bos added is dropped; token ids in: a leading BOS is.
+        drop_bos = (prepend_bos if prepend_bos is not None else model.cfg.default_prepend_bos) if text_in else real[:1] == [bos]
+        cut = min((new.index(t) for t in stops if t in new), default=len(new))
+        texts.append(model.to_string(torch.tensor(real[int(bool(drop_bos)):] + new[:cut], dtype=torch.long)))
+    return texts[0] if isinstance(input, str) or (not text_in and len(texts) == 1) else texts
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm  # notebook-aware: a widget in Jupyter, a text bar in a terminal
+
+    return tqdm(total=total, desc="generate", unit="token")
 
 
 def _left_align(tokens: Int[Tensor, "batch pos"], mask) -> tuple[Int[Tensor, "batch pos"], Tensor]:
@@ -168,12 +234,3 @@ def _left_align(tokens: Int[Tensor, "batch pos"], mask) -> tuple[Int[Tensor, "ba
     order = torch.argsort(real.long(), dim=-1, stable=True)
     return tokens.gather(1, order), real.gather(1, order).long()
 
-
-def _decode_row(model, row, mask, prompt_len, eos_token_id, stop_at_eos, prepend_bos) -> str:
-    prompt = row[:prompt_len][mask[:prompt_len].bool()].tolist()
-    if prepend_bos if prepend_bos is not None else model.cfg.default_prepend_bos:
-        prompt = prompt[1:]
-    new = row[prompt_len:].tolist()
-    if stop_at_eos and eos_token_id in new:
-        new = new[: new.index(eos_token_id)]
-    return model.to_string(torch.tensor(prompt + new, dtype=torch.long))

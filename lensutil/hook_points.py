@@ -82,6 +82,11 @@ class HookPoint(nn.Module):
         return out
 
     @property
+    def has_batch_axis(self) -> bool:
+        # What remove_batch_dim squeezes: an MoE expert's hooks are "routed d_mlp" (tokens over batch and pos).
+        return self.shape_comment is None or self.shape_comment.split()[0] == "batch"
+
+    @property
     def has_hooks(self) -> bool:
         """Whether any hook is attached here: forward, forward-pre, backward or backward-pre, by
         add_hook or by torch's own register_* methods.
@@ -386,7 +391,7 @@ class HookedRootModule(nn.Module):
             t = tensor.detach()
             if device is not None:
                 t = t.to(device)
-            if remove_batch_dim:
+            if remove_batch_dim and hook.has_batch_axis:
                 if t.shape[0] != 1:
                     raise LensError(
                         f"remove_batch_dim=True needs a batch of one, but '{hook.name}' has batch size "

@@ -17,7 +17,8 @@ Hook names are TransformerLens 2.x's (components/mlps/moe.py, v2.18): `mlp.hook_
 `mlp.experts.{e}.hook_gate` (W_gate·x, before the activation), `hook_pre` (W_in·x, the linear
 part) and `hook_post`. Differences: lensutil's router hooks are [batch, pos, ...] where
 TransformerLens' are flattened to [batch * pos, ...]; lensutil adds `mlp.hook_router_logits`; an
-expert's hooks see only the tokens routed to it ([routed, d_mlp]), as in TransformerLens. Note that
+expert's hooks see only the tokens routed to it ([routed, d_mlp]), as in TransformerLens, and
+`remove_batch_dim` leaves them so (TransformerLens 2.18 takes [0] of them: the first routed token). Note that
 TransformerLens' dense gated MLP calls the gate `hook_pre` and the linear part `hook_pre_linear`;
 its MoE experts (and so lensutil's) call them `hook_gate` and `hook_pre`.
 """

@@ -116,6 +116,20 @@ def test_hooks_fire_and_edit_and_the_cache_changes_nothing():
     assert cache["blocks.0.hook_attn_out"].abs().max() > 0
 
 
+def test_return_type_none_still_runs_the_mlm_head_so_its_hooks_fire():
+    # TransformerLens' HookedEncoder computes the MLM head and unembed, then returns None.
+    model = encoder("tiny-bert")
+    head_hooks = sorted(n for n in model.hook_dict if n.startswith("mlm_head."))
+    assert head_hooks
+    with torch.no_grad():
+        out, cache = model.run_with_cache(PAIR, return_type=None)
+        _, full = model.run_with_cache(PAIR)
+    assert out is None
+    assert set(head_hooks) <= set(cache.keys())
+    for name in head_hooks:
+        assert torch.equal(cache[name], full[name])
+
+
 def test_hook_names_follow_transformerlens_hooked_encoder():
     names = set(encoder("tiny-bert").hook_dict)
     expected = {"embed.hook_embed", "embed.hook_pos_embed", "embed.hook_token_type_embed", "embed.ln.hook_normalized",

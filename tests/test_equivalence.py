@@ -23,19 +23,22 @@ def test_logits_match_huggingface(name):
 
 
 @pytest.mark.parametrize("name", [_param(n) for n in ALL])
-def test_logits_match_with_every_hook_cached(name):
-    # Caching everything reads hook_pattern, which runs the written-out (eager) attention: its logits
-    # are eager mode's, bit for bit. Caching no pattern or score keeps the fused kernel: the plain
-    # forward's logits, bit for bit.
+def test_run_with_cache_of_everything_gives_the_plain_forwards_logits_exactly(name):
+    # Caching everything reads hook_pattern and hook_attn_scores, which the fused kernel never makes: they are
+    # written out for the hooks, while z stays the fused kernel's (the hooks only read), so the logits and
+    # every activation after the attention are the plain forward's, bit for bit, in either mode.
     model, eager = lens(name), lens(name, attn_implementation="eager")
     assert model.cfg.attn_implementation == "sdpa"
     tokens = model.to_tokens(PROMPTS[0])
     with torch.no_grad():
         cached, cache = model.run_with_cache(tokens)
-        assert torch.equal(eager(tokens), cached)
+        assert torch.equal(model(tokens), cached)
         assert torch.equal(eager(tokens), eager.run_with_cache(tokens)[0])
-        no_pattern = model.run_with_cache(tokens, names_filter=lambda n: not n.endswith(("hook_pattern", "hook_attn_scores")))
-        assert torch.equal(model(tokens), no_pattern[0])
+        last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+        assert torch.equal(cache[last], model.run_with_cache(tokens, names_filter=last)[1][last])
+        batch = model.run_with_cache(PROMPTS, padding_side="left")[0]  # padded: the masked kernel call
+        assert torch.equal(model(PROMPTS, padding_side="left"), batch)
+        assert torch.allclose(cache["pattern", 0], eager.run_with_cache(tokens)[1]["pattern", 0])
     assert len(cache) > 10 * model.cfg.n_layers
 
 

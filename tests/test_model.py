@@ -153,6 +153,49 @@ def test_sdpa_mode_agrees_with_eager_and_falls_back_when_the_pattern_is_hooked(n
     assert fused.generate(texts, max_new_tokens=6, do_sample=False) == eager.generate(texts, max_new_tokens=6, do_sample=False)
 
 
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-mistral"])
+def test_sdpa_mode_keeps_the_fused_value_for_reading_hooks_and_uses_an_edited_pattern(name):
+    fused = from_pretrained_no_processing(name, attn_implementation="sdpa")
+    plain = fused(TEXT)
+    read = [lambda x, hook: None, lambda x, hook: x, lambda x, hook: x.clone().sum() and None]
+    for hook in ("blocks.0.attn.hook_pattern", "blocks.1.attn.hook_attn_scores"):
+        for fn in read:
+            assert torch.equal(fused.run_with_hooks(TEXT, fwd_hooks=[(hook, fn)]), plain)
+        with torch.inference_mode():
+            assert torch.equal(fused.run_with_hooks(TEXT, fwd_hooks=[(hook, read[0])]), plain)
+
+    def first_key_only(pattern, hook):  # every query attends to the first token alone
+        pattern.zero_()[..., 0] = 1.0
+
+    seen = {}
+    fwd = [("blocks.0.attn.hook_pattern", first_key_only), ("blocks.0.attn.hook_v", lambda v, hook: seen.update(v=v)),
+           ("blocks.0.attn.hook_z", lambda z, hook: seen.update(z=z))]
+    edited = fused.run_with_hooks(TEXT, fwd_hooks=fwd)
+    assert not torch.allclose(edited, plain, atol=1e-3)
+    v0 = seen["v"][:, :1].repeat_interleave(fused.cfg.n_heads // fused.cfg.n_kv_heads, dim=2)  # the first token's v
+    assert torch.equal(seen["z"], v0.expand_as(seen["z"]))  # z = edited pattern @ v: each query's z is that v
+    returned = fused.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: first_key_only(p.clone(), hook) or p)])
+    assert torch.equal(returned, plain)  # the hook edited a copy and returned the original: nothing changed
+    with torch.inference_mode():
+        assert torch.equal(fused.run_with_hooks(TEXT, fwd_hooks=fwd[:1]), edited)
+    scores_edit = ("blocks.0.attn.hook_attn_scores", lambda s, hook: s * 0)  # uniform over the allowed keys
+    assert not torch.allclose(fused.run_with_hooks(TEXT, fwd_hooks=[scores_edit]), plain, atol=1e-3)
+
+
+def test_reading_the_pattern_keeps_gradients_flowing_through_it():
+    fused = from_pretrained_no_processing("tiny-llama", attn_implementation="sdpa")
+    loss, cache = fused.run_with_cache(TEXT, return_type="loss", incl_bwd=True)
+    assert torch.equal(loss, fused(TEXT, return_type="loss"))
+    assert cache["blocks.0.attn.hook_pattern_grad"].abs().max() > 0
+    fused.zero_grad()
+    fused(TEXT, return_type="loss").backward()
+    plain_grad = fused.blocks[0].attn.W_Q.grad.clone()
+    fused.zero_grad()
+    fused.run_with_hooks(TEXT, return_type="loss", fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: None)]).backward()
+    assert torch.allclose(fused.blocks[0].attn.W_Q.grad, plain_grad, atol=1e-6, rtol=1e-4)
+    fused.zero_grad()
+
+
 def test_rotary_hooks_exist_only_where_they_fire():
     assert "blocks.0.attn.hook_rot_q" in lens("tiny-llama").hook_dict
     with pytest.raises(HookNameError):  # on GPT-2 it would be a hook that silently never fires

@@ -78,6 +78,26 @@ def test_kv_cache_equals_the_uncached_forward():
     assert (torch.cat([first, rest], dim=1) - full).abs().max() <= 1e-5
 
 
+def test_remove_batch_dim_squeezes_batch_hooks_and_keeps_the_routed_axis_of_expert_hooks():
+    # An expert's hooks are [routed, d_mlp] (tokens routed to it, over batch and pos): no batch axis to drop.
+    # (TransformerLens 2.18 takes [0] of every tensor, which keeps only an expert's first routed token.)
+    model = lens(NAME)
+    tokens = model.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        _, full = model.run_with_cache(tokens)
+        _, squeezed = model.run_with_cache(tokens, remove_batch_dim=True)
+        _, later = model.run_with_cache(tokens)
+    experts = [f"blocks.{i}.mlp.experts.{e}.hook_post" for i in range(model.cfg.n_layers) for e in range(model.cfg.num_experts)]
+    assert all(torch.equal(squeezed[name], full[name]) for name in experts)
+    assert any(full[name].shape[0] > 1 for name in experts)
+    assert torch.equal(squeezed["blocks.0.mlp.hook_expert_indices"], full["blocks.0.mlp.hook_expert_indices"][0])
+    assert torch.equal(squeezed["resid_post", 1], full["resid_post", 1][0])
+    assert later.remove_batch_dim() is later and all(torch.equal(later[k], squeezed[k]) for k in squeezed.keys())
+    _, wide = model.run_with_cache(model.to_tokens(PROMPTS[:2]))
+    with pytest.raises(LensError, match="hook_resid_pre|hook_embed"):
+        wide.remove_batch_dim()
+
+
 def test_padded_batch_routes_each_prompt_as_alone():
     model = lens(NAME)
     batched = model(PROMPTS[:3], padding_side="left")
