@@ -77,18 +77,25 @@ class QuantizedLinear(nn.Module):
         weight = self.linear.weight
         state = getattr(weight, "quant_state", None)
         if state is not None:  # 4-bit
-            data = weight.data
-            if getattr(state, "packing_format_for_cpu", False):
-                # Repacked for bitsandbytes' AVX512-BF16 CPU kernel at the first no-grad forward, which also
-                # rounds the block scales (absmax) to bfloat16 and stores them [blocks per row, out]: unpack,
-                # and lay the scales out again (bitsandbytes' own inverse restores only double-quantised ones).
-                nested = state.original_nested
-                data, state = bf._convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(state))
-                if not nested:
-                    state.absmax = state.absmax.T.reshape(-1).float()
-            return bf.dequantize_4bit(data, state)
+            return bf.dequantize_4bit(*unpacked_4bit(weight))
         scb = self.linear.state.SCB if self.linear.state.SCB is not None else weight.SCB  # 8-bit: row scales
         return bf.int8_vectorwise_dequant(weight.data, scb)
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """bitsandbytes' Linear4bit._save_to_state_dict unpacks a CPU-repacked weight *in place*, and its
+        inverse leaves non-double-quantised scales in the repacked layout: the model computes other
+        numbers after state_dict(). Save such a weight from an unpacked copy instead; the module is untouched."""
+        lin = self.linear
+        if not getattr(getattr(lin.weight, "quant_state", None), "packing_format_for_cpu", False):
+            return super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        data, state = unpacked_4bit(lin.weight)
+        unpacked = copy.copy(lin.weight)  # a new Params4bit: its quant_state is set below, not shared
+        unpacked.data, unpacked.quant_state = data, state
+        reader = copy.copy(lin)  # the module's attributes, with a parameter table of its own
+        reader._parameters = {**lin._parameters, "weight": unpacked}
+        shell = copy.copy(self)  # this wrapper, holding the reader in place of the module
+        shell._modules = {"linear": reader}
+        return nn.Module.state_dict(shell, *args, destination=destination, prefix=prefix, keep_vars=keep_vars)
 
     def dequantized_view(self) -> Tensor:
         """The weight in TransformerLens' shape, dequantised, as a read-only (inference) tensor."""
@@ -98,6 +105,25 @@ class QuantizedLinear(nn.Module):
     def nbytes(self) -> int:
         """Bytes this weight occupies: the packed data plus its quantisation statistics."""
         return weight_bytes(self.linear)
+
+
+def unpacked_4bit(weight) -> tuple[Tensor, object]:
+    """A 4-bit weight's packed data and quant_state as bitsandbytes quantised them (copies where they differ).
+
+    At the first no-grad forward on CPU, bitsandbytes repacks the weight for its AVX512-BF16 kernel,
+    rounds the block scales (absmax) to bfloat16 and stores them [blocks per row, out]: unpack a copy,
+    and lay the scales out again (bitsandbytes' own inverse restores only double-quantised ones).
+    """
+    import bitsandbytes.functional as bf
+
+    state = weight.quant_state
+    if not getattr(state, "packing_format_for_cpu", False):
+        return weight.data, state
+    nested = state.original_nested
+    data, state = bf._convert_weight_packed_for_cpu_inverse(weight.data.clone(), copy.deepcopy(state))
+    if not nested:
+        state.absmax = state.absmax.T.reshape(-1).float()
+    return data, state
 
 
 def weight_tensors(bnb_linear: nn.Module) -> list[Tensor]:
