@@ -178,12 +178,19 @@ class Attention(QuantizableLinears):
             share_qkv_storage(self, self.cfg)
         return self
 
+    def _fused(self) -> bool:
+        """Whether q, k, v come from one matmul: the float storage, or one quantised matrix (quantized["W_QKV"])."""
+        quantized = self._modules.get("quantized")
+        return self._qkv_storage is not None if quantized is None else "W_QKV" in quantized._modules
+
     def _project_fused(self, x: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v from one matmul over W_Q, W_K, W_V side by side: GPT-2's c_attn, rounded as it rounds."""
-        weight = fused_qkv_weight(self.cfg, self._qkv_storage, [self.W_Q, self.W_K, self.W_V])
         bias = torch.cat([self.b_Q.reshape(-1), self.b_K.reshape(-1), self.b_V.reshape(-1)])
-        absent = {"b_Q", "b_K", "b_V"} <= set(self.cfg.absent_biases)  # never for GPT-2, whose c_attn has a bias
-        qkv = F.linear(x, weight, bias_or_none(bias, absent))
+        if "quantized" in self._modules:  # c_attn quantised as HF quantises it; bitsandbytes adds the bias
+            qkv = self._modules["quantized"]._modules["W_QKV"](x, bias)
+        else:
+            absent = {"b_Q", "b_K", "b_V"} <= set(self.cfg.absent_biases)  # never for GPT-2, whose c_attn has a bias
+            qkv = F.linear(x, fused_qkv_weight(self.cfg, self._qkv_storage, [self.W_Q, self.W_K, self.W_V]), bias_or_none(bias, absent))
         return tuple(t.view(*x.shape[:-1], *self.b_Q.shape) for t in qkv.split(self.b_Q.numel(), dim=-1))
 
     def key_value_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -202,7 +209,7 @@ class Attention(QuantizableLinears):
 
     def forward(self, q_in: Tensor, k_in: Tensor, v_in: Tensor, ctx: AttentionContext, kv_cache_entry=None):
         cfg = self.cfg
-        if self._qkv_storage is not None and q_in is k_in is v_in and q_in.ndim == 3 and "quantized" not in self._modules:
+        if q_in is k_in is v_in and q_in.ndim == 3 and self._fused():
             q, k, v = (hook(t) for hook, t in zip((self.hook_q, self.hook_k, self.hook_v), self._project_fused(q_in)))
         else:
             _, b_K, _, b_V = self.key_value_weights()

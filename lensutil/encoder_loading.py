@@ -14,6 +14,7 @@ import torch
 from .adapters import get_adapter
 from .encoder import HookedEncoder
 from .errors import ConfigError, WeightLoadError
+from .hf_quantized import hf_linears
 from .loading import _explain_hub_error, convert_into, name_overrides, place, quiet_local_loading, refuse_unknown_kwargs, resolve_source
 
 _PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
@@ -105,4 +106,5 @@ def from_pretrained(
     hf_sd = hf_model.state_dict() if dequantized is None else dequantized
     overrides = {**name_overrides(name_or_path, attn_implementation), "pooler": any(k.startswith("pooler.") for k in hf_sd)}
     model = place(convert_into(HookedEncoder, hf_model, tokenizer, dtype, overrides, hf_sd), device, dtype)
-    return qz.quantize_(model, bnb_config) if bnb_config is not None else model
+    copies = hf_linears(hf_model, model) if dequantized is not None else None  # HF's quantised modules, as they are
+    return qz.quantize_(model, bnb_config, copies) if bnb_config is not None else model

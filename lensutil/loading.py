@@ -18,6 +18,7 @@ from .adapters import get_adapter
 from .components import compute_dtype
 from .config import DEFAULT_ATTN_IMPLEMENTATION
 from .errors import ConfigError, LensError, ModelAccessError, WeightLoadError
+from .hf_quantized import hf_linears
 from .initialization import loading_weights
 from .model import HookedTransformer
 
@@ -194,7 +195,7 @@ def from_pretrained(
     if hf_model is None:
         hf_model, loaded_tokenizer = load_hf(name_or_path, revision=revision, token=token)
         tokenizer = tokenizer or loaded_tokenizer
-    # An hf_model that bitsandbytes already quantised is read back dequantised and re-quantised with its config.
+    # An hf_model that bitsandbytes already quantised: converted dequantised, then its quantised modules copied.
     hf_state_dict, bnb_config = qz.prepare_from_hf(hf_model, bnb_config, options)
     model = convert_into(HookedTransformer, hf_model, tokenizer, dtype, overrides, hf_state_dict)
     if any(v is not False for v in options.values()):
@@ -203,7 +204,8 @@ def from_pretrained(
         process_weights_(model, **options)
     model = place(model, device, dtype)
     # Quantised last: weights processed in full precision, then quantised on their device (quantization.py).
-    return qz.quantize_(model, bnb_config) if bnb_config is not None else model
+    copies = hf_linears(hf_model, model) if hf_state_dict is not None else None  # HF's quantised modules, as they are
+    return qz.quantize_(model, bnb_config, copies) if bnb_config is not None else model
 
 
 def attention_mode_of(hf_model) -> str:

@@ -32,6 +32,7 @@ from . import placement as pl
 from .adapters import get_adapter
 from .components import compute_dtype
 from .errors import ConfigError
+from .hf_quantized import hf_linears
 from .initialization import loading_weights
 from .model import HookedTransformer
 from .weight_layout import share_qkv_storage
@@ -248,13 +249,14 @@ def _put(model, values: dict, device_map: dict, folder: str | None) -> None:
             share_qkv_storage(attn, model.cfg)
 
 
-def _finish(model, device_map, folder, bnb_config=None) -> HookedTransformer:
+def _finish(model, device_map, folder, bnb_config=None, quantized_hf=None) -> HookedTransformer:
+    """Dispatch, then quantise; `quantized_hf`: the HF model bitsandbytes quantised it was converted from."""
     pl.dispatch(model, device_map, folder)
     model.setup()
     if bnb_config is not None:  # quantised last, on the device each weight is on (quantization.quantize_'s contract)
         from .quantization import quantize_
 
-        quantize_(model, bnb_config)
+        quantize_(model, bnb_config, hf_linears(quantized_hf, model) if quantized_hf is not None else None)
     return model.eval()
 
 
@@ -267,7 +269,7 @@ def _place_in_ram(name_or_path, hf_model, tokenizer, dtype, overrides, options, 
     if hf_model is None:
         hf_model, loaded_tokenizer = load_hf(name_or_path)
         tokenizer = tokenizer or loaded_tokenizer
-    # An hf_model that bitsandbytes already quantised is read back dequantised and re-quantised with its config.
+    # An hf_model that bitsandbytes already quantised: converted dequantised, then its quantised modules copied.
     hf_state_dict, bnb_config = prepare_from_hf(hf_model, bnb_config, options)
     full = convert_into(HookedTransformer, hf_model, tokenizer, dtype, overrides, hf_state_dict)
     if any(v is not False for v in options.values()):
@@ -281,7 +283,7 @@ def _place_in_ram(name_or_path, hf_model, tokenizer, dtype, overrides, options, 
     folder = _folder(device_map, offload_folder)
     _put(model, values, device_map, folder)
     del full, values
-    return _finish(model, device_map, folder, bnb_config)
+    return _finish(model, device_map, folder, bnb_config, hf_model if hf_state_dict is not None else None)
 
 
 # ---- where the files are ----------------------------------------------------------------------

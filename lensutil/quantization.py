@@ -15,7 +15,8 @@ tied output embedding) and the MoE router. One difference: transformers 5 keeps 
 experts as fused 3-D parameters, which its bitsandbytes integration does not quantise (it
 replaces nn.Linear and Conv1D only), while lensutil quantises each expert's matrices (most of a
 Mixtral's weights). BitsAndBytesConfig(llm_int8_skip_modules=["lm_head", "experts"]) keeps
-lensutil's experts in full precision too, for a like-for-like comparison. Skip patterns are read
+lensutil's experts in full precision too, for a like-for-like comparison; a model read from HF's
+quantised model (hf_model=) is quantised exactly where that model is (hf_quantized.py). Skip patterns are read
 as HuggingFace reads them, against HF's module names ("lm_head", "down_proj", GPT-2's fused
 "c_attn" = W_Q, W_K, W_V), mapped to lensutil's weights by the model's adapter; lensutil's own
 weight paths (e.g. "blocks.0.attn.W_Q") match too, at dot boundaries (skipped_weights).
@@ -32,7 +33,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .quantized_linear import FROM_OUT_IN, TO_OUT_IN, QuantizableLinears, QuantizedLinear, held_bytes, weight_tensors
+from .hf_quantized import copy_bnb_linear
+from .quantized_linear import FROM_OUT_IN, FUSED_QKV, TO_OUT_IN, QuantizableLinears, QuantizedLinear, held_bytes, weight_tensors
 
 INSTALL = 'pip install "bitsandbytes>=0.48"'
 MODES = ("8-bit", "4-bit nf4", "4-bit fp4")
@@ -192,7 +194,7 @@ def _hf_matches(pattern: str, module: str) -> bool:
 
 def _under(path: str, targets) -> bool:
     # a target is a weight ("blocks.0.attn.W_K") or a prefix ("blocks.0.mlp.experts"); GQA's compact _W_K is W_K
-    path = re.sub(r"\._(W_[KV])$", r".\1", path)
+    path = _weight_key(path)
     return any(path == t or path.startswith(t + ".") for t in targets)
 
 
@@ -240,13 +242,15 @@ def linear_weights(module: QuantizableLinears) -> dict[str, str]:
     return layouts
 
 
-def quantize_(model: nn.Module, config) -> nn.Module:
+def quantize_(model: nn.Module, config, copies: dict[str, nn.Module] | None = None) -> nn.Module:
     """Quantise a model's linear weights in place with bitsandbytes, as HuggingFace would; returns the model.
 
     Contract (for loading code that places the model first): call it once, after weight processing
     and after the model is on its final device(s) and dtype; each weight is quantised on the device
     it is on. `config` is a transformers.BitsAndBytesConfig (or from config_from_kwargs). Raises a
     QuantizationError if the model is already quantised or the mode cannot run on that device.
+    `copies` (for a model converted from an HF model bitsandbytes quantised, hf_quantized.hf_linears):
+    the HF module holding each weight, copied as it is; a weight it lacks stays in full precision.
     """
     if is_quantized(model):
         raise QuantizationError(
@@ -258,18 +262,41 @@ def quantize_(model: nn.Module, config) -> nn.Module:
         check_mode_runs(config, device)
     weights = [(path, module, name, layout) for path, module in model.named_modules() if isinstance(module, QuantizableLinears)
                for name, layout in linear_weights(module).items()]
-    skip = skipped_weights(model, [f"{path}.{name}" for path, _, name, _ in weights], config.llm_int8_skip_modules)
+    paths = [f"{path}.{name}" for path, _, name, _ in weights]
+    skip = (skipped_weights(model, paths, config.llm_int8_skip_modules) if copies is None
+            else {p for p in paths if _weight_key(p) not in copies})  # quantised where HF's model is, nowhere else
     for path, module, name, layout in weights:
         if f"{path}.{name}" in skip:
             continue
-        param = module._parameters[name]
-        lin = make_bnb_linear(TO_OUT_IN[layout](param.detach()), config)
+        names = [name]
+        if name in FUSED_QKV and getattr(module, "_qkv_storage", None) is not None and not any(f"{path}.{n}" in skip for n in FUSED_QKV):
+            if name != FUSED_QKV[0]:
+                continue  # quantised with W_Q, as one matrix: GPT-2's c_attn, as HF quantises it
+            names, name = list(FUSED_QKV), "W_QKV"
+        params = [module._parameters[n].detach() for n in names]
+        weight = torch.cat(params) if len(params) > 1 else params[0]  # W_QKV: [3 * head_index, d_model, d_head]
+        if copies is None:
+            lin = make_bnb_linear(TO_OUT_IN[layout](weight), config)
+        else:
+            lin = copy_bnb_linear(copies[_weight_key(f"{path}.{name}")], weight.device)
+            if lin.in_features * lin.out_features != weight.numel():
+                raise QuantizationError(
+                    f"The hf_model's quantised module for {path}.{name} is [{lin.out_features}, {lin.in_features}], which does not "
+                    f"hold a {list(weight.shape)} weight: this adapter's module_names table is wrong. Please report it."
+                )
         if "quantized" not in module._modules:
             module.add_module("quantized", nn.ModuleDict())
-        del module._parameters[name]
-        module._modules["quantized"][name] = QuantizedLinear(lin, layout, tuple(param.shape))
+        for n in names:
+            del module._parameters[n]
+        module._modules["quantized"][name] = QuantizedLinear(lin, layout, tuple(weight.shape))
+    for module in {id(m): m for _, m, _, _ in weights if "W_QKV" in m._modules.get("quantized", {})}.values():
+        module._qkv_storage = None  # the float storage W_Q, W_K, W_V viewed: freed
     model.quantization_config = config
     return model.eval()
+
+
+def _weight_key(path: str) -> str:
+    return re.sub(r"\._(W_[KV])$", r".\1", path)  # GQA's compact _W_K is W_K
 
 
 # ---- HuggingFace models already quantised -----------------------------------------------------
@@ -293,10 +320,9 @@ def hf_quantization_config(hf_model):
 def prepare_from_hf(hf_model, asked, processing: dict):
     """For an hf_model passed to from_pretrained: (state dict to convert or None, the config to quantise with).
 
-    An HF model that bitsandbytes already quantised is read back in full precision (its weights
-    dequantised) and quantised again with its own config. Re-quantising a dequantised block gives
-    the same codes (each block's largest value maps to the code +-1, so the scale comes back), so
-    the model computes as the HF model does; weight processing cannot run on rounded weights.
+    An HF model that bitsandbytes already quantised is converted from its dequantised weights, then
+    quantize_ puts copies of its quantised modules in their place (lensutil/hf_quantized.py): the
+    model computes as the HF model does. Weight processing cannot run on rounded weights.
     """
     hf_config = hf_quantization_config(hf_model)
     if hf_config is None:

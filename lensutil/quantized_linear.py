@@ -13,6 +13,10 @@ That [out, in] matrix is exactly HuggingFace's nn.Linear weight, so quantising i
 bitsandbytes gives the bytes HuggingFace's own quantised model holds, and the same bitsandbytes
 module computes with them. A quantised weight leaves the module's parameters and lives in
 `module.quantized[name]` (a QuantizedLinear); hooks, biases, norms and embeddings are untouched.
+GPT-2's W_Q, W_K and W_V are HuggingFace's one c_attn module, quantised as one matrix as HF does
+(double quantisation rounds a matrix's block scales around their mean over the whole matrix, so
+three matrices would hold other bytes): `quantized["W_QKV"]`, heads_in over 3 * head_index heads,
+read as W_Q, W_K, W_V through QuantizedPart.
 
 Reading a quantised weight by its TransformerLens name (attn.W_Q, model.W_Q, mlp.W_in) gives a
 dequantised *read-only copy* in TransformerLens' shape: the values the quantised maths uses (for
@@ -48,6 +52,10 @@ FROM_OUT_IN = {
 }
 
 
+# The weights of a fused q/k/v linear, in the order of their rows in it (GPT-2's c_attn; weight_layout.py).
+FUSED_QKV = ("W_Q", "W_K", "W_V")
+
+
 class QuantizedLinear(nn.Module):
     """One bitsandbytes linear (Linear4bit or Linear8bitLt, built as HuggingFace builds it), bias-free.
 
@@ -79,18 +87,25 @@ class QuantizedLinear(nn.Module):
         weight = self.linear.weight
         state = getattr(weight, "quant_state", None)
         if state is not None:  # 4-bit
-            data = weight.data
-            if getattr(state, "packing_format_for_cpu", False):
-                # Repacked for bitsandbytes' AVX512-BF16 CPU kernel at the first no-grad forward, which also
-                # rounds the block scales (absmax) to bfloat16 and stores them [blocks per row, out]: unpack,
-                # and lay the scales out again (bitsandbytes' own inverse restores only double-quantised ones).
-                nested = state.original_nested
-                data, state = bf._convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(state))
-                if not nested:
-                    state.absmax = state.absmax.T.reshape(-1).float()
-            return bf.dequantize_4bit(data, state)
+            return bf.dequantize_4bit(*unpacked_4bit(weight))
         scb = self.linear.state.SCB if self.linear.state.SCB is not None else weight.SCB  # 8-bit: row scales
         return bf.int8_vectorwise_dequant(weight.data, scb)
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """bitsandbytes' Linear4bit._save_to_state_dict unpacks a CPU-repacked weight *in place*, and its
+        inverse leaves non-double-quantised scales in the repacked layout: the model computes other
+        numbers after state_dict(). Save such a weight from an unpacked copy instead; the module is untouched."""
+        lin = self.linear
+        if not getattr(getattr(lin.weight, "quant_state", None), "packing_format_for_cpu", False):
+            return super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        data, state = unpacked_4bit(lin.weight)
+        unpacked = copy.copy(lin.weight)  # a new Params4bit: its quant_state is set below, not shared
+        unpacked.data, unpacked.quant_state = data, state
+        reader = copy.copy(lin)  # the module's attributes, with a parameter table of its own
+        reader._parameters = {**lin._parameters, "weight": unpacked}
+        shell = copy.copy(self)  # this wrapper, holding the reader in place of the module
+        shell._modules = {"linear": reader}
+        return nn.Module.state_dict(shell, *args, destination=destination, prefix=prefix, keep_vars=keep_vars)
 
     def dequantized_view(self) -> Tensor:
         """The weight in TransformerLens' shape, dequantised, as a read-only (inference) tensor."""
@@ -100,6 +115,54 @@ class QuantizedLinear(nn.Module):
     def nbytes(self) -> int:
         """Bytes this weight occupies: the packed data plus its quantisation statistics."""
         return weight_bytes(self.linear)
+
+
+class QuantizedPart:
+    """W_Q, W_K or W_V of a quantised fused q/k/v linear (`quantized["W_QKV"]`): its rows of the whole.
+
+    Used where one of the three runs alone (use_split_qkv_input, a separate key input): the whole
+    linear runs and this part's rows are kept, so the maths is the fused module's, row for row.
+    Not a module (the whole is, once), so state_dict and memory counts hold the matrix once.
+    """
+
+    def __init__(self, whole: QuantizedLinear, index: int):
+        n_heads, d_model, d_head = whole.shape[0] // len(FUSED_QKV), whole.shape[1], whole.shape[2]
+        self.whole, self.shape = whole, (n_heads, d_model, d_head)
+        self.rows = slice(index * n_heads * d_head, (index + 1) * n_heads * d_head)
+
+    @property
+    def linear(self) -> nn.Module:
+        return self.whole.linear
+
+    def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        out = self.whole(x)[..., self.rows]
+        return out if bias is None else out + bias.reshape(-1)
+
+    def dequantize(self) -> Tensor:
+        return self.whole.dequantize()[self.rows]
+
+    def dequantized_view(self) -> Tensor:
+        with torch.inference_mode():
+            return FROM_OUT_IN["heads_in"](self.dequantize(), self.shape).contiguous()
+
+
+def unpacked_4bit(weight) -> tuple[Tensor, object]:
+    """A 4-bit weight's packed data and quant_state as bitsandbytes quantised them (copies where they differ).
+
+    At the first no-grad forward on CPU, bitsandbytes repacks the weight for its AVX512-BF16 kernel,
+    rounds the block scales (absmax) to bfloat16 and stores them [blocks per row, out]: unpack a copy,
+    and lay the scales out again (bitsandbytes' own inverse restores only double-quantised ones).
+    """
+    import bitsandbytes.functional as bf
+
+    state = weight.quant_state
+    if not getattr(state, "packing_format_for_cpu", False):
+        return weight.data, state
+    nested = state.original_nested
+    data, state = bf._convert_weight_packed_for_cpu_inverse(weight.data.clone(), copy.deepcopy(state))
+    if not nested:
+        state.absmax = state.absmax.T.reshape(-1).float()
+    return data, state
 
 
 def weight_tensors(bnb_linear: nn.Module) -> list[Tensor]:
@@ -135,24 +198,30 @@ def weight_bytes(bnb_linear: nn.Module) -> int:
 class QuantizableLinears(nn.Module):
     """Base of every component with linear maps: `_linear` runs a named weight, quantised or not."""
 
-    def quantized_linear(self, name: str) -> QuantizedLinear | None:
+    def quantized_linear(self, name: str) -> QuantizedLinear | QuantizedPart | None:
         q = self._modules.get("quantized")
-        return None if q is None else q._modules.get(name)
+        if q is None:
+            return None
+        found = q._modules.get(name)
+        if found is None and name in FUSED_QKV and "W_QKV" in q._modules:
+            return QuantizedPart(q._modules["W_QKV"], FUSED_QKV.index(name))
+        return found
 
     def _linear(self, x: Tensor, name: str, bias: Tensor | None = None, layout: str = "in_out") -> Tensor:
         """x times the weight `name` (TransformerLens-shaped, turned by `layout`), plus `bias` [out] or
         [heads, d_head] (flattened here, and only when it is kept)."""
         # Generation runs this ~200 times a token: read the dicts nn.Module keeps instead of going
         # through getattr and two __getattr__ layers (a property, such as GQA's W_K, still works).
-        quantized = self._modules.get("quantized")
-        if quantized is None or name not in quantized._modules:
-            weight = self._parameters.get(name)
-            weight = self._out_in(name, weight, layout) if weight is not None else TO_OUT_IN[layout](getattr(self, name))
-            # A zero bias is skipped where HF's layer has none: mm, as HF runs it (lensutil/zero_bias.py).
-            cfg = self.__dict__.get("cfg")
-            bias = bias_or_none(bias, cfg is not None and BIAS_OF.get(name) in cfg.absent_biases)
-            return F.linear(x, weight, None if bias is None else bias.reshape(-1))
-        return quantized._modules[name](x, bias)
+        if "quantized" in self._modules:
+            quantized = self.quantized_linear(name)
+            if quantized is not None:
+                return quantized(x, bias)
+        weight = self._parameters.get(name)
+        weight = self._out_in(name, weight, layout) if weight is not None else TO_OUT_IN[layout](getattr(self, name))
+        # A zero bias is skipped where HF's layer has none: mm, as HF runs it (lensutil/zero_bias.py).
+        cfg = self.__dict__.get("cfg")
+        bias = bias_or_none(bias, cfg is not None and BIAS_OF.get(name) in cfg.absent_biases)
+        return F.linear(x, weight, None if bias is None else bias.reshape(-1))
 
     def _out_in(self, name: str, weight: nn.Parameter, layout: str) -> Tensor:
         """TO_OUT_IN[layout](weight), remembered: making the view costs about as much as the matmul of one token.
@@ -215,7 +284,7 @@ class QuantizableLinears(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            q = modules.get("quantized")
-            if q is not None and name in q._modules:
-                return q._modules[name].dequantized_view()
+            quantized = self.quantized_linear(name) if "quantized" in modules else None
+            if quantized is not None:
+                return quantized.dequantized_view()
             raise

@@ -147,8 +147,9 @@ def test_load_in_8bit_and_load_in_4bit_keywords_quantise_like_the_config(mode):
 
 
 @pytest.mark.parametrize("mode", ["8-bit", "4-bit nf4"])
-def test_split_qkv_input_and_attn_result_keep_the_quantised_maths(mode):
-    model = from_pretrained_no_processing("tiny-llama", quantization_config=config_for_mode(mode), attn_implementation="eager")
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])  # GPT-2: W_Q, W_K, W_V rows of one quantised c_attn
+def test_split_qkv_input_and_attn_result_keep_the_quantised_maths(name, mode):
+    model = from_pretrained_no_processing(name, quantization_config=config_for_mode(mode), attn_implementation="eager")
     assert model.blocks[0].attn.quantized_linear("W_Q") is not None
     tokens = model.to_tokens(PROMPTS[0])
     with torch.no_grad():
@@ -233,6 +234,15 @@ def test_an_hf_model_quantised_by_huggingface_loads_without_processing():
         assert torch.equal(_run(model, tokens), _run(ref, tokens, hf_side=True)), mode
 
 
+@pytest.mark.parametrize("mode", ["8-bit", "4-bit nf4"])
+def test_an_hf_mixtral_quantised_by_huggingface_keeps_its_full_precision_experts(mode):
+    ref = load_hf("tiny-mixtral", quantization_config=config_for_mode(mode))[0]  # HF's default: fused experts not quantised
+    model = from_pretrained_no_processing("tiny-mixtral", hf_model=ref, attn_implementation="eager")
+    assert "quantized" not in model.blocks[0].mlp.experts[0]._modules and "W_Q" in model.blocks[0].attn.quantized
+    tokens = _tokens("tiny-mixtral")
+    assert torch.equal(_run(model, tokens), _run(ref, tokens, hf_side=True))
+
+
 # ---- encoders ----------------------------------------------------------------------------------
 
 
@@ -251,6 +261,21 @@ def test_bert_quantised_matches_huggingface_quantised(mode):
         diff = (model(ids, token_type_ids=types, one_zero_attention_mask=mask) - ref(input_ids=ids, token_type_ids=types,
                                                                                     attention_mask=mask).logits).abs().max().item()
     assert diff == 0, f"tiny-bert {mode}: {diff:.2e}"
+
+
+def test_double_quantised_hf_bert_loads_as_it_is():
+    import transformers
+
+    from lensutil.zoo import resolve
+
+    config = config_for_mode("4-bit nf4", bnb_4bit_use_double_quant=True)
+    ref = transformers.AutoModelForMaskedLM.from_pretrained(str(resolve("tiny-bert")), quantization_config=config,
+                                                            attn_implementation="eager").eval()
+    model = HookedEncoder.from_pretrained("tiny-bert", hf_model=ref, tokenizer=HookedEncoder.from_pretrained("tiny-bert").tokenizer)
+    ids, types, mask = model.to_tokens("The capital of France is [MASK].")
+    with torch.no_grad():
+        assert torch.equal(model(ids, token_type_ids=types, one_zero_attention_mask=mask),
+                           ref(input_ids=ids, token_type_ids=types, attention_mask=mask).logits)
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -394,29 +419,37 @@ def test_skip_modules_that_name_nothing_or_drop_lm_head_are_refused():
         from_pretrained_no_processing("tiny-llama", quantization_config=config_for_mode("8-bit", llm_int8_skip_modules=["down_proj"]))
 
 
-# ---- 4-bit double quantisation (issue 24, item 1.6): not fixed yet --------------------------------
+# ---- 4-bit double quantisation (issue 24, item 1.6) ---------------------------------------------
 # Double quantisation quantises each matrix's block scales again, in blocks of 256 around their mean
-# over the whole matrix: HF quantises GPT-2's fused c_attn as one matrix, lensutil W_Q, W_K, W_V apart
-# (other means, other blocks); and re-quantising HF's dequantised weights (hf_model=) does not give its
-# codes back once the scales themselves are rounded. Strict xfail: these fail today and flag the fix.
+# over the whole matrix: GPT-2's fused c_attn is one matrix (W_Q, W_K, W_V quantised apart held other
+# bytes); and re-quantising HF's dequantised weights (hf_model=) does not give its codes back once the
+# scales are rounded, so HF's quantised modules are copied as they are.
 DOUBLE = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
 
 
-@pytest.mark.xfail(strict=True, reason="GPT-2's c_attn is quantised as three matrices, not one (issue 24, item 1.6)")
 def test_double_quantised_gpt2_matches_huggingface():
     from transformers import BitsAndBytesConfig
 
     config = BitsAndBytesConfig(**DOUBLE)
     model = from_pretrained_no_processing("tiny-gpt2", quantization_config=config, attn_implementation="eager")
+    attn, float_attn = model.blocks[0].attn, lens("tiny-gpt2").blocks[0].attn
+    assert set(attn.quantized) == {"W_QKV", "W_O"} and attn._qkv_storage is None  # c_attn as one matrix; no float copy kept
+    for name in ["W_Q", "W_K", "W_V"]:  # each read as its rows of it
+        assert getattr(attn, name).shape == getattr(float_attn, name).shape
+        assert torch.allclose(getattr(attn, name), getattr(float_attn, name), atol=0.1)
     tokens = _tokens("tiny-gpt2")
     assert torch.equal(_run(model, tokens), _run(load_hf("tiny-gpt2", quantization_config=config)[0], tokens, hf_side=True))
 
 
-@pytest.mark.xfail(strict=True, reason="hf_model= re-quantises dequantised double-quantised weights (issue 24, item 1.6)")
-def test_double_quantised_hf_model_loads_as_it_is():
+@pytest.mark.parametrize("name, ran_first", [("tiny-llama", False), ("tiny-llama", True), ("tiny-gpt2", False)])
+def test_double_quantised_hf_model_loads_as_it_is(name, ran_first):
     from transformers import BitsAndBytesConfig
 
-    ref = load_hf("tiny-llama", quantization_config=BitsAndBytesConfig(**DOUBLE))[0]
-    model = from_pretrained_no_processing("tiny-llama", hf_model=ref, attn_implementation="eager")
-    tokens = _tokens("tiny-llama")
-    assert torch.equal(_run(model, tokens), _run(ref, tokens, hf_side=True))
+    ref, tokenizer = load_hf(name, quantization_config=BitsAndBytesConfig(**DOUBLE))
+    tokens = _tokens(name)
+    expected = _run(ref, tokens, hf_side=True)  # ran_first: its weights are repacked for the CPU kernel when copied
+    if not ran_first:
+        ref, tokenizer = load_hf(name, quantization_config=BitsAndBytesConfig(**DOUBLE))
+    model = from_pretrained_no_processing(name, hf_model=ref, tokenizer=tokenizer, attn_implementation="eager")
+    assert torch.equal(_run(model, tokens), expected)
+    assert torch.equal(_run(ref, tokens, hf_side=True), expected)  # the HF model is left as it was
