@@ -27,7 +27,7 @@ SKIP_COMPARE = ("text/html", "application/javascript", "application/vnd.jupyter.
 
 def notebook_skip_reason(path: Path) -> str | None:
     """Why a notebook cannot run here (from `metadata.lensutil.requires`), or None if it can."""
-    from lensutil.notebook import _has_gpu, _has_internet
+    from lensutil.notebook.setup import _has_gpu, _has_internet
 
     needs = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("lensutil", {}).get("requires", [])
     checks = {"gpu": _has_gpu, "internet": _has_internet}

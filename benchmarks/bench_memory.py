@@ -53,7 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_vs_hf import _rss_bytes, machine_report, peak_rss_delta  # noqa: E402
 
-from lensutil import collect_activations, keep_freed_memory, loading  # noqa: E402
+from lensutil import collect_activations, keep_freed_memory
+from lensutil.loading import hf_source, pretrained  # noqa: E402
 
 
 def paired(ours: Callable, theirs: Callable, pairs: int, warmup: int = 1) -> dict:
@@ -125,9 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
     print(f"allocator, lensutil and HuggingFace alike: {allocator}")
 
-    hf, _ = loading.load_hf(args.model, attn_implementation="sdpa")
-    hf_eager = None if "A" in skip else loading.load_hf(args.model, attn_implementation="eager")[0]
-    model = loading.from_pretrained_no_processing(args.model)
+    hf, _ = hf_source.load_hf(args.model, attn_implementation="sdpa")
+    hf_eager = None if "A" in skip else hf_source.load_hf(args.model, attn_implementation="eager")[0]
+    model = pretrained.from_pretrained_no_processing(args.model)
     assert model.cfg.attn_implementation == hf.config._attn_implementation == "sdpa"
     tokens = torch.randint(100, model.cfg.d_vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"   RSS of this process after part A: {_rss_bytes() / 2**20:.0f} MiB now, {peak:.0f} MiB at its peak")
 
     if "B" not in skip:
-        processed = loading.from_pretrained(args.model)
+        processed = pretrained.from_pretrained(args.model)
         print(f"\nB. weight memory (distinct parameter storage, float32): lensutil no processing {storage_mib(model):.0f} MiB, "
               f"processed {storage_mib(processed):.0f} MiB, HuggingFace {storage_mib(hf):.0f} MiB; "
               f"ratio (no processing) {storage_mib(model) / storage_mib(hf):.3f}")

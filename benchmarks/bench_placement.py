@@ -49,8 +49,8 @@ def child(name: str, placement: str, threads: int, processing: bool) -> dict:
     import torch
 
     import lensutil  # noqa: F401  (its imports count in the baseline)
-    from lensutil import placement as pl
-    from lensutil.loading import from_pretrained, from_pretrained_no_processing
+    from lensutil.loading import placement as pl
+    from lensutil.loading.pretrained import from_pretrained, from_pretrained_no_processing
 
     load = from_pretrained if processing else from_pretrained_no_processing
     torch.set_num_threads(threads)
@@ -76,9 +76,9 @@ def child(name: str, placement: str, threads: int, processing: bool) -> dict:
 
 
 def _most_on_disk(name: str, processing: bool) -> dict:
-    from lensutil import placement as pl
-    from lensutil.loading import PROCESSING_OPTIONS
-    from lensutil.placement_loading import empty_model
+    from lensutil.loading import placement as pl
+    from lensutil.loading.convert import PROCESSING_OPTIONS
+    from lensutil.loading.placed import empty_model
 
     units = pl.units(empty_model(name, **({} if processing else {o: False for o in PROCESSING_OPTIONS})))
     return {u: ("disk" if u.startswith("blocks.") and int(u.split(".")[1]) >= 2 else "cpu") for u in units}

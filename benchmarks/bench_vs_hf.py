@@ -36,9 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lensutil import loading, release_freed_memory  # noqa: E402
-from lensutil.allocator import rss_bytes as _rss_bytes  # noqa: E402
-from lensutil.tokens import tokenize  # noqa: E402
+from lensutil.loading import hf_source, pretrained  # noqa: E402
+from lensutil import release_freed_memory  # noqa: E402
+from lensutil.analysis.allocator import rss_bytes as _rss_bytes  # noqa: E402
+from lensutil.text.tokens import tokenize  # noqa: E402
 
 BATCH_PROMPTS = [  # 8 prompts of mixed length for the batched-generation measurement
     "The capital of France is",
@@ -101,9 +102,9 @@ def peak_rss_delta(fn: Callable[[], object]) -> int | None:
 def load_models(name: str, processed: bool):
     from transformers import AutoModelForCausalLM
 
-    load = loading.from_pretrained if processed else loading.from_pretrained_no_processing
-    hf_eager, tokenizer = loading.load_hf(name)  # eager attention
-    hf_default = AutoModelForCausalLM.from_pretrained(loading.resolve_source(name), dtype=torch.float32).eval()
+    load = pretrained.from_pretrained if processed else pretrained.from_pretrained_no_processing
+    hf_eager, tokenizer = hf_source.load_hf(name)  # eager attention
+    hf_default = AutoModelForCausalLM.from_pretrained(hf_source.resolve_source(name), dtype=torch.float32).eval()
     default = hf_default.config._attn_implementation
     # Like against like: each HF attention implementation is timed against lensutil's same mode.
     hfs = {f"HF {default}": hf_default, "HF eager": hf_eager}

@@ -14,10 +14,11 @@ import torch
 
 from .errors import ConfigError
 
+
 Normalization = Literal["LN", "LNPre", "RMS", "RMSPre"]
 Positional = Literal["standard", "rotary"]
 DEFAULT_ATTN_IMPLEMENTATION = "sdpa"  # from_pretrained's and the config's; the checks load HuggingFace in it too
-MlpType = Literal["dense", "gated", "moe"]  # "moe": a router and num_experts gated experts (lensutil/moe.py)
+MlpType = Literal["dense", "gated", "moe"]  # "moe": a router and num_experts gated experts (lensutil/model/moe.py)
 InitMode = Literal["gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
 BIAS_NAMES = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U")  # the biases a layer may lack in HuggingFace
 ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "silu", "relu"]
@@ -90,7 +91,7 @@ class HookedTransformerConfig:
     # "sdpa" (the default, as HuggingFace's): torch's fused kernel whenever no hook watches the scores
     # or the pattern (faster; HF's "sdpa" rounding, bit for bit), the written-out path when one does
     # (run_with_cache of everything does); "eager" always writes attention out (HF's eager rounding,
-    # bit for bit). The two differ in the last bits of the logits (lensutil/fused_attention.py).
+    # bit for bit). The two differ in the last bits of the logits (lensutil/model/fused_attention.py).
     attn_implementation: Literal["eager", "sdpa"] = "sdpa"  # DEFAULT_ATTN_IMPLEMENTATION
     # How the HuggingFace model stores its attention and MLP matrices, which lensutil stores alike
     # (components._linear_param): "out_in" as nn.Linear (most models), "in_out" as GPT-2's Conv1D.
@@ -99,13 +100,13 @@ class HookedTransformerConfig:
     # q, k and v computed with one matmul, as GPT-2's c_attn does (its rounding differs from three
     # separate matmuls for a single token). Needs one key/value head per query head.
     fused_qkv: bool = False
-    # Set by weight processing (lensutil.processing) so a saved state dict says how it was made.
+    # Set by weight processing (lensutil.model.processing) so a saved state dict says how it was made.
     folded_ln: bool = False
     centered_writing_weights: bool = False
     centered_unembed: bool = False
     folded_value_biases: bool = False
     d_vocab_out: int = -1  # the unembedding's width (TransformerLens); -1: d_vocab
-    # Initial weights of a model built from this config (lensutil/initialization.py), TransformerLens'
+    # Initial weights of a model built from this config (lensutil/model/initialization.py), TransformerLens'
     # fields: init_weights=False leaves them empty; init_mode "gpt2" draws every matrix from
     # N(0, initializer_range), which -1 sets to 0.8 / sqrt(d_model) (for the xavier and kaiming modes it
     # is their gain, 1 unless set); seed, where set, seeds a generator of the model's own.
@@ -115,7 +116,7 @@ class HookedTransformerConfig:
     seed: int | None = None
     # The biases (b_Q, b_K, b_V, b_O, b_in, b_out, b_U) that the source model's layers do not have:
     # lensutil keeps each, zero, as TransformerLens does. While one is all zeros (checked at every
-    # call), its layer runs as HuggingFace's bias-free layer does: a plain product (lensutil/zero_bias.py).
+    # call), its layer runs as HuggingFace's bias-free layer does: a plain product (lensutil/model/zero_bias.py).
     # Set by the adapter; () for a model built from a config (every bias is passed, as in TransformerLens).
     absent_biases: tuple[str, ...] = ()
 
@@ -234,3 +235,8 @@ class HookedTransformerConfig:
         if unknown:
             raise ConfigError(f"Unknown config fields {sorted(unknown)}; lensutil does not know what they mean.")
         return cls(**d)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half precision (HuggingFace's upcast), the dtype itself for float32 and float64."""
+    return torch.promote_types(dtype, torch.float32)

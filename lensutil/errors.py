@@ -57,7 +57,7 @@ class ModelAccessError(LensError):
     """The hub refused or could not be reached (gated model, no token, offline)."""
 
 
-# The hub's refusals, one class each (lensutil/hub.py chooses among them); each message says what to do.
+# The hub's refusals, one class each (lensutil/loading/hub.py chooses among them); each message says what to do.
 class GatedModelError(ModelAccessError):
     """A gated repository that no token, or a token without access, asked for."""
 
@@ -112,3 +112,24 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]
         tail = name.rsplit(".", 1)[-1]
         found = sorted((c for c in candidates if c.endswith(tail)), key=other_layer)[:n]
     return found
+
+
+class QuantizationError(ConfigError):
+    """A quantisation request lensutil cannot carry out (missing bitsandbytes, conflicting options, ...)."""
+
+
+class PlacementError(LensError):
+    """A device map, max_memory or n_devices that cannot place this model."""
+
+
+class OffloadedWeightError(PlacementError):
+    """A weight of a module offloaded by its device map, read (or moved) outside that module's forward.
+
+    Not an AttributeError on purpose: Python answers an AttributeError raised inside a property
+    (GroupedQueryAttention.W_K reads _W_K) by calling __getattr__ again, which would replace this
+    message with "has no attribute 'W_K'".
+    """
+
+
+class AllocatorError(LensError):
+    """keep_freed_memory() cannot act here: no glibc malloc in this process, or mallopt refused."""

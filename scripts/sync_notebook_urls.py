@@ -1,4 +1,4 @@
-"""Write the project's address (lensutil.notebook.PROJECT_URL) into every notebook's set-up cells.
+"""Write the project's address (lensutil.notebook.setup.PROJECT_URL) into every notebook's set-up cells.
 
 Touches two things in each notebooks/NN_*.ipynb and nothing else: the "Open in Colab" badge line of
 the first (markdown) cell, and the Colab install cell (code cell index 1). Outputs of other cells,
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lensutil.notebook import COLAB_BADGE_IMAGE, colab_badge, colab_install_cell  # noqa: E402
+from lensutil.notebook.setup import COLAB_BADGE_IMAGE, colab_badge, colab_install_cell  # noqa: E402
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 INSTALL_CELL = 1  # index of the Colab install cell: right after the title cell

@@ -1,6 +1,6 @@
 """The local hub for the tests: lensutil/local_hub.py (there so notebook 09 can start it anywhere)."""
 
-from lensutil.local_hub import (  # noqa: F401
+from lensutil.loading.local_hub import (  # noqa: F401
     INVALID_CREDENTIALS,
     HubServer,
     Repo,

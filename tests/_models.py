@@ -6,8 +6,10 @@ import functools
 
 import torch
 
-from lensutil.loading import from_pretrained_no_processing, load_hf
-from lensutil.zoo import ENCODER_NAMES, ZOO_NAMES
+from lensutil.loading.pretrained import from_pretrained_no_processing
+from lensutil.loading.hf_source import load_hf
+from lensutil.loading.zoo_bert import ENCODER_NAMES
+from lensutil.loading.zoo import ZOO_NAMES
 
 TINY = [n for n in ZOO_NAMES if n.startswith("tiny-") and n not in ENCODER_NAMES]  # decoders (encoders: encoder())
 ALL = [*TINY, "smollm2-135m"]
@@ -33,7 +35,7 @@ def encoder(name: str):
 
 @functools.lru_cache(maxsize=None)
 def hf_encoder(name: str):
-    from lensutil.encoder_loading import load_hf_encoder
+    from lensutil.loading.encoder import load_hf_encoder
 
     return load_hf_encoder(name)[0]
 

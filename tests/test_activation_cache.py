@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lensutil.errors import CacheKeyError, LensError
-from lensutil.model import HookedTransformer
+from lensutil.model.transformer import HookedTransformer
 
 ATOL = 1e-5
 

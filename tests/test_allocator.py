@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from lensutil import LensError
-from lensutil import allocator
+from lensutil.analysis import allocator
 
 glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                                 reason="keep_freed_memory() tunes glibc's malloc (Linux with glibc only)")

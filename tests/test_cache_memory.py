@@ -119,7 +119,7 @@ def test_release_freed_memory_returns_bytes_and_never_raises():
 
 def test_keep_freed_memory_refuses_an_unknown_setting():
     import lensutil
-    from lensutil.allocator import AllocatorError
+    from lensutil.errors import AllocatorError
 
     with pytest.raises(AllocatorError, match="True or False"):
         lensutil.keep_freed_memory("yes")
@@ -127,7 +127,7 @@ def test_keep_freed_memory_refuses_an_unknown_setting():
 
 def test_keep_freed_memory_auto_is_refused_with_what_the_default_is_now():
     import lensutil
-    from lensutil.allocator import AllocatorError
+    from lensutil.errors import AllocatorError
 
     with pytest.raises(AllocatorError, match="no longer changes the allocator by itself"):
         lensutil.keep_freed_memory("auto")

@@ -6,7 +6,7 @@ import torch
 from _models import ALL, hf, lens
 from lensutil import checks
 from lensutil.errors import LensError
-from lensutil.loading import from_pretrained, from_pretrained_no_processing
+from lensutil.loading.pretrained import from_pretrained, from_pretrained_no_processing
 
 
 def _param(name):
@@ -70,7 +70,7 @@ def test_error_table_has_a_row_per_dtype_and_option():
 
 def test_validate_model_setup_catches_padding_that_is_not_masked(monkeypatch):
     model = from_pretrained_no_processing("tiny-llama")
-    monkeypatch.setattr("lensutil.tokens.check_attention_mask", lambda mask, *args, **kwargs: None)  # masks ignored
+    monkeypatch.setattr("lensutil.text.tokens.check_attention_mask", lambda mask, *args, **kwargs: None)  # masks ignored
     report = checks.validate_model_setup(model)
     row = next(r for r in report.rows if r.name == "padding keys get zero attention")
     assert not row.passed and "attention_mask" in row.fix and row.notebook == "04_attention_masks_and_padding"

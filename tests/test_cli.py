@@ -1,6 +1,6 @@
 """`lensutil doctor`: the report, its exit status, and the token that must never be printed."""
 
-from lensutil import cli
+from lensutil.checks import cli
 
 
 def test_doctor_passes_on_a_zoo_model_and_never_prints_the_token(monkeypatch, capsys):

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from lensutil import collect_activations
-from lensutil.collect import load_collected
+from lensutil.analysis.collect_store import load_collected
 from lensutil.errors import HookNameError, InputError, LensError
-from lensutil.tokens import tokenize
+from lensutil.text.tokens import tokenize
 
 from _models import lens
 

@@ -251,7 +251,7 @@ def test_hub_errors_are_the_decoders(monkeypatch):
 
 
 def test_local_directory_loads_like_the_zoo_name():
-    from lensutil import zoo
+    from lensutil.loading import zoo
 
     model = HookedEncoder.from_pretrained(str(zoo.resolve("tiny-bert")))
     tokens, types, mask = model.to_tokens(*PAIR)

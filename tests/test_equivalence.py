@@ -92,7 +92,7 @@ def _random_llama(head_dim: int, seed: int = 0):
 def test_logits_bit_exact_with_huggingface_at_d_head_128(attn_implementation):
     # At d_head 128 (every 7B/8B Llama), sqrt(d_head) is not a power of two, so dividing the scores
     # by it and multiplying them by head_dim ** -0.5 (HuggingFace's rule) round differently.
-    from lensutil.loading import from_pretrained_no_processing
+    from lensutil.loading.pretrained import from_pretrained_no_processing
 
     ref = _random_llama(head_dim=128)
     model = from_pretrained_no_processing("random-llama-d128", hf_model=ref, attn_implementation=attn_implementation)

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from lensutil.activation_cache import ActivationCache
+from lensutil.hooks.activation_cache import ActivationCache
 from lensutil.errors import HookFlagError, HookNameError, HookShapeError, LensError, close_matches
-from lensutil.hook_points import HookedRootModule, HookPoint, LensHandle
+from lensutil.hooks.root_module import HookedRootModule
+from lensutil.hooks.hook_points import HookPoint, LensHandle
 
 
 class ToyBlock(nn.Module):

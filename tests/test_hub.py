@@ -217,7 +217,7 @@ attempt("not cached", lambda: HookedTransformer.from_pretrained("mistral-7b"))
 
 
 def test_transformerlens_names_map_to_hub_names_case_insensitively():
-    from lensutil.model_names import official_name
+    from lensutil.loading.names import official_name
 
     assert official_name("gpt2-small") == "gpt2" and official_name("GPT2-Small") == "gpt2"
     assert official_name("mixtral") == "mistralai/Mixtral-8x7B-v0.1"

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-import lensutil.initialization as init
+import lensutil.model.initialization as init
 from lensutil import HookedEncoder, HookedTransformer, HookedTransformerConfig
 from lensutil.errors import ConfigError
-from lensutil.loading import from_pretrained, from_pretrained_no_processing
+from lensutil.loading.pretrained import from_pretrained, from_pretrained_no_processing
 
 CONFIGS = {
     "gpt2-like": dict(n_layers=2, d_model=64, n_ctx=32, d_head=16, d_vocab=101, act_fn="gelu_new", fused_qkv=True,

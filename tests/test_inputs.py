@@ -7,8 +7,8 @@ import torch
 
 from _models import ALL, lens
 from lensutil.errors import AttentionMaskError, InputError
-from lensutil.generation import KVCache
-from lensutil.tokens import generate_attention_mask, tokenize
+from lensutil.text.generation import KVCache
+from lensutil.text.tokens import generate_attention_mask, tokenize
 
 PROMPTS = ["The Eiffel Tower is in the city of", "Hi", "Once upon a time, in a land far away, there"]
 

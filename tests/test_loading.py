@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from _models import lens
-from lensutil import HookedTransformer, zoo
+from lensutil import HookedTransformer
+from lensutil.loading import zoo
 from lensutil.errors import ModelAccessError
-from lensutil.loading import load_hf, load_torch_file
+from lensutil.loading.hf_source import load_hf
+from lensutil.loading.state_dict import load_torch_file
 
 
 def test_local_directory_loads_like_the_zoo_name():

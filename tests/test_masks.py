@@ -5,8 +5,8 @@ import torch
 
 from _models import ALL, hf, hf_positions, lens
 from lensutil.errors import AttentionMaskError, InputError
-from lensutil.generation import KVCache
-from lensutil.tokens import positions_from_mask, tokenize
+from lensutil.text.generation import KVCache
+from lensutil.text.tokens import positions_from_mask, tokenize
 
 PROMPTS = ["The Eiffel Tower is in the city of", "Hi", "Once upon a time, in a land far away, there"]
 
@@ -125,7 +125,7 @@ def test_sampling_is_reproducible_under_a_seed_and_temperature_zero_is_greedy():
 def test_top_k_top_p_filter_like_huggingface(top_k, top_p):
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-    from lensutil.generation import filter_logits
+    from lensutil.text.generation import filter_logits
 
     logits = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
     expected = TemperatureLogitsWarper(0.7)(None, logits.clone())

@@ -7,7 +7,7 @@ from _models import lens
 from lensutil.config import HookedTransformerConfig
 from lensutil.errors import (ConfigError, HookFlagError, HookNameError, InputError, UnsupportedArchitectureError,
                              WeightLoadError)
-from lensutil.loading import from_pretrained_no_processing
+from lensutil.loading.pretrained import from_pretrained_no_processing
 
 TEXT = "The Eiffel Tower is in the city of"
 
@@ -112,7 +112,7 @@ def test_tokens_round_trip():
 def test_unsupported_architecture_lists_the_supported_ones():
     from transformers import T5Config
 
-    from lensutil.adapters import get_adapter
+    from lensutil.architectures.registry import get_adapter
 
     # (BERT was the example here until lensutil gained HookedEncoder; T5 has no adapter.)
     with pytest.raises(UnsupportedArchitectureError, match="BertForMaskedLM.*GPT2LMHeadModel.*LlamaForCausalLM"):
@@ -120,7 +120,7 @@ def test_unsupported_architecture_lists_the_supported_ones():
 
 
 def test_missing_weight_is_an_error_not_a_fresh_init():
-    from lensutil.loading import load_hf
+    from lensutil.loading.hf_source import load_hf
 
     hf_model, _ = load_hf("tiny-llama")
     state = hf_model.state_dict()
@@ -258,12 +258,12 @@ def test_a_bfloat16_model_made_float_computes_like_a_float32_one():
 
 
 def test_compare_with_hf_loads_its_reference_in_the_models_current_dtype(monkeypatch):
-    import lensutil.loading
+    import lensutil.loading.pretrained
     from lensutil.checks import compare_with_hf
 
     model = _fresh(dtype=torch.bfloat16).float()
     asked = []
-    real_load_hf = lensutil.loading.load_hf
-    monkeypatch.setattr(lensutil.loading, "load_hf", lambda *a, **kw: asked.append(kw.get("dtype")) or real_load_hf(*a, **kw))
+    real_load_hf = lensutil.loading.hf_source.load_hf
+    monkeypatch.setattr(lensutil.loading.pretrained, "load_hf", lambda *a, **kw: asked.append(kw.get("dtype")) or real_load_hf(*a, **kw))
     compare_with_hf(model, prompts="Hi")
     assert asked == [torch.float32]

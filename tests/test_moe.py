@@ -7,8 +7,9 @@ from _models import hf, lens
 from lensutil import checks
 from lensutil.config import HookedTransformerConfig
 from lensutil.errors import ConfigError, LensError
-from lensutil.generation import KVCache
-from lensutil.loading import from_pretrained, from_pretrained_no_processing, load_hf
+from lensutil.text.generation import KVCache
+from lensutil.loading.pretrained import from_pretrained, from_pretrained_no_processing
+from lensutil.loading.hf_source import load_hf
 
 NAME = "tiny-mixtral"
 PROMPTS = ["The Eiffel Tower is in the city of", "def fibonacci(n):\n    return", "1, 2, 3, 5, 8, 13,",

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from lensutil.zoo import ZOO_NAMES
+from lensutil.loading.zoo import ZOO_NAMES
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
 # lensutil modules that import an optional package for the notebook (lazily, so no scan finds it)
-IMPLIED = {"lensutil.widgets": "ipywidgets"}
+IMPLIED = {"lensutil.notebook.widgets": "ipywidgets"}
 
 
 def _norm(dist: str) -> str:
@@ -96,7 +96,7 @@ def test_notebook_declares_the_zoo_models_and_packages_its_code_uses(path):
 
 def test_the_scan_finds_what_a_notebook_uses():
     cell = {"cell_type": "code", "source": [
-        "import os\n", "if False:\n", "    %pip install x\n", "import circuitsvis as cv\n", "from lensutil.widgets import HookExplorer\n",
+        "import os\n", "if False:\n", "    %pip install x\n", "import circuitsvis as cv\n", "from lensutil.notebook.widgets import HookExplorer\n",
         "import torch, matplotlib.pyplot as plt\n", "m = HookedTransformer.from_pretrained('tiny-gpt2')  # not 'tiny-llama'\n",
         "print(f'{model_name} is not tiny-bert')\n"]}
     names, modules = used({"cells": [cell]})

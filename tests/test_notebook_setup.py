@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
-import lensutil.notebook as nbsetup
+import lensutil.notebook.setup as nbsetup
 from lensutil.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from _models import lens
-from lensutil.components import rotary_cos_sin
-from lensutil.loading import from_pretrained_no_processing
-from lensutil.model import HookedTransformer
+from lensutil.model.context import rotary_cos_sin
+from lensutil.loading.pretrained import from_pretrained_no_processing
+from lensutil.model.transformer import HookedTransformer
 
 TEXT = "The Eiffel Tower is in the city of"
 F64_ATOL = 1e-12  # float64 arithmetic; float32 anywhere on the way shows as ~1e-7
@@ -77,7 +77,7 @@ def test_float64_weight_processing_computes_in_float64():
 def test_from_pretrained_float64_processes_in_float64():
     # Processing rewrites weights into an equivalent form: in float64 the processed model's log-probs
     # equal the unprocessed one's to float64 rounding. Processed in float32 and cast, they are ~1e-6 off.
-    from lensutil.loading import from_pretrained
+    from lensutil.loading.pretrained import from_pretrained
 
     processed = from_pretrained("tiny-gpt2", dtype=torch.float64)
     assert processed.cfg.folded_ln and processed.cfg.dtype == torch.float64

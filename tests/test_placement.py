@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from _models import TINY, lens
-from lensutil import placement as pl
+from lensutil.loading import placement as pl
 from lensutil.errors import ConfigError, LensError
-from lensutil.loading import from_pretrained, from_pretrained_no_processing, load_hf
-from lensutil.offloaded_weights import OffloadedWeightError, read_weight
+from lensutil.loading.pretrained import from_pretrained, from_pretrained_no_processing
+from lensutil.loading.hf_source import load_hf
+from lensutil.errors import OffloadedWeightError
+from lensutil.loading.offloaded_weights import read_weight
 
 TOKENS = torch.tensor([[1, 5, 7, 9, 200, 300, 11, 12], [1, 40, 41, 42, 43, 44, 45, 46]])
 
@@ -108,12 +110,12 @@ def test_auto_device_map_with_small_max_memory_offloads_and_agrees(tmp_path):
 
 
 def test_disk_placement_reads_the_checkpoint_block_by_block_without_loading_the_hf_model(monkeypatch, tmp_path):
-    import lensutil.loading
+    import lensutil.loading.pretrained
 
     def refuse(*args, **kwargs):
         raise AssertionError("the whole HuggingFace model was loaded into RAM")
 
-    monkeypatch.setattr(lensutil.loading, "load_hf", refuse)
+    monkeypatch.setattr(lensutil.loading.pretrained, "load_hf", refuse)
     placed = from_pretrained("tiny-gpt2", device_map=half_on_disk(single("tiny-gpt2")), offload_folder=str(tmp_path))
     assert torch.equal(placed(TOKENS), single("tiny-gpt2")(TOKENS))
 
@@ -340,21 +342,21 @@ def hub_placement(tmp_path_factory):
     from _hub_server import HubServer, Repo
     from test_hub import run_scenarios
 
-    from lensutil import zoo
+    from lensutil.loading import zoo
 
     tmp = tmp_path_factory.mktemp("hub_placement")
     code = f"""
-import lensutil.loading
-real_load_hf = lensutil.loading.load_hf
+import lensutil.loading.pretrained
+real_load_hf = lensutil.loading.hf_source.load_hf
 
 def placed_equals_zoo(name, folder):
     def refuse(*args, **kwargs):
         raise AssertionError("the whole HuggingFace model was loaded into RAM")
-    lensutil.loading.load_hf = refuse  # a hub name is placed from the snapshot's safetensors, block by block
+    lensutil.loading.hf_source.load_hf = refuse  # a hub name is placed from the snapshot's safetensors, block by block
     try:
         placed = HookedTransformer.from_pretrained(name, device_map={{"": "cpu", "blocks.1": "disk"}}, offload_folder=folder)
     finally:
-        lensutil.loading.load_hf = real_load_hf
+        lensutil.loading.hf_source.load_hf = real_load_hf
     tokens = torch.tensor([[1, 5, 7, 9, 200, 300]])
     on_disk = next(placed.blocks[1].parameters()).is_meta
     return on_disk and bool(torch.equal(placed(tokens), HookedTransformer.from_pretrained("tiny-gpt2")(tokens)))

@@ -13,9 +13,12 @@ import torch
 
 from lensutil.config import HookedTransformerConfig
 from lensutil.errors import ConfigError, LensError, WeightLoadError
-from lensutil.loading import PROCESSING_OPTIONS, from_pretrained, from_pretrained_no_processing, load_and_process_state_dict, load_hf
-from lensutil.model import HookedTransformer
-from lensutil.processing import (
+from lensutil.loading.convert import PROCESSING_OPTIONS
+from lensutil.loading.pretrained import from_pretrained, from_pretrained_no_processing
+from lensutil.loading.state_dict import load_and_process_state_dict
+from lensutil.loading.hf_source import load_hf
+from lensutil.model.transformer import HookedTransformer
+from lensutil.model.processing import (
     ProcessingReport,
     center_unembed,
     center_writing_weights,

@@ -11,8 +11,9 @@ from _models import TINY, hf, lens
 
 from lensutil import HookedEncoder, HookedTransformer
 from lensutil.errors import LensError
-from lensutil.loading import from_pretrained_no_processing, load_hf
-from lensutil.quantization import config_for_mode, make_bnb_linear, quantize_, weight_memory
+from lensutil.loading.pretrained import from_pretrained_no_processing
+from lensutil.loading.hf_source import load_hf
+from lensutil.loading.quantization import config_for_mode, make_bnb_linear, quantize_, weight_memory
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "inputs will be cast to float16", once per 8-bit matmul
 
@@ -250,7 +251,7 @@ def test_an_hf_mixtral_quantised_by_huggingface_keeps_its_full_precision_experts
 def test_bert_quantised_matches_huggingface_quantised(mode):
     import transformers
 
-    from lensutil.zoo import resolve
+    from lensutil.loading.zoo import resolve
 
     model = HookedEncoder.from_pretrained("tiny-bert", quantization_config=config_for_mode(mode))
     ref = transformers.AutoModelForMaskedLM.from_pretrained(str(resolve("tiny-bert")), quantization_config=config_for_mode(mode),
@@ -266,7 +267,7 @@ def test_bert_quantised_matches_huggingface_quantised(mode):
 def test_double_quantised_hf_bert_loads_as_it_is():
     import transformers
 
-    from lensutil.zoo import resolve
+    from lensutil.loading.zoo import resolve
 
     config = config_for_mode("4-bit nf4", bnb_4bit_use_double_quant=True)
     ref = transformers.AutoModelForMaskedLM.from_pretrained(str(resolve("tiny-bert")), quantization_config=config,
@@ -297,7 +298,7 @@ def test_both_four_and_eight_bit_is_refused():
 
 
 def test_a_mode_this_build_cannot_run_names_the_ones_that_can(monkeypatch):
-    from lensutil import quantization as qz
+    from lensutil.loading import quantization as qz
 
     monkeypatch.setattr(qz, "probe_mode", lambda mode, device: "RuntimeError: no kernel" if mode == "4-bit fp4" else None)
     with pytest.raises(LensError, match=r"4-bit fp4 does not run on cpu.*What runs here: 8-bit, 4-bit nf4"):
@@ -308,7 +309,7 @@ def test_quantising_twice_and_processing_a_quantised_model_are_refused():
     model = from_pretrained_no_processing("tiny-llama", load_in_8bit=True)
     with pytest.raises(LensError, match="already quantised"):
         quantize_(model, config_for_mode("4-bit nf4"))
-    from lensutil.processing import process_weights_
+    from lensutil.model.processing import process_weights_
 
     with pytest.raises(LensError, match="needs full-precision weights"):
         process_weights_(model)

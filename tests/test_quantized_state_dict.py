@@ -10,8 +10,8 @@ import logging
 import pytest
 import torch
 
-from lensutil.loading import from_pretrained_no_processing
-from lensutil.quantization import config_for_mode
+from lensutil.loading.pretrained import from_pretrained_no_processing
+from lensutil.loading.quantization import config_for_mode
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 

@@ -7,7 +7,7 @@ import torch
 
 from lensutil import HookedTransformer
 from lensutil.errors import LensError, WeightLoadError
-from lensutil.loading import load_torch_file
+from lensutil.loading.state_dict import load_torch_file
 
 TEXT = "Fine-tuning changes every weight a little"
 
@@ -86,7 +86,7 @@ def test_fine_tuning_trains_with_a_plain_optimiser_and_hooks_fire_during_trainin
 
 
 def test_fine_tuned_huggingface_directory_loads_like_the_model_in_memory(tmp_path):
-    from lensutil.loading import load_hf
+    from lensutil.loading.hf_source import load_hf
 
     hf_model, tokenizer = load_hf("tiny-llama", attn_implementation="sdpa")  # the mode of a model loaded by name
     with torch.no_grad():
@@ -189,7 +189,7 @@ def test_attention_buffers_that_are_not_transformerlens_causal_ones_are_refused(
 
 
 def test_an_offloaded_models_state_dict_and_save_pretrained_hold_its_real_weights(tmp_path):
-    from lensutil import placement as pl
+    from lensutil.loading import placement as pl
 
     single = HookedTransformer.from_pretrained("tiny-llama")
     n = single.cfg.n_layers
@@ -212,7 +212,8 @@ def test_an_offloaded_models_state_dict_and_save_pretrained_hold_its_real_weight
 @pytest.mark.parametrize("mode", ["8-bit", "4-bit nf4"])
 def test_saving_a_quantised_model_is_refused_before_anything_is_written_and_says_what_to_do(mode, tmp_path):
     pytest.importorskip("bitsandbytes")
-    from lensutil.quantization import QuantizationError, config_for_mode
+    from lensutil.errors import QuantizationError
+    from lensutil.loading.quantization import config_for_mode
 
     model = HookedTransformer.from_pretrained("tiny-llama", quantization_config=config_for_mode(mode))
     with pytest.raises(QuantizationError, match="save the full-precision model") as err:

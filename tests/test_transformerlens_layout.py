@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from _models import hf, lens
-from lensutil.adapters import llama
+from lensutil.architectures import llama
 from lensutil.config import HookedTransformerConfig
 from lensutil.errors import ConfigError
-from lensutil.loading import from_pretrained, load_and_process_state_dict
-from lensutil.model import HookedTransformer
+from lensutil.loading.pretrained import from_pretrained
+from lensutil.loading.state_dict import load_and_process_state_dict
+from lensutil.model.transformer import HookedTransformer
 
 TEXT = "The Eiffel Tower is in the city of"
 

@@ -15,8 +15,8 @@ import torch
 from _models import lens
 from lensutil import HookedTransformerConfig
 from lensutil.errors import ConfigError
-from lensutil.loading import from_pretrained_no_processing
-from lensutil.weight_layout import _still_shared
+from lensutil.loading.pretrained import from_pretrained_no_processing
+from lensutil.model.weight_layout import _still_shared
 
 
 @pytest.fixture(scope="module")

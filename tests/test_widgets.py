@@ -1,4 +1,4 @@
-"""lensutil.widgets.HookExplorer: the view follows the controls, and says what gates a hook."""
+"""lensutil.notebook.widgets.HookExplorer: the view follows the controls, and says what gates a hook."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from lensutil import HookedTransformer
 from lensutil.errors import ConfigError
-from lensutil.widgets import HookExplorer, hook_summary, pattern_html
+from lensutil.notebook.widgets import HookExplorer, hook_summary, pattern_html
 
 PROMPT = "The cat sat on the mat"
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lensutil import zoo
+from lensutil.loading import zoo
 from lensutil.errors import ZooError
 
 TINY = [name for name in zoo.ZOO_NAMES if name.startswith("tiny-") and name not in zoo.ENCODER_NAMES]
@@ -189,7 +189,7 @@ def test_tiny_bert_builds_are_bit_identical(tmp_path_factory, monkeypatch):
 
 
 def test_failing_minilm_fetch_raises_zoo_error_with_offline_advice(tmp_path, monkeypatch):
-    from lensutil import zoo_bert
+    from lensutil.loading import zoo_bert
 
     monkeypatch.setenv("LENSUTIL_CACHE", str(tmp_path))
     monkeypatch.delenv("LENSUTIL_MINILM_DIR", raising=False)

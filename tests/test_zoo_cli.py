@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lensutil import cli, notebook, zoo
+from lensutil.checks import cli
+from lensutil.notebook import setup as notebook
+from lensutil.loading import zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 

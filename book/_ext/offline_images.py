@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from docutils import nodes
 
-from lensutil.notebook import COLAB_BADGE_IMAGE
+from lensutil.notebook.setup import COLAB_BADGE_IMAGE
 
 # remote image -> the book's copy, as a path from the book's root (Sphinx reads "/..." that way)
 LOCAL_COPIES = {COLAB_BADGE_IMAGE: "/_static/colab-badge.svg"}

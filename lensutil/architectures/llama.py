@@ -1,0 +1,136 @@
+"""The Llama family (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`).
+
+RMSNorm, rotary embeddings (rotate-half layout, base `rope_theta`), SwiGLU MLP, grouped-query
+attention. The members differ only in data: Qwen2 has q/k/v biases, Llama may have biases on all
+four projections (`attention_bias`) and on the MLP (`mlp_bias`), Mistral may use a sliding window.
+Biases are taken when the checkpoint has them and are zero otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model.attention import key_value_param_name
+from ..config import HookedTransformerConfig
+from ..errors import ConfigError
+from .adapter import Adapter, HFLayout, StateDictReader
+
+_ACTS = {"silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu"}
+
+
+def _rope_theta(hf) -> float:
+    # transformers >= 5 keeps rotary settings in `rope_parameters`; 4.x used rope_theta/rope_scaling.
+    params = getattr(hf, "rope_parameters", None) or {}
+    scaling = params if params else (getattr(hf, "rope_scaling", None) or {})
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ("default", None):
+        raise ConfigError(
+            f"This checkpoint uses rotary scaling {kind!r}; lensutil implements only unscaled rotary "
+            "embeddings and will not approximate it."
+        )
+    return float(params.get("rope_theta", getattr(hf, "rope_theta", 10000.0)))
+
+
+def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
+    if hf.hidden_act not in _ACTS:
+        raise ConfigError(f"Activation {hf.hidden_act!r} is not one of {sorted(_ACTS)}.")
+    if getattr(hf, "partial_rotary_factor", 1.0) != 1.0:
+        raise ConfigError("partial_rotary_factor != 1 is not implemented for the Llama family.")
+    window = getattr(hf, "sliding_window", None)
+    if not getattr(hf, "use_sliding_window", True):  # Qwen2 keeps a window size but switches it off
+        window = None
+    if window is not None and getattr(hf, "max_window_layers", hf.num_hidden_layers) < hf.num_hidden_layers:
+        raise ConfigError("Sliding-window attention on only some layers (max_window_layers) is not implemented.")
+    d_head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    # TransformerLens' rule: n_key_value_heads is None (plain multi-head attention, weights named
+    # W_K/W_V) unless there are fewer key/value heads than query heads.
+    kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+    fields = dict(
+        n_layers=hf.num_hidden_layers, d_model=hf.hidden_size, n_ctx=hf.max_position_embeddings,
+        n_heads=hf.num_attention_heads, d_head=d_head, d_mlp=hf.intermediate_size, d_vocab=hf.vocab_size,
+        act_fn=hf.hidden_act, eps=hf.rms_norm_eps, normalization_type="RMS", positional_embedding_type="rotary",
+        rotary_dim=d_head, rotary_base=_rope_theta(hf),
+        n_key_value_heads=kv_heads if kv_heads != hf.num_attention_heads else None,
+        attn_scale_rule="multiply",  # HF: scores * head_dim ** -0.5 (LlamaAttention.scaling)
+        mlp_type="gated", window_size=window, tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+        original_architecture=hf.architectures[0], absent_biases=_absent_biases(hf),
+    )
+    return HookedTransformerConfig(**{**fields, **overrides})  # overrides (n_ctx=...) win
+
+
+def _absent_biases(hf) -> tuple[str, ...]:
+    """The biases HuggingFace's layers lack (their zero stand-ins may run as a plain product, lensutil/model/zero_bias.py).
+
+    LlamaConfig's attention_bias (q, k, v, o) and mlp_bias (up, down); Qwen2's q/k/v always have one,
+    its o_proj none; Mistral's and Mixtral's layers none. lm_head never has one.
+    """
+    qwen2 = hf.architectures[0] == "Qwen2ForCausalLM"
+    attention, mlp = getattr(hf, "attention_bias", False), getattr(hf, "mlp_bias", False)
+    absent = [] if attention or qwen2 else ["b_Q", "b_K", "b_V"]
+    absent += [] if attention else ["b_O"]
+    absent += [] if mlp else ["b_in", "b_out"]
+    return (*absent, "b_U")
+
+
+def _bias(take, key: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    b = take.get(key)
+    return b.reshape(shape) if b is not None else torch.zeros(shape, dtype=like.dtype)
+
+
+def _convert_mlp(take, b: str, o: str, cfg: HookedTransformerConfig) -> dict:
+    """One layer's SwiGLU MLP: HF keys under prefix b, lensutil keys under prefix o."""
+    sd = {o + "mlp.W_gate": take(b + "mlp.gate_proj.weight").T}
+    up = take(b + "mlp.up_proj.weight")
+    sd[o + "mlp.W_in"], sd[o + "mlp.b_in"] = up.T, _bias(take, b + "mlp.up_proj.bias", (cfg.d_mlp,), up)
+    down = take(b + "mlp.down_proj.weight")
+    sd[o + "mlp.W_out"], sd[o + "mlp.b_out"] = down.T, _bias(take, b + "mlp.down_proj.bias", (cfg.d_model,), down)
+    if take.get(b + "mlp.gate_proj.bias") is not None:
+        raise ConfigError("A bias on the MLP gate projection is not implemented.")
+    return sd
+
+
+def convert(hf_sd: dict, cfg: HookedTransformerConfig, convert_mlp=_convert_mlp) -> dict:
+    """The Llama family's weights; `convert_mlp(take, hf_prefix, lensutil_prefix, cfg)` does each
+    layer's MLP (a Mixtral passes its mixture of experts, lensutil/architectures/mixtral.py)."""
+    take = StateDictReader(hf_sd, ignore_suffixes=("rotary_emb.inv_freq",))
+    h, kv, e, d = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
+    W_E = take("model.embed_tokens.weight")
+    sd = {"embed.W_E": W_E}
+    for i in range(cfg.n_layers):
+        b, o = f"model.layers.{i}.", f"blocks.{i}."
+        sd[o + "ln1.w"] = take(b + "input_layernorm.weight")
+        sd[o + "ln2.w"] = take(b + "post_attention_layernorm.weight")
+        for name, heads in (("q", h), ("k", kv), ("v", kv)):
+            w = take(b + f"self_attn.{name}_proj.weight")  # nn.Linear: [heads * d_head, d_model]
+            W, B = f"W_{name.upper()}", f"b_{name.upper()}"
+            if name != "q":  # _W_K, _b_K, ... with grouped-query attention
+                W, B = key_value_param_name(cfg, W), key_value_param_name(cfg, B)
+            sd[o + f"attn.{W}"] = w.reshape(heads, e, d).transpose(1, 2)
+            sd[o + f"attn.{B}"] = _bias(take, b + f"self_attn.{name}_proj.bias", (heads, e), w)
+        w_o = take(b + "self_attn.o_proj.weight")  # [d_model, n_heads * d_head]
+        sd[o + "attn.W_O"] = w_o.T.reshape(h, e, d)
+        sd[o + "attn.b_O"] = _bias(take, b + "self_attn.o_proj.bias", (d,), w_o)
+        sd.update(convert_mlp(take, b, o, cfg))
+    sd["ln_final.w"] = take("model.norm.weight")
+    lm_head = take.get("lm_head.weight")
+    sd["unembed.W_U"] = (lm_head if lm_head is not None else W_E).T
+    sd["unembed.b_U"] = torch.zeros(cfg.d_vocab_out, dtype=W_E.dtype)
+    take.check_all_used()
+    return sd
+
+
+_MLP_NAMES = {"gate_proj": "W_gate", "up_proj": "W_in", "down_proj": "W_out"}
+
+
+def module_names(cfg: HookedTransformerConfig, mlp_names=lambda b, o: {b + f"mlp.{k}": (o + f"mlp.{v}",) for k, v in _MLP_NAMES.items()}):
+    """HF linear module -> lensutil weights; `mlp_names(hf_prefix, lensutil_prefix)` names each layer's MLP."""
+    names = {"lm_head": ("unembed.W_U",)}
+    for i in range(cfg.n_layers):
+        b, o = f"model.layers.{i}.", f"blocks.{i}."
+        names.update({b + f"self_attn.{x}_proj": (o + f"attn.W_{x.upper()}",) for x in "qkvo"})
+        names.update(mlp_names(b, o))
+    return names
+
+
+ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+                  module_names=module_names)

@@ -1,0 +1,44 @@
+"""The registry: the adapter for a HuggingFace config, keyed on `config.architectures[0]` (never guessed from a name)."""
+
+from __future__ import annotations
+
+from ..config import HookedTransformerConfig
+from ..errors import UnsupportedArchitectureError
+from .adapter import Adapter
+
+
+def _registry() -> dict[str, Adapter]:
+    from . import gpt2, llama
+    from . import mixtral
+    from . import bert
+
+    return {
+        "GPT2LMHeadModel": gpt2.ADAPTER,
+        "LlamaForCausalLM": llama.ADAPTER,
+        "MistralForCausalLM": llama.ADAPTER,  # Mistral is Llama plus an optional sliding window
+        "Qwen2ForCausalLM": llama.ADAPTER,  # Qwen2 is Llama with q/k/v biases
+        "MixtralForCausalLM": mixtral.ADAPTER,  # Llama with a mixture of experts for the MLP
+        "BertForMaskedLM": bert.ADAPTER_MLM,  # encoders: HookedEncoder (post-LN, bidirectional, token types)
+        "BertModel": bert.ADAPTER_BASE,
+    }
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_registry())
+
+
+def adapter_for(cfg: HookedTransformerConfig) -> Adapter | None:
+    """The adapter a model was converted with (cfg.original_architecture), or None for one built from a config."""
+    return _registry().get(getattr(cfg, "original_architecture", None) or "")
+
+
+def get_adapter(hf_config) -> Adapter:
+    archs = getattr(hf_config, "architectures", None) or []
+    registry = _registry()
+    if not archs or archs[0] not in registry:
+        found = archs[0] if archs else "none (config.architectures is empty)"
+        raise UnsupportedArchitectureError(
+            f"lensutil has no adapter for architecture {found}. Supported: {', '.join(sorted(registry))}. "
+            "If this model is one of those under another name, set config.architectures accordingly."
+        )
+    return registry[archs[0]]

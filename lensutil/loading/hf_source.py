@@ -1,0 +1,71 @@
+"""From a name to its source (zoo directory, local directory, hub) and the HuggingFace model, config and tokenizer there."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..errors import ConfigError, ModelAccessError
+from .progress_bars import quiet_local_loading
+
+
+def resolve_source(name_or_path: str) -> str:
+    """A zoo name becomes its local directory, a TransformerLens name its hub repository (gpt2-small ->
+    gpt2); directories and other hub names pass through; a path that does not exist is an error."""
+    from .hub import resolve_name
+
+    return resolve_name(name_or_path)
+
+
+def _explain_hub_error(name: str, err: Exception, **context) -> ModelAccessError:
+    """The ModelAccessError subclass (gated, bad token, not found, no network, ...) for a failed load.
+
+    Raise it outside the `except` block (or `from None`): huggingface_hub's exception is quoted in
+    the message, scrubbed of anything token-shaped, and must not ride along as __context__.
+    """
+    from .hub import explain
+
+    return explain(name, err, **context)
+
+
+def _refuse_encoder(name: str, source: str, hub: dict) -> None:
+    # Before any weights load: AutoModelForCausalLM would turn a BERT checkpoint into a BertLMHeadModel.
+    from transformers import AutoConfig
+
+    from ..architectures.registry import _registry
+
+    arch = (AutoConfig.from_pretrained(source, **hub).architectures or [""])[0]
+    adapter = _registry().get(arch)
+    if adapter is not None and adapter.is_encoder:
+        raise ConfigError(
+            f"{name!r} is an encoder ({arch}), not a causal language model: it cannot generate or score next "
+            f"tokens. Load it with lensutil.HookedEncoder.from_pretrained({name!r})."
+        )
+
+
+def load_hf(name_or_path: str, *, revision=None, token=None, dtype=torch.float32, attn_implementation="eager", **kwargs):
+    """The HuggingFace model and tokenizer behind a lensutil name (zoo name, directory or hub name)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .hub import hub_kwargs
+
+    source = resolve_source(name_or_path)
+    local = os.path.isdir(source)
+    hub = hub_kwargs(str(name_or_path), source, revision, token) if not local else {}
+    # Mixture-of-experts models: HF's own per-expert loop (modeling_mixtral.py), the order lensutil
+    # follows bit for bit; transformers' default "grouped_mm" sums each token's experts in another
+    # order. Ignored by models without experts.
+    kwargs.setdefault("experts_implementation", "eager")
+    try:
+        with quiet_local_loading(local or bool(hub.get("local_files_only"))):  # from disk: no bar (the cache, offline)
+            tokenizer = AutoTokenizer.from_pretrained(source, **hub)
+            _refuse_encoder(name_or_path, source, hub)
+            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation,
+                                                            **hub, **kwargs)
+        return hf_model.eval(), tokenizer
+    except (OSError, ValueError) as err:
+        if local and not isinstance(err, OSError):
+            raise
+        failure = _explain_hub_error(name_or_path, err, repo=source, revision=revision, token=token, local=local)
+    raise failure  # outside the except block: the hub's exception is quoted, not chained (no token can ride along)

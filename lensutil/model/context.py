@@ -1,0 +1,73 @@
+"""What every layer of one forward shares: positions, the attention mask and rotary angles (AttentionContext)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from ..config import HookedTransformerConfig
+from ..config import compute_dtype
+
+
+@dataclass
+class AttentionContext:
+    """What every attention layer of one forward pass needs; built once per forward, not per layer."""
+
+    positions: Int[Tensor, "batch pos"]  # position ids, counted from each row's first real token
+    key_mask: Bool[Tensor, "batch key_pos"] | None  # True = real token; None = no padding anywhere
+    query_is_pad: Bool[Tensor, "batch pos"] | None
+    past_len: int
+    allowed: Bool[Tensor, "batch 1 pos key_pos"]  # causal (and sliding-window) and padding mask
+    rotary: tuple[Tensor, Tensor] | None  # cos, sin for rotary models
+
+    @classmethod
+    def build(cls, cfg: HookedTransformerConfig, positions, key_mask, query_is_pad, past_len: int) -> "AttentionContext":
+        q_len, device = positions.shape[1], positions.device
+        # Causal: query i (at absolute index past_len + i) sees keys 0..past_len + i, and with a
+        # sliding window only the last `window_size` of them.
+        q_idx = torch.arange(past_len, past_len + q_len, device=device)[:, None]
+        k_idx = torch.arange(past_len + q_len, device=device)[None, :]
+        # Bidirectional (encoders): every query sees every key; only the padding mask below applies.
+        allowed = k_idx <= q_idx if cfg.attention_dir == "causal" else torch.ones_like(k_idx <= q_idx)
+        if cfg.window_size is not None:
+            allowed = allowed & (q_idx - k_idx < cfg.window_size)
+        allowed = allowed[None, None]
+        if key_mask is not None:
+            allowed = allowed & key_mask[:, None, None, :]
+        rotary = None
+        if cfg.positional_embedding_type == "rotary":
+            rotary = rotary_cos_sin(positions, cfg.rotary_dim, cfg.rotary_base, cfg.dtype)
+        return cls(positions, key_mask, query_is_pad, past_len, allowed, rotary)
+
+    def to(self, device, non_blocking: bool = False) -> "AttentionContext":
+        # A model placed over devices (lensutil/loading/placement.py): accelerate's hooks move each block's
+        # inputs to the block's device by calling .to on them, this context included.
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        rotary = None if self.rotary is None else tuple(move(t) for t in self.rotary)
+        return AttentionContext(move(self.positions), move(self.key_mask), move(self.query_is_pad), self.past_len,
+                                move(self.allowed), rotary)
+
+
+def rotary_cos_sin(positions: Int[Tensor, "batch pos"], dim: int, base: float, dtype: torch.dtype):
+    # HuggingFace's rotary arithmetic, in float32 for float32 and half-precision models so angles
+    # agree bit for bit, and in float64 for float64 models.
+    angle_dtype = compute_dtype(dtype)
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=positions.device).to(angle_dtype) / dim))
+    freqs = positions.to(angle_dtype)[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # broadcast over heads
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: Float[Tensor, "batch pos head d_head"], cos: Tensor, sin: Tensor) -> Tensor:
+    # Rotates pairs (i, i + dim/2) of the first `dim` features (the "rotate half" layout of the
+    # Llama family); features past `dim` pass through (partial rotary).
+    dim = cos.shape[-1]
+    half = dim // 2
+    if dim == x.shape[-1]:  # full rotary (the usual case): no slicing into rotated and passed-through parts
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    rot, rest = x[..., :dim], x[..., dim:]
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    return torch.cat((rot * cos + rotated * sin, rest), dim=-1)

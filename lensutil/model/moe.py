@@ -1,0 +1,113 @@
+"""Mixture of experts: the MLP variant of `mlp_type="moe"` (Mixtral), routed as HuggingFace routes it.
+
+Axis glossary (as lensutil/model/), plus: expert_index (0..num_experts-1), top_k
+(experts_per_token), routed (the tokens sent to one expert, flattened over batch and pos).
+
+A router (W_gate) scores each token against every expert; the token goes to its top-k experts,
+whose outputs are summed with the renormalised softmax weights. The choice is discrete: two
+implementations whose router logits differ in the last bits agree on the experts only while the
+second- and third-best logits are further apart than that. In bfloat16 they often are not, and one
+flipped expert changes everything downstream. So, by default, the router runs in float32 (its
+weight is kept in float32 whatever the model's dtype, and the hidden states are up-cast for the
+router only); `cfg.router_dtype` set to the model's dtype reproduces HuggingFace's half-precision
+routing bit for bit.
+
+Hook names are TransformerLens 2.x's (components/mlps/moe.py, v2.18): `mlp.hook_expert_weights`
+(the softmax over all experts, before top-k), `mlp.hook_expert_indices`, and per expert
+`mlp.experts.{e}.hook_gate` (W_gate·x, before the activation), `hook_pre` (W_in·x, the linear
+part) and `hook_post`. Differences: lensutil's router hooks are [batch, pos, ...] where
+TransformerLens' are flattened to [batch * pos, ...]; lensutil adds `mlp.hook_router_logits`; an
+expert's hooks see only the tokens routed to it ([routed, d_mlp]), as in TransformerLens, and
+`remove_batch_dim` leaves them so (TransformerLens 2.18 takes [0] of them: the first routed token). Note that
+TransformerLens' dense gated MLP calls the gate `hook_pre` and the linear part `hook_pre_linear`;
+its MoE experts (and so lensutil's) call them `hook_gate` and `hook_pre`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from .weight_layout import _OUT_IN, _param
+from .mlp import ACTIVATIONS
+from ..config import compute_dtype
+from ..config import HookedTransformerConfig
+from ..hooks.hook_points import HookPoint
+from .linear import QuantizableLinears
+
+
+class Expert(QuantizableLinears):
+    """One gated (SwiGLU) expert without biases: W_out·(act(W_gate·x) * W_in·x)."""
+
+    def __init__(self, cfg: HookedTransformerConfig):
+        super().__init__()
+        m, f, dt = cfg.d_model, cfg.d_mlp, cfg.dtype
+        self.W_gate = _param(m, f, dtype=dt, memory_order=_OUT_IN)  # [d_model, d_mlp]
+        self.W_in = _param(m, f, dtype=dt, memory_order=_OUT_IN)  # [d_model, d_mlp]
+        self.W_out = _param(f, m, dtype=dt, memory_order=_OUT_IN)  # [d_mlp, d_model]
+        self.hook_gate = HookPoint("routed d_mlp")  # W_gate·x, before the activation
+        self.hook_pre = HookPoint("routed d_mlp")  # W_in·x, the linear part
+        self.hook_post = HookPoint("routed d_mlp")
+        self.act = ACTIVATIONS[cfg.act_fn]
+
+    def forward(self, x: Float[Tensor, "routed d_model"]) -> Float[Tensor, "routed d_model"]:
+        gate = self.hook_gate(self._linear(x, "W_gate"))
+        linear = self.hook_pre(self._linear(x, "W_in"))
+        return self._linear(self.hook_post(self.act(gate) * linear), "W_out")
+
+
+class MoE(nn.Module):
+    """Router plus num_experts experts; each token's output is the weighted sum of its top-k experts'."""
+
+    def __init__(self, cfg: HookedTransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        # The router's weight, kept in at least float32 (see _apply). [d_model, expert_index]
+        self.W_gate = _param(cfg.d_model, cfg.num_experts, dtype=compute_dtype(cfg.dtype), memory_order=_OUT_IN)
+        self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.num_experts))
+        self.hook_router_logits = HookPoint("batch pos expert_index")  # lensutil's own
+        self.hook_expert_weights = HookPoint("batch pos expert_index")  # softmax over all experts, before top-k
+        self.hook_expert_indices = HookPoint("batch pos top_k")  # int64 expert ids, best first
+
+    def router_dtype(self, x: Tensor) -> torch.dtype:
+        return self.cfg.router_dtype or compute_dtype(x.dtype)
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        batch, pos, d_model = x.shape
+        k = self.cfg.experts_per_token
+        flat = x.reshape(-1, d_model)
+        rd = self.router_dtype(x)
+        logits = F.linear(flat.to(rd), self.W_gate.T.to(rd)).view(batch, pos, -1)
+        logits = self.hook_router_logits(logits)
+        # As HuggingFace's MixtralTopKRouter: softmax in (at least) float32, top-k of the
+        # probabilities, renormalised to sum to 1; the weights stay in that dtype until each
+        # expert's weighted output is cast back to the model's dtype.
+        probs = self.hook_expert_weights(F.softmax(logits, dim=-1, dtype=compute_dtype(logits.dtype)))
+        top_w, top_i = torch.topk(probs, k, dim=-1)
+        top_i = self.hook_expert_indices(top_i)
+        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        top_i, top_w = top_i.reshape(-1, k), top_w.reshape(-1, k)
+        out = torch.zeros_like(flat)
+        # One matmul per expert over the tokens routed to it, in HuggingFace's order (experts in
+        # ascending order, index_add_ in the model's dtype), so the sums round as HF's do. An
+        # expert no token chose still runs on zero rows, so its hooks fire (as in TransformerLens).
+        for e, expert in enumerate(self.experts):
+            slot, token = torch.where(top_i.T == e)  # slot-major, as HF's expert_mask[e]
+            y = expert(flat[token]) * top_w[token, slot, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out.view(batch, pos, d_model)
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(bfloat16), .half(), ... cast the experts but not the router's weight: it follows the
+        # device, and stays in at least float32 (float64 in a float64 model), so the float32
+        # router of a half-precision model uses the checkpoint's own router weights.
+        w = self._parameters.pop("W_gate")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self._parameters["W_gate"] = w
+        probe = fn(torch.zeros((), dtype=torch.float32, device=w.device))
+        w.data = w.data.to(device=probe.device, dtype=compute_dtype(probe.dtype) if probe.is_floating_point() else w.dtype)
+        return self

@@ -1,0 +1,125 @@
+"""Parameters laid out in memory as the HuggingFace model lays its own out, so BLAS rounds alike.
+
+A parameter keeps TransformerLens' shape (W_Q [head_index, d_model, d_head], W_in [d_model, d_mlp],
+...), but its memory layout follows the HuggingFace layer it came from: nn.Linear's [out, in] for
+most models, Conv1D's [in, out] for GPT-2 (cfg.weight_layout). F.linear then hands BLAS the same
+operands HuggingFace's layer does, BLAS takes the same kernel, and the output has the same bits.
+With another layout BLAS picks other kernels for some sizes and logits drift by ~1e-6.
+
+GPT-2 also computes q, k and v with one matmul (c_attn, [d_model, 3 * d_model]). For a single
+token that matmul is a matrix-vector product whose rounding depends on the matrix's width, so
+three separate products differ from it in the last bits. With cfg.fused_qkv, W_Q, W_K and W_V are
+views into one [d_model, 3, head_index, d_head] storage, and the forward pass runs the one matmul
+over it (`fused_qkv_weight`).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from ..config import HookedTransformerConfig
+
+
+def _param(*shape: int, dtype: torch.dtype, memory_order: tuple[int, ...] | None = None) -> nn.Parameter:
+    """A parameter of TransformerLens' shape whose axes lie in memory in `memory_order` (outermost first)."""
+    if memory_order is None:
+        return nn.Parameter(torch.empty(*shape, dtype=dtype))
+    storage = torch.empty([shape[i] for i in memory_order], dtype=dtype)
+    return nn.Parameter(storage.permute(*_inverse(memory_order)))
+
+
+def _inverse(order: tuple[int, ...]) -> list[int]:
+    return sorted(range(len(order)), key=order.__getitem__)
+
+
+_OUT_IN = (1, 0)  # [in, out] matrices stored as [out, in]
+# Memory order of each linear layout (lensutil/model/linear.py names them) per cfg.weight_layout.
+_MEMORY_ORDERS = {
+    "out_in": {  # nn.Linear's [out, in]
+        "in_out": _OUT_IN,  # W_in/W_out [in, out] stored as [out, in]
+        "heads_in": (0, 2, 1),  # W_Q/W_K/W_V [head, d_model, d_head] stored as [head, d_head, d_model]
+        "heads_out": (2, 0, 1),  # W_O [head, d_head, d_model] stored as [d_model, head, d_head]
+    },
+    "in_out": {  # GPT-2's Conv1D [in, out]
+        "in_out": None,  # as they are
+        "heads_in": (1, 0, 2),  # [head, d_model, d_head] stored as [d_model, head, d_head]
+        "heads_out": None,  # [head, d_head, d_model] as it is
+    },
+}
+
+
+def _linear_param(cfg: HookedTransformerConfig, layout: str, *shape: int) -> nn.Parameter:
+    """A matrix read through `layout` (quantized_linear.TO_OUT_IN), laid out as cfg.weight_layout says."""
+    return _param(*shape, dtype=cfg.dtype, memory_order=_MEMORY_ORDERS[cfg.weight_layout][layout])
+
+
+# ---- fused q/k/v (cfg.fused_qkv) ------------------------------------------------------------------
+
+
+def fused_qkv_params(cfg: HookedTransformerConfig, like: Tensor | None = None) -> tuple[Tensor, list[nn.Parameter]]:
+    """One storage for W_Q, W_K, W_V and the three parameters that view it, [head_index, d_model, d_head] each.
+
+    The storage is [d_model, 3, head_index, d_head] for the "in_out" layout (GPT-2's c_attn weight,
+    reshaped) and [3, head_index, d_head, d_model] for "out_in". `like` gives device and dtype.
+    """
+    h, m, e = cfg.n_heads, cfg.d_model, cfg.d_head
+    kw = dict(dtype=cfg.dtype) if like is None else dict(dtype=like.dtype, device=like.device)
+    if cfg.weight_layout == "in_out":
+        storage = torch.empty(m, 3, h, e, **kw)
+        views = [storage[:, i].permute(1, 0, 2) for i in range(3)]
+    else:
+        storage = torch.empty(3, h, e, m, **kw)
+        views = [storage[i].permute(0, 2, 1) for i in range(3)]
+    return storage, [nn.Parameter(v) for v in views]
+
+
+def fused_qkv_weight(cfg: HookedTransformerConfig, storage: Tensor | None, weights: list[Tensor]) -> Float[Tensor, "qkv d_model"]:
+    """The [3 * n_heads * d_head, d_model] matrix F.linear takes for q, k and v at once, laid out as HF's.
+
+    A view of the shared storage when W_Q, W_K and W_V still live in it and no gradient must reach
+    them through it; else the three concatenated into that layout (the same values, one copy).
+    """
+    m = cfg.d_model
+    if storage is not None and _still_shared(storage, weights) and not (
+        torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+    ):
+        return storage.view(m, -1).T if cfg.weight_layout == "in_out" else storage.view(-1, m)
+    flat = [w.transpose(1, 2).reshape(-1, m) for w in weights]  # each [n_heads * d_head, d_model]
+    if cfg.weight_layout == "in_out":
+        return torch.cat([f.T for f in flat], dim=1).T  # [d_model, 3 * ...] in memory, as Conv1D's
+    return torch.cat(flat, dim=0)
+
+
+def _still_shared(storage: Tensor, weights: list[Tensor]) -> bool:
+    # .to(), placement and offloading give each parameter its own storage; a meta storage has no data.
+    if storage.is_meta or any(w.device != storage.device or w.dtype != storage.dtype for w in weights):
+        return False
+    base = storage.untyped_storage().data_ptr()
+    return all(w.untyped_storage().data_ptr() == base for w in weights)
+
+
+def share_qkv_storage(module: nn.Module, cfg: HookedTransformerConfig) -> None:
+    """Put W_Q, W_K, W_V of `module` back into one shared storage (after .to() or a dtype cast gave them their own)."""
+    weights = [module.W_Q, module.W_K, module.W_V]
+    if _still_shared(module._qkv_storage, weights) or module.W_Q.is_meta:
+        return
+    storage, params = fused_qkv_params(cfg, like=module.W_Q)
+    for name, new in zip(("W_Q", "W_K", "W_V"), params):
+        new.data.copy_(getattr(module, name).data)
+        getattr(module, name).data = new.data
+    module._qkv_storage = storage
+
+
+def memory_order(t: torch.Tensor) -> list[int]:
+    """The axes of `t` from outermost to innermost in memory."""
+    return sorted(range(t.ndim), key=lambda d: (-t.stride(d), -d))
+
+
+def empty_in_order(t: torch.Tensor, device=None) -> torch.Tensor:
+    """An empty tensor of t's shape and dtype, its axes in memory in t's order, without gaps: W_Q, W_K and W_V
+    of a fused_qkv model are views into one storage, and empty_strided with their strides would allocate all of it."""
+    order = memory_order(t)
+    compact = torch.empty([t.shape[d] for d in order], dtype=t.dtype, device=t.device if device is None else device)
+    return compact.permute(*sorted(range(t.ndim), key=order.__getitem__))

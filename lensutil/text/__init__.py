@@ -1,0 +1,1 @@
+"""Tokens in and out (tokenize, masks, positions) and generation: plain functions that take a model."""
