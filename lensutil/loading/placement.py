@@ -41,6 +41,7 @@ import torch
 from ..errors import ConfigError
 from ..errors import PlacementError
 from ..devices import device_for
+from .offloaded_weights import Offloaded, guard, read_weight
 
 
 NO_SPLIT = ["TransformerBlock"]  # accelerate's no_split_module_classes (and preload_module_classes)
@@ -358,9 +359,9 @@ def dispatch(model, device_map: dict[str, str], folder: str | None):
             weights_map = OffloadFolder(folder, cpu_weights)
         attach_align_device_hook_on_blocks(model, execution_device=execution, offload=offload, weights_map=weights_map,
                                            preload_module_classes=NO_SPLIT)
-        from .offloaded_weights import Offloaded, guard  # reading an offloaded weight between forwards: a clear error
-
+        # Reading an offloaded weight between forwards: a clear error; the model's read_weight reads it from its place.
         guard(model, {n: Offloaded(n, device_map[n], main, weights_map) for n, off in offload.items() if off})
+        model._weight_reader = read_weight
     model.hf_device_map = dict(device_map)
     model.cfg.device = main
     return model

@@ -10,6 +10,7 @@ import torch
 
 from . import saving
 from ..config import DEFAULT_ATTN_IMPLEMENTATION
+from ..model import doors
 from ..errors import ConfigError
 from .hf_quantized import hf_linears
 from ..model.transformer import HookedTransformer
@@ -144,3 +145,8 @@ def refuse_unknown_kwargs(unknown: dict, fn) -> None:
 def from_pretrained_no_processing(name_or_path: str, **kwargs) -> HookedTransformer:
     """from_pretrained with every weight-processing option off: weights exactly as HuggingFace's."""
     return from_pretrained(name_or_path, **{**kwargs, **{o: False for o in PROCESSING_OPTIONS}})
+
+
+# The model's TransformerLens doors (lensutil/model/doors.py says why they are filled from here).
+doors.provide("HookedTransformer.from_pretrained", from_pretrained)
+doors.provide("HookedTransformer.from_pretrained_no_processing", from_pretrained_no_processing)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..model import doors
 from ..errors import LensError, WeightLoadError
 from .strict import _shape
 
@@ -190,3 +191,7 @@ def drop_transformerlens_buffers(state_dict: dict, cfg) -> dict:
                 f"dict comes from a causal model with this config; if the buffer is stale, drop {key!r} from it."
             )
     return {k: v for k, v in state_dict.items() if k not in found}
+
+
+# The model's TransformerLens doors (lensutil/model/doors.py says why they are filled from here).
+doors.provide("HookedTransformer.save_pretrained", save_pretrained)

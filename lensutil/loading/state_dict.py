@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import compute_dtype
+from ..model import doors
 from ..errors import LensError, WeightLoadError
 from ..model.transformer import HookedTransformer
 from .convert import DEFAULT_PROCESSING, PROCESSING_OPTIONS
@@ -122,3 +123,7 @@ def load_torch_file(path: str | Path) -> dict:
             "and trust it, torch.load(path, weights_only=False) and pass its state_dict()."
         )
     raise failure
+
+
+# The model's TransformerLens doors (lensutil/model/doors.py says why they are filled from here).
+doors.provide("HookedTransformer.load_and_process_state_dict", load_and_process_state_dict)

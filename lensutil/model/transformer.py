@@ -18,6 +18,7 @@ from ..text import tokens as tok
 from .context import AttentionContext
 from .embed import Embed, PosEmbed, Unembed
 from .norm import Norm
+from . import doors
 from .block import TransformerBlock, check_hook_flags
 from ..config import compute_dtype
 from ..config import FLAG_GATED_HOOKS, HookedTransformerConfig
@@ -194,37 +195,38 @@ class HookedTransformer(HookedRootModule):
 
         return generate(self, input, max_new_tokens, **kwargs)
 
+    # Doors to loading and analysis, which build on this module (doors.py says why they go through a table).
     def run_with_cache_from_cache(self, cache, start_at_layer: int, **kwargs):
-        from ..analysis.patching import run_with_cache_from_cache
-
-        return run_with_cache_from_cache(self, cache, start_at_layer, **kwargs)
+        return doors.call("HookedTransformer.run_with_cache_from_cache", self, cache, start_at_layer, **kwargs)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs) -> "HookedTransformer":
-        from ..loading.pretrained import from_pretrained
-
-        return from_pretrained(name_or_path, **kwargs)
+        return doors.call("HookedTransformer.from_pretrained", name_or_path, **kwargs)
 
     @classmethod
     def from_pretrained_no_processing(cls, name_or_path: str, **kwargs) -> "HookedTransformer":
-        from ..loading.pretrained import from_pretrained_no_processing
-
-        return from_pretrained_no_processing(name_or_path, **kwargs)
+        return doors.call("HookedTransformer.from_pretrained_no_processing", name_or_path, **kwargs)
 
     def save_pretrained(self, directory):  # lensutil's own; TransformerLens has none
-        from ..loading.saving import save_pretrained
-
-        return save_pretrained(self, directory)
+        return doors.call("HookedTransformer.save_pretrained", self, directory)
 
     def load_and_process_state_dict(self, state_dict: dict, **options):
-        from ..loading.state_dict import load_and_process_state_dict
-
-        return load_and_process_state_dict(self, state_dict, **options)
+        return doors.call("HookedTransformer.load_and_process_state_dict", self, state_dict, **options)
 
     def process_weights_(self, **options):
         from .processing import process_weights_
 
         return process_weights_(self, **options)
+
+    def read_weight(self, name: str) -> Tensor:
+        """A weight by its state_dict name (lensutil's own). On a model placed with offloading, a weight kept
+        on disk or in CPU memory is read from there: placement installs that reader (the model knows
+        nothing of offloading; lensutil.read_weight(model, name) is the same read)."""
+        reader = self.__dict__.get("_weight_reader")
+        if reader is not None:
+            return reader(self, name)
+        module, _, attr = name.rpartition(".")
+        return getattr(self.get_submodule(module), attr)
 
     def tokens_to_residual_directions(self, tokens) -> Float[Tensor, "... d_model"]:
         # As TransformerLens: one token (int, str, or a one-element tensor of any shape) gives [d_model].
