@@ -258,12 +258,12 @@ def test_a_bfloat16_model_made_float_computes_like_a_float32_one():
 
 
 def test_compare_with_hf_loads_its_reference_in_the_models_current_dtype(monkeypatch):
-    import lensutil.loading.pretrained
+    import lensutil.loading.hf_source
     from lensutil.checks import compare_with_hf
 
     model = _fresh(dtype=torch.bfloat16).float()
     asked = []
     real_load_hf = lensutil.loading.hf_source.load_hf
-    monkeypatch.setattr(lensutil.loading.pretrained, "load_hf", lambda *a, **kw: asked.append(kw.get("dtype")) or real_load_hf(*a, **kw))
+    monkeypatch.setattr(lensutil.loading.hf_source, "load_hf", lambda *a, **kw: asked.append(kw.get("dtype")) or real_load_hf(*a, **kw))
     compare_with_hf(model, prompts="Hi")
     assert asked == [torch.float32]

@@ -111,12 +111,12 @@ def test_auto_device_map_with_small_max_memory_offloads_and_agrees(tmp_path):
 
 
 def test_disk_placement_reads_the_checkpoint_block_by_block_without_loading_the_hf_model(monkeypatch, tmp_path):
-    import lensutil.loading.pretrained
+    import lensutil.loading.hf_source
 
     def refuse(*args, **kwargs):
         raise AssertionError("the whole HuggingFace model was loaded into RAM")
 
-    monkeypatch.setattr(lensutil.loading.pretrained, "load_hf", refuse)
+    monkeypatch.setattr(lensutil.loading.hf_source, "load_hf", refuse)
     placed = from_pretrained("tiny-gpt2", device_map=half_on_disk(single("tiny-gpt2")), offload_folder=str(tmp_path))
     assert torch.equal(placed(TOKENS), single("tiny-gpt2")(TOKENS))
 
@@ -347,7 +347,7 @@ def hub_placement(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("hub_placement")
     code = f"""
-import lensutil.loading.pretrained
+import lensutil.loading.hf_source
 real_load_hf = lensutil.loading.hf_source.load_hf
 
 def placed_equals_zoo(name, folder):

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..loading import hf_source
 from ..errors import LensError
 
 # How far from HuggingFace each dtype may be. float32 with no processing computes the same thing in
@@ -68,21 +69,19 @@ def doctor(model_name: str, dtype: str) -> int:
     from . import compare as checks
     from ..config import DEFAULT_ATTN_IMPLEMENTATION
     from ..loading.pretrained import from_pretrained, from_pretrained_no_processing
-    from ..loading.hf_source import load_hf
-
     print("== environment")
     print("\n".join(environment_report()))
     print(f"\n== {model_name} ({dtype})")
     start = time.perf_counter()
     try:  # HuggingFace in float32 is both the conversion source and the float32 reference
-        hf32, tokenizer = load_hf(model_name, dtype=torch.float32, attn_implementation=DEFAULT_ATTN_IMPLEMENTATION)
+        hf32, tokenizer = hf_source.load_hf(model_name, dtype=torch.float32, attn_implementation=DEFAULT_ATTN_IMPLEMENTATION)
         model = from_pretrained_no_processing(model_name, hf_model=hf32, tokenizer=tokenizer, dtype=dtype)
     except Exception as err:  # noqa: BLE001 - the doctor reports, it does not crash
         print(f"✗ loading {model_name}: {type(err).__name__}: {err}")
         print("    fix: use a zoo name (lensutil.loading.zoo.ZOO_NAMES), a local save_pretrained() directory, or see notebooks/01_quickstart.ipynb")
         return 1
     hf32.to(model.cfg.device)
-    reference = hf32 if dtype == "float32" else load_hf(
+    reference = hf32 if dtype == "float32" else hf_source.load_hf(
         model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)[0].to(model.cfg.device)
     rows = checks.validate_model_setup(model).rows
     raw = checks.compare_with_hf(model, reference, on="logits")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..loading import hf_source
 from ..text import tokens as tok
 from .setup import Check as Check, SetupReport as SetupReport  # re-exported
 from .setup import bound_check as bound_check, validate_model_setup as validate_model_setup  # re-exported
@@ -54,9 +55,7 @@ def compare_with_hf(
         return compare_encoder(model, hf_model, None if prompts is DEFAULT_PROMPTS else prompts, on)
     _transform(torch.zeros(1), on)  # validate `on` before loading anything
     if hf_model is None:
-        from ..loading.hf_source import load_hf
-
-        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)
+        hf_model, _ = hf_source.load_hf(model.cfg.model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)
         hf_model.to(model.cfg.device)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     tokens, mask = tok.tokenize(model, prompts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..loading import hf_source
 from ..text import tokens as tok
 from ..errors import LensError
 from .compare import DEFAULT_PROMPTS, _hf_logits
@@ -38,9 +39,7 @@ def routing_agreement(
     from ..architectures.registry import get_adapter
 
     if hf_model is None:
-        from ..loading.hf_source import load_hf
-
-        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)
+        hf_model, _ = hf_source.load_hf(model.cfg.model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)
         hf_model.to(model.cfg.device)
     layout = get_adapter(hf_model.config).layout
     if isinstance(input, Tensor):
@@ -86,9 +85,7 @@ def locate_divergence(
     from ..architectures.registry import get_adapter
 
     if hf_model is None:
-        from ..loading.hf_source import load_hf
-
-        hf_model, _ = load_hf(model.cfg.model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)
+        hf_model, _ = hf_source.load_hf(model.cfg.model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)
         hf_model.to(model.cfg.device)
     layout = get_adapter(hf_model.config).layout
     tokens = model.to_tokens(input) if isinstance(input, str) else torch.as_tensor(input)

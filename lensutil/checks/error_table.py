@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 
+from ..loading import hf_source
 from ..config import DEFAULT_ATTN_IMPLEMENTATION
 from ..errors import LensError
 from .setup import _dtype_name
@@ -134,18 +135,16 @@ def error_table(
     if reference not in ("same_dtype", "float32"):
         raise LensError(f"reference must be 'same_dtype' or 'float32', got {reference!r}.")
     from ..loading.pretrained import from_pretrained_no_processing
-    from ..loading.hf_source import load_hf
-
     for option in options:
         _option_kwargs(option)  # fail on a typo before loading anything
     if reference not in ("same_dtype", "float32"):
         raise LensError(f"reference must be 'same_dtype' or 'float32', got {reference!r}.")
     dtypes = [_dtype(d) for d in dtypes]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    hf32, tokenizer = load_hf(model_name, dtype=torch.float32, attn_implementation=attn_implementation)
+    hf32, tokenizer = hf_source.load_hf(model_name, dtype=torch.float32, attn_implementation=attn_implementation)
     hf32.to(device)
     refs = {d: hf32 if reference == "float32" or d == torch.float32
-            else load_hf(model_name, dtype=d, attn_implementation=attn_implementation)[0].to(device) for d in dtypes}
+            else hf_source.load_hf(model_name, dtype=d, attn_implementation=attn_implementation)[0].to(device) for d in dtypes}
     # Convert once; process each option once in float32; then cast to each dtype. This is exactly
     # what from_pretrained(..., dtype=d, **option) does, without repeating the shared steps.
     base = from_pretrained_no_processing(model_name, hf_model=hf32, tokenizer=tokenizer, device=device,

@@ -15,6 +15,7 @@ import dataclasses
 
 import torch
 
+from ..loading import hf_source
 from ..loading.quantization import MODES, config_for_mode, quantize_, weight_memory
 from ..model.linear import mode_of
 
@@ -133,11 +134,9 @@ def _load(name: str, device: str, quantization_config=None):
                                       quantization_config=quantization_config, device_map=device)
         return None, hf.eval()
     from ..loading.pretrained import from_pretrained_no_processing
-    from ..loading.hf_source import load_hf
-
     if quantization_config is None:
-        return from_pretrained_no_processing(name, device=device, attn_implementation="eager"), load_hf(name)[0]
-    return None, load_hf(name, quantization_config=quantization_config, device_map=device)[0]
+        return from_pretrained_no_processing(name, device=device, attn_implementation="eager"), hf_source.load_hf(name)[0]
+    return None, hf_source.load_hf(name, quantization_config=quantization_config, device_map=device)[0]
 
 
 def _logits(model, tokens_list, hf: bool) -> torch.Tensor:

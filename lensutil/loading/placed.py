@@ -28,6 +28,7 @@ import os
 
 import torch
 
+from . import hf_source
 from . import placement as pl
 from ..architectures.registry import get_adapter
 from ..config import compute_dtype
@@ -264,11 +265,10 @@ def _place_in_ram(name_or_path, hf_model, tokenizer, dtype, overrides, options, 
                   offload_folder, n_devices):
     """Convert and process in RAM (from_pretrained's usual path), then place the weights the same way."""
     from .convert import convert_into
-    from .hf_source import load_hf
     from .quantization import prepare_from_hf
 
     if hf_model is None:
-        hf_model, loaded_tokenizer = load_hf(name_or_path)
+        hf_model, loaded_tokenizer = hf_source.load_hf(name_or_path)
         tokenizer = tokenizer or loaded_tokenizer
     # An hf_model that bitsandbytes already quantised: converted dequantised, then its quantised modules copied.
     hf_state_dict, bnb_config = prepare_from_hf(hf_model, bnb_config, options)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from . import hf_source
 from . import saving
 from ..config import DEFAULT_ATTN_IMPLEMENTATION
 from ..model import doors
@@ -15,8 +16,6 @@ from ..errors import ConfigError
 from .hf_quantized import hf_linears
 from ..model.transformer import HookedTransformer
 from .convert import PROCESSING_OPTIONS, convert_into, name_overrides, place
-from .hf_source import load_hf
-
 
 def from_pretrained(
     name_or_path: str,
@@ -99,7 +98,7 @@ def from_pretrained(
         return load_placed(name_or_path, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, revision=revision, token=token,
                            overrides=overrides, options=options, bnb_config=bnb_config, **placement)
     if hf_model is None:
-        hf_model, loaded_tokenizer = load_hf(name_or_path, revision=revision, token=token)
+        hf_model, loaded_tokenizer = hf_source.load_hf(name_or_path, revision=revision, token=token)
         tokenizer = tokenizer or loaded_tokenizer
     # An hf_model that bitsandbytes already quantised: converted dequantised, then its quantised modules copied.
     hf_state_dict, bnb_config = qz.prepare_from_hf(hf_model, bnb_config, options)

@@ -235,8 +235,6 @@ def resolve(name: str) -> Path:
             return entry
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-building-", dir=home))
         try:
-            from .progress_bars import quiet_local_loading
-
             with quiet_local_loading():  # builders read local files only: no progress bars
                 _BUILDERS[name](tmp)
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; a cache may be shared
