@@ -30,10 +30,9 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ..text import encoder_tokens as etok
-from ..text import tokens as tok
-from .collect_store import DiskStore, MemoryStore, load_collected as load_collected
 from ..errors import InputError, LensError
+from ..text import encoder_tokens as etok, tokens as tok
+from .collect_store import DiskStore, MemoryStore, load_collected as load_collected
 
 Positions = None | str | int | Tensor | Callable[[Tensor, Tensor], Tensor]
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 
-from ..model import doors
 from ..errors import LensError
+from ..model import doors
 
 
 _RESIDUAL_STAGE = {"hook_resid_pre": 0.0, "hook_resid_mid": 1.0, "hook_resid_post": 2.0}

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ..model.attention import key_value_param_name
 from ..config import HookedTransformerConfig
 from ..errors import ConfigError
+from ..model.attention import key_value_param_name
 from .adapter import Adapter, HFLayout, StateDictReader
 
 _ACTS = {"silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu"}

@@ -11,8 +11,8 @@ checkpoints written by transformers 4 (and TransformerLens' converter) name them
 from __future__ import annotations
 
 from ..config import HookedTransformerConfig
-from .adapter import Adapter, HFLayout
 from . import llama
+from .adapter import Adapter, HFLayout
 
 
 def config_from_hf(hf, **overrides) -> HookedTransformerConfig:

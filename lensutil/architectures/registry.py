@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from ..config import HookedTransformerConfig
 from ..errors import UnsupportedArchitectureError
+from . import bert, gpt2, llama, mixtral
 from .adapter import Adapter
 
 
 def _registry() -> dict[str, Adapter]:
-    from . import gpt2, llama
-    from . import mixtral
-    from . import bert
-
     return {
         "GPT2LMHeadModel": gpt2.ADAPTER,
         "LlamaForCausalLM": llama.ADAPTER,

@@ -15,8 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from ..loading import hf_source
+from ..config import DEFAULT_ATTN_IMPLEMENTATION
 from ..errors import LensError
+from ..loading import hf_source, zoo
+from ..loading.pretrained import from_pretrained, from_pretrained_no_processing
+from . import compare as checks
+from .setup import notebook_readiness
 
 # How far from HuggingFace each dtype may be. float32 with no processing computes the same thing in
 # the same order with the same kernels on the same weights: exactly 0 (measured on every zoo model;
@@ -66,9 +70,6 @@ def environment_report() -> list[str]:
 def doctor(model_name: str, dtype: str) -> int:
     import torch
 
-    from . import compare as checks
-    from ..config import DEFAULT_ATTN_IMPLEMENTATION
-    from ..loading.pretrained import from_pretrained, from_pretrained_no_processing
     print("== environment")
     print("\n".join(environment_report()))
     print(f"\n== {model_name} ({dtype})")
@@ -119,8 +120,6 @@ def default_notebook_dir() -> Path:
 
 def doctor_notebooks(notebook_dir: Path) -> int:
     """Which notebooks will run here. Exit 1 if one lacks something installable (a package, a zoo model)."""
-    from .setup import notebook_readiness
-
     print("== environment")
     print("\n".join(environment_report()))
     print(f"\n== notebooks in {notebook_dir}")
@@ -135,8 +134,6 @@ def doctor_notebooks(notebook_dir: Path) -> int:
 
 
 def zoo_fetch(names: list[str], everything: bool) -> int:
-    from ..loading import zoo
-
     if not names and not everything:
         print(f"name the models to fetch, or --all. Zoo names: {', '.join(zoo.ZOO_NAMES)}", file=sys.stderr)
         return 2
@@ -150,8 +147,6 @@ def zoo_fetch(names: list[str], everything: bool) -> int:
 
 
 def zoo_list() -> int:
-    from ..loading import zoo
-
     entries = zoo.cached_entries()
     print(f"zoo cache: {zoo.cache_home()} (set LENSUTIL_CACHE to move it)")
     for name in zoo.ZOO_NAMES:

@@ -19,9 +19,10 @@ from torch import Tensor
 
 from ..loading import hf_source
 from ..text import tokens as tok
+from .encoder_compare import compare_with_hf as compare_encoder
+from .stats import ErrorStats, Quantity, _device_of, _transform
 from .setup import Check as Check, SetupReport as SetupReport  # re-exported
 from .setup import bound_check as bound_check, validate_model_setup as validate_model_setup  # re-exported
-from .stats import ErrorStats, Quantity, _device_of, _transform
 
 
 # Short prompts (<= 16 tokens with BOS): half precision on a CPU is slow, and these already cover
@@ -50,8 +51,6 @@ def compare_with_hf(
     real positions are compared.
     """
     if getattr(model, "is_encoder", False):  # HookedEncoder: logits or hidden states, pairs allowed
-        from .encoder_compare import compare_with_hf as compare_encoder
-
         return compare_encoder(model, hf_model, None if prompts is DEFAULT_PROMPTS else prompts, on)
     _transform(torch.zeros(1), on)  # validate `on` before loading anything
     if hf_model is None:

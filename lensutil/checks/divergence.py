@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..architectures.registry import get_adapter
+from ..errors import LensError
 from ..loading import hf_source
 from ..text import tokens as tok
-from ..errors import LensError
 from .compare import DEFAULT_PROMPTS, _hf_logits
-from .stats import DivergenceReport, _device_of, _first_tensor
+from .encoder_compare import locate_divergence as locate_encoder
 from .error_table import _APPLIED_FLAGS
+from .stats import DivergenceReport, _device_of, _first_tensor
 
 
 _INDICES = "#indices"  # a router's third output, the chosen experts (HF's MixtralTopKRouter returns logits, weights, indices)
@@ -36,8 +38,6 @@ def routing_agreement(
     """
     if model.cfg.mlp_type != "moe":
         raise LensError(f"routing_agreement needs a mixture-of-experts model (cfg.mlp_type='moe'); this one is {model.cfg.mlp_type!r}.")
-    from ..architectures.registry import get_adapter
-
     if hf_model is None:
         hf_model, _ = hf_source.load_hf(model.cfg.model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)
         hf_model.to(model.cfg.device)
@@ -72,8 +72,6 @@ def locate_divergence(
     """Run both models once and compare embeddings, each layer's attention, MLP and residual
     stream, the final norm and the logits, in that order; the report names the first mismatch."""
     if getattr(model, "is_encoder", False):
-        from .encoder_compare import locate_divergence as locate_encoder
-
         return locate_encoder(model, hf_model, input, atol)
     applied = [f for f in _APPLIED_FLAGS if getattr(model.cfg, f, False)]
     if applied:
@@ -82,8 +80,6 @@ def locate_divergence(
             "on purpose, so they cannot be compared with HuggingFace's. Load it with "
             "HookedTransformer.from_pretrained_no_processing(...) for this check (compare_with_hf works on either)."
         )
-    from ..architectures.registry import get_adapter
-
     if hf_model is None:
         hf_model, _ = hf_source.load_hf(model.cfg.model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)
         hf_model.to(model.cfg.device)

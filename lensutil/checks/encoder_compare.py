@@ -10,22 +10,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .stats import DivergenceReport, ErrorStats, _device_of, _first_tensor, _transform
+from ..architectures.registry import get_adapter
 from ..errors import LensError
+from ..loading.encoder import load_hf_encoder
+from ..text.encoder_tokens import tokenize_input
+from .stats import DivergenceReport, ErrorStats, _device_of, _first_tensor, _transform
 
 
 def _reference(model, hf_model):
     if hf_model is None:
-        from ..loading.encoder import load_hf_encoder
-
         hf_model, _ = load_hf_encoder(model.cfg.model_name, dtype=model.cfg.dtype)
         hf_model.to(model.cfg.device)
     return hf_model
 
 
 def _encode(model, inputs):
-    from ..text.encoder_tokens import tokenize_input
-
     return dict(zip(("input_ids", "token_type_ids", "attention_mask"), tokenize_input(model, inputs)))
 
 
@@ -55,8 +54,6 @@ def compare_with_hf(model, hf_model=None, prompts=None, on="logprobs") -> ErrorS
 
 @torch.no_grad()
 def locate_divergence(model, hf_model=None, input="The quick brown fox jumps over the lazy dog", atol: float = 1e-4):
-    from ..architectures.registry import get_adapter
-
     hf_model = _reference(model, hf_model)
     layout = get_adapter(hf_model.config).layout
     if isinstance(input, Tensor):

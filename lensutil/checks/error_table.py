@@ -9,11 +9,12 @@ from typing import Literal
 
 import torch
 
-from ..loading import hf_source
 from ..config import DEFAULT_ATTN_IMPLEMENTATION
 from ..errors import LensError
-from .setup import _dtype_name
+from ..loading import hf_source
+from ..loading.pretrained import from_pretrained_no_processing
 from .compare import DEFAULT_PROMPTS, compare_with_hf
+from .setup import _dtype_name
 from .stats import ErrorStats, Quantity, _dtype
 
 
@@ -134,7 +135,6 @@ def error_table(
     """
     if reference not in ("same_dtype", "float32"):
         raise LensError(f"reference must be 'same_dtype' or 'float32', got {reference!r}.")
-    from ..loading.pretrained import from_pretrained_no_processing
     for option in options:
         _option_kwargs(option)  # fail on a typo before loading anything
     if reference not in ("same_dtype", "float32"):

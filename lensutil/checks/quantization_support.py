@@ -15,8 +15,15 @@ import dataclasses
 
 import torch
 
+from ..architectures.registry import get_adapter
+from ..errors import LensError
 from ..loading import hf_source
+from ..loading.encoder import from_pretrained, load_hf_encoder
+from ..loading.hf_source import resolve_source
+from ..loading.pretrained import from_pretrained_no_processing
+from ..loading.progress_bars import quiet_local_loading
 from ..loading.quantization import MODES, config_for_mode, quantize_, weight_memory
+from ..loading.zoo_bert import ENCODER_NAMES
 from ..model.linear import mode_of
 
 PROMPTS = (
@@ -105,27 +112,17 @@ class SupportTable:
         try:
             import pandas as pd
         except ImportError as err:
-            from ..errors import LensError
-
             raise LensError("to_dataframe() needs pandas: pip install pandas. print(table) and table.to_markdown() need nothing.") from err
         return pd.DataFrame([dataclasses.asdict(r) for r in self.rows])
 
 
 def _load(name: str, device: str, quantization_config=None):
     """lensutil (no processing, eager attention) and HuggingFace models of `name`, optionally quantised by HF."""
-    from ..loading.zoo_bert import ENCODER_NAMES
-
     if name in ENCODER_NAMES:
-        from ..loading.encoder import from_pretrained, load_hf_encoder
-
         lens = None if quantization_config else from_pretrained(name, device=device)
         if quantization_config is None:
             return lens, load_hf_encoder(name)[0]
         import transformers
-
-        from ..loading.progress_bars import quiet_local_loading
-        from ..loading.hf_source import resolve_source
-        from ..architectures.registry import get_adapter
 
         source = resolve_source(name)
         with quiet_local_loading():
@@ -133,7 +130,6 @@ def _load(name: str, device: str, quantization_config=None):
             hf = auto.from_pretrained(source, dtype=torch.float32, attn_implementation="eager",
                                       quantization_config=quantization_config, device_map=device)
         return None, hf.eval()
-    from ..loading.pretrained import from_pretrained_no_processing
     if quantization_config is None:
         return from_pretrained_no_processing(name, device=device, attn_implementation="eager"), hf_source.load_hf(name)[0]
     return None, hf_source.load_hf(name, quantization_config=quantization_config, device_map=device)[0]
@@ -161,8 +157,6 @@ def quantization_support(models=TINY, modes=("none", *MODES), device: str | None
     "smollm2-135m" for the real model, about a minute on a laptop CPU). include_hf=False skips
     HuggingFace's own quantised models (their columns stay "-").
     """
-    from ..errors import LensError
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows, apart = [], {}
     for name in models:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..loading import zoo
+from ..notebook.setup import _has_gpu, _has_internet
 from ..text import tokens as tok
 
 
@@ -204,9 +206,6 @@ def notebook_readiness(notebook_dir) -> list[NotebookCheck]:
     """One ✓/✗ row per notebook in ``notebook_dir``: will it run here, and if not, why and what to do."""
     import importlib.util
     from pathlib import Path
-
-    from ..loading import zoo
-    from ..notebook.setup import _has_gpu, _has_internet
 
     cached = zoo.cached_entries()
     probes = {"gpu": _has_gpu, "internet": _has_internet}

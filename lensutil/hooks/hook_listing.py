@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from ..devices import device_for
 
 
 def print_hook_list(model, pattern: str | re.Pattern | None = None) -> None:
@@ -30,8 +31,6 @@ def print_hook_list(model, pattern: str | re.Pattern | None = None) -> None:
 
 def hook_device(model, name: str, device_map: dict) -> str:
     """The device of the module a hook sits in; hooks outside every placed module run on cfg.device."""
-    from ..devices import device_for
-
     unit = name.removeprefix("hook_")  # hook_embed / hook_pos_embed: the embeddings' outputs
     for key in (name, unit):
         if any(key == n or key.startswith(n + ".") or n == "" for n in device_map):

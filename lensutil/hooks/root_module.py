@@ -11,8 +11,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .activation_cache import ActivationCache, describe_names_filter
 from ..errors import HookFlagError, HookNameError, LensError, close_matches
+from .activation_cache import ActivationCache, describe_names_filter
+from .hook_listing import print_hook_list
 from .hook_points import Direction, HookFn, HookPoint, LensHandle, NameOrFilter, NamesFilter
 
 
@@ -319,6 +320,4 @@ class HookedRootModule(nn.Module):
 
     def print_hook_list(self, pattern: str | re.Pattern | None = None) -> None:
         """Print each hook matching `pattern` with its shape, flags and device (lensutil's own; see hook_listing.py)."""
-        from .hook_listing import print_hook_list
-
         print_hook_list(self, pattern)

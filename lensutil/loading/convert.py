@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from . import zoo
 from ..architectures.registry import get_adapter
 from ..config import compute_dtype
 from ..model.initialization import loading_weights
-from .strict import _load_strict
+from . import zoo
 from .hf_source import resolve_source
+from .names import official_name
+from .strict import _load_strict
 
 
 # On by default, as in TransformerLens. center_writing_weights=None: "where valid" (LayerNorm
@@ -22,8 +23,6 @@ PROCESSING_OPTIONS = tuple(DEFAULT_PROCESSING)
 
 def name_overrides(name_or_path: str, attn_implementation: str) -> dict:
     """The config fields every loaded model takes from how it was named and asked for."""
-    from .names import official_name
-
     tokenizer_name = resolve_source(name_or_path) if zoo.is_zoo_name(name_or_path) else str(name_or_path)
     tokenizer_name = official_name(tokenizer_name) or tokenizer_name  # gpt2-small's tokenizer is gpt2's
     return {"attn_implementation": attn_implementation, "model_name": str(name_or_path), "tokenizer_name": tokenizer_name}

@@ -12,14 +12,16 @@ import os
 import torch
 
 from ..architectures.registry import get_adapter
-from ..model.encoder import HookedEncoder
-from ..model import doors
 from ..errors import ConfigError, WeightLoadError
+from ..model import doors
+from ..model.encoder import HookedEncoder
+from . import quantization as qz
+from .convert import convert_into, name_overrides, place
 from .hf_quantized import hf_linears
 from .hf_source import _explain_hub_error, resolve_source
-from .convert import convert_into, name_overrides, place
-from .progress_bars import quiet_local_loading
+from .hub import hub_kwargs
 from .pretrained import refuse_unknown_kwargs
+from .progress_bars import quiet_local_loading
 
 _PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
 
@@ -37,8 +39,6 @@ def load_hf_encoder(name_or_path: str, *, revision=None, token=None, dtype=torch
 
     source = resolve_source(name_or_path)
     local = os.path.isdir(source)
-    from .hub import hub_kwargs
-
     hub = hub_kwargs(str(name_or_path), source, revision, token) if not local else {}
     try:
         with quiet_local_loading(local):
@@ -88,8 +88,6 @@ def from_pretrained(
     Quantisation arguments are HuggingFace's (lensutil/loading/quantization.py): the encoder's attention,
     MLP, MLM-head and pooler matrices are quantised, as HuggingFace quantises BertForMaskedLM.
     """
-    from . import quantization as qz
-
     bnb_config = qz.config_from_kwargs(load_in_8bit, load_in_4bit, quantization_config, bnb_4bit_quant_type,
                                        bnb_4bit_compute_dtype, bnb_4bit_use_double_quant)
     refuse_unknown_kwargs({k: v for k, v in processing.items() if k not in _PROCESSING}, from_pretrained)

@@ -6,15 +6,15 @@ import os
 
 import torch
 
+from ..architectures.registry import _registry
 from ..errors import ConfigError, ModelAccessError
+from .hub import explain, hub_kwargs, resolve_name
 from .progress_bars import quiet_local_loading
 
 
 def resolve_source(name_or_path: str) -> str:
     """A zoo name becomes its local directory, a TransformerLens name its hub repository (gpt2-small ->
     gpt2); directories and other hub names pass through; a path that does not exist is an error."""
-    from .hub import resolve_name
-
     return resolve_name(name_or_path)
 
 
@@ -24,16 +24,12 @@ def _explain_hub_error(name: str, err: Exception, **context) -> ModelAccessError
     Raise it outside the `except` block (or `from None`): huggingface_hub's exception is quoted in
     the message, scrubbed of anything token-shaped, and must not ride along as __context__.
     """
-    from .hub import explain
-
     return explain(name, err, **context)
 
 
 def _refuse_encoder(name: str, source: str, hub: dict) -> None:
     # Before any weights load: AutoModelForCausalLM would turn a BERT checkpoint into a BertLMHeadModel.
     from transformers import AutoConfig
-
-    from ..architectures.registry import _registry
 
     arch = (AutoConfig.from_pretrained(source, **hub).architectures or [""])[0]
     adapter = _registry().get(arch)
@@ -47,8 +43,6 @@ def _refuse_encoder(name: str, source: str, hub: dict) -> None:
 def load_hf(name_or_path: str, *, revision=None, token=None, dtype=torch.float32, attn_implementation="eager", **kwargs):
     """The HuggingFace model and tokenizer behind a lensutil name (zoo name, directory or hub name)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .hub import hub_kwargs
 
     source = resolve_source(name_or_path)
     local = os.path.isdir(source)

@@ -19,7 +19,6 @@ import os
 import re
 import time
 
-from . import names as model_names, zoo
 from ..errors import (
     GatedModelError,
     HubUnreachableError,
@@ -28,6 +27,7 @@ from ..errors import (
     ModelNotFoundError,
     RevisionNotFoundError,
 )
+from . import names as model_names, zoo
 
 PROBE_TIMEOUT_S = 3.0  # how long the endpoint probe waits for any answer (connect and first byte)
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+from . import zoo
 
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
@@ -198,7 +199,5 @@ def standard_repos() -> list[Repo]:
     "gpt2" (public, the zoo's tiny-gpt2: what TransformerLens' "gpt2-small" points at), and
     "mistralai/Mistral-7B-v0.1" (gated, the zoo's tiny-mistral).
     """
-    from . import zoo
-
     return [Repo.from_dir("gpt2", zoo.resolve("tiny-gpt2")),
             Repo.from_dir("mistralai/Mistral-7B-v0.1", zoo.resolve("tiny-mistral"), gated=True)]

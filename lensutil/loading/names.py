@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 from typing import NamedTuple
+from . import zoo
 
 # official name (a hub repository, except NOT_ON_HUB) -> TransformerLens' aliases for it
 TRANSFORMERLENS_NAMES: dict[str, tuple[str, ...]] = {
@@ -127,8 +128,6 @@ def list_models(contains: str | None = None) -> list[KnownModel]:
     contains: keep only rows whose name or an alias contains this text (any case). lensutil's own:
     TransformerLens keeps the list as transformer_lens.loading.OFFICIAL_MODEL_NAMES (no aliases).
     """
-    from . import zoo
-
     rows = [KnownModel(n, "zoo") for n in zoo.ZOO_NAMES]
     rows += [KnownModel(n, "(local directory only)" if n in NOT_ON_HUB else n, a) for n, a in TRANSFORMERLENS_NAMES.items()]
     if contains:

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import close_matches
-from ..errors import PlacementError
-from ..errors import OffloadedWeightError
+from ..errors import OffloadedWeightError, PlacementError, close_matches
+from ..model.weight_layout import empty_in_order
 
 
 @dataclass(frozen=True)
@@ -92,8 +91,6 @@ def read_weight(model: nn.Module, name: str) -> Tensor:
     stored = info.weights_map[name]
     if info.kept_on == "disk":  # OffloadFolder read a fresh tensor from disk
         return stored
-    from ..model.weight_layout import empty_in_order
-
     return empty_in_order(stored).copy_(stored)  # one kept in CPU memory is the model's own: a copy
 
 

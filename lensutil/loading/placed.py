@@ -28,15 +28,25 @@ import os
 
 import torch
 
-from . import hf_source
-from . import placement as pl
 from ..architectures.registry import get_adapter
 from ..config import compute_dtype
 from ..errors import ConfigError
-from .hf_quantized import hf_linears
 from ..model.initialization import loading_weights
+from ..model.processing import (
+    center_unembed,
+    center_writing_weights,
+    fold_layer_norm,
+    fold_value_biases,
+    process_weights_,
+)
 from ..model.transformer import HookedTransformer
 from ..model.weight_layout import empty_in_order, memory_order, share_qkv_storage
+from . import hf_source, placement as pl
+from .convert import DEFAULT_PROCESSING, convert_into, name_overrides
+from .hf_quantized import hf_linears
+from .hf_source import _explain_hub_error, _refuse_encoder, resolve_source
+from .progress_bars import quiet_local_loading
+from .quantization import prepare_from_hf, quantize_
 
 
 def load_placed(name_or_path: str, *, hf_model, tokenizer, dtype, revision, token, overrides: dict, options: dict,
@@ -166,8 +176,6 @@ def groups(layout, n_layers: int) -> list[tuple]:
 def _group_values(checkpoint: Checkpoint, adapter, raw_cfg, layout: dict, applied: list[str], lens_part, hf_part) -> dict:
     """The processed float32 weights whose lensutil names `lens_part` accepts, read from the HF tensors
     `hf_part` accepts (all tensors outside the blocks if the adapter needs more: then a weight comes out meta)."""
-    from ..model.processing import center_unembed, center_writing_weights, fold_layer_norm, fold_value_biases
-
     def converted(hf_part):
         hf_sd = {k: checkpoint.read(k) if hf_part(k) else torch.empty(s, device="meta") for k, s in checkpoint.shapes.items()}
         return adapter.convert(hf_sd, raw_cfg)
@@ -207,8 +215,6 @@ def _meta_model(cfg, tokenizer, options: dict, dtype) -> tuple[HookedTransformer
         model = HookedTransformer(cfg, tokenizer)
     applied: list[str] = []
     if any(v is not False for v in options.values()):
-        from ..model.processing import process_weights_
-
         applied = process_weights_(model, **options).applied
     return model.to(dtype).eval(), applied
 
@@ -255,8 +261,6 @@ def _finish(model, device_map, folder, bnb_config=None, quantized_hf=None) -> Ho
     pl.dispatch(model, device_map, folder)
     model.setup()
     if bnb_config is not None:  # quantised last, on the device each weight is on (quantization.quantize_'s contract)
-        from .quantization import quantize_
-
         quantize_(model, bnb_config, hf_linears(quantized_hf, model) if quantized_hf is not None else None)
     return model.eval()
 
@@ -264,9 +268,6 @@ def _finish(model, device_map, folder, bnb_config=None, quantized_hf=None) -> Ho
 def _place_in_ram(name_or_path, hf_model, tokenizer, dtype, overrides, options, bnb_config, device_map, max_memory,
                   offload_folder, n_devices):
     """Convert and process in RAM (from_pretrained's usual path), then place the weights the same way."""
-    from .convert import convert_into
-    from .quantization import prepare_from_hf
-
     if hf_model is None:
         hf_model, loaded_tokenizer = hf_source.load_hf(name_or_path)
         tokenizer = tokenizer or loaded_tokenizer
@@ -274,8 +275,6 @@ def _place_in_ram(name_or_path, hf_model, tokenizer, dtype, overrides, options, 
     hf_state_dict, bnb_config = prepare_from_hf(hf_model, bnb_config, options)
     full = convert_into(HookedTransformer, hf_model, tokenizer, dtype, overrides, hf_state_dict)
     if any(v is not False for v in options.values()):
-        from ..model.processing import process_weights_
-
         process_weights_(full, **options)
     values = full.state_dict()
     model, _ = _meta_model(full.cfg, tokenizer, {}, dtype)
@@ -292,8 +291,6 @@ def _place_in_ram(name_or_path, hf_model, tokenizer, dtype, overrides, options, 
 
 def _local_source(name_or_path: str, revision, token, want_weights: bool) -> tuple[str, dict]:
     """A local directory for the model: a zoo entry, a directory, or a hub snapshot (config, tokenizer, safetensors)."""
-    from .hf_source import _explain_hub_error, resolve_source
-
     source = resolve_source(name_or_path)
     if os.path.isdir(source):
         return source, {}
@@ -308,9 +305,6 @@ def _local_source(name_or_path: str, revision, token, want_weights: bool) -> tup
 
 def _config_and_tokenizer(name_or_path, source, hub, hf_model, tokenizer):
     from transformers import AutoConfig, AutoTokenizer
-
-    from .hf_source import _refuse_encoder
-    from .progress_bars import quiet_local_loading
 
     if hf_model is not None:
         return hf_model.config, tokenizer
@@ -327,8 +321,6 @@ def empty_model(name_or_cfg, *, dtype=torch.float32, revision=None, token=None, 
     HookedTransformerConfig (e.g. a 7B model's sizes, to estimate it). lensutil's own; accelerate's
     equivalent for a HuggingFace model is `with init_empty_weights(): AutoModelForCausalLM.from_config(config)`.
     """
-    from .convert import DEFAULT_PROCESSING, name_overrides
-
     if isinstance(name_or_cfg, str):
         from transformers import AutoConfig
 

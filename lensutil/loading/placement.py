@@ -38,9 +38,9 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import ConfigError
-from ..errors import PlacementError
+from ..architectures.registry import get_adapter
 from ..devices import device_for
+from ..errors import ConfigError, PlacementError
 from .offloaded_weights import Offloaded, guard, read_weight
 
 
@@ -245,8 +245,6 @@ def block_devices(model) -> list[str]:
 
 def hf_device_map(device_map: Mapping, hf_model_or_config) -> dict[str, str]:
     """The same placement for the HuggingFace model, in its module names (to load it with HuggingFace's device_map)."""
-    from ..architectures.registry import get_adapter
-
     config = getattr(hf_model_or_config, "config", hf_model_or_config)
     layout = get_adapter(config).layout
     names = {"embed": layout.embed, "ln_final": layout.final_norm, "unembed": "lm_head",

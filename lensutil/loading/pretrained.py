@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import torch
 
-from . import hf_source
-from . import saving
 from ..config import DEFAULT_ATTN_IMPLEMENTATION
-from ..model import doors
 from ..errors import ConfigError
-from .hf_quantized import hf_linears
+from ..model import doors
+from ..model.processing import process_weights_
 from ..model.transformer import HookedTransformer
+from . import hf_source, placement as pl, quantization as qz, saving
 from .convert import PROCESSING_OPTIONS, convert_into, name_overrides, place
+from .hf_quantized import hf_linears
+from .placed import load_placed
+
 
 def from_pretrained(
     name_or_path: str,
@@ -77,8 +79,6 @@ def from_pretrained(
                  bnb_4bit_quant_type=bnb_4bit_quant_type, bnb_4bit_compute_dtype=bnb_4bit_compute_dtype,
                  bnb_4bit_use_double_quant=bnb_4bit_use_double_quant)
     placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder, n_devices=n_devices)
-    from . import quantization as qz
-
     bnb_config = qz.config_from_kwargs(**quant)  # None, or a BitsAndBytesConfig; conflicting arguments fail here
     if hf_model is None and saving.is_lensutil_dir(name_or_path):  # from model.save_pretrained(): as saved, not reprocessed
         return saving.load_saved(name_or_path, tokenizer=tokenizer, dtype=dtype, device=device, bnb_config=bnb_config)
@@ -88,13 +88,9 @@ def from_pretrained(
         overrides["n_ctx"] = n_ctx
     if default_prepend_bos is not None:
         overrides["default_prepend_bos"] = default_prepend_bos
-    from . import placement as pl
-
     if pl.requested(**placement):  # over GPUs, CPU and disk: weights loaded straight to where they live
         if device is not None:
             raise ConfigError(f"Pass device={device!r} or a device_map/n_devices, not both (a device map says where every block goes).")
-        from .placed import load_placed
-
         return load_placed(name_or_path, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, revision=revision, token=token,
                            overrides=overrides, options=options, bnb_config=bnb_config, **placement)
     if hf_model is None:
@@ -104,8 +100,6 @@ def from_pretrained(
     hf_state_dict, bnb_config = qz.prepare_from_hf(hf_model, bnb_config, options)
     model = convert_into(HookedTransformer, hf_model, tokenizer, dtype, overrides, hf_state_dict)
     if any(v is not False for v in options.values()):
-        from ..model.processing import process_weights_
-
         process_weights_(model, **options)
     model = place(model, device, dtype)
     # Quantised last: weights processed in full precision, then quantised on their device (quantization.py).

@@ -32,10 +32,19 @@ import re
 import torch
 from torch import nn
 
-from .hf_quantized import copy_bnb_linear
-from ..model.linear import FUSED_QKV, TO_OUT_IN, QuantizableLinears, QuantizedLinear, held_bytes, weight_tensors
+from ..architectures.registry import adapter_for
 from ..errors import QuantizationError
-from ..model.linear import is_quantized, mode_of
+from ..model.linear import (
+    FUSED_QKV,
+    TO_OUT_IN,
+    QuantizableLinears,
+    QuantizedLinear,
+    held_bytes,
+    is_quantized,
+    mode_of,
+    weight_tensors,
+)
+from .hf_quantized import copy_bnb_linear
 
 
 INSTALL = 'pip install "bitsandbytes>=0.48"'
@@ -183,8 +192,6 @@ def skipped_weights(model: nn.Module, paths: list[str], patterns) -> set[str]:
     holds W_Q, W_K and W_V) or lensutil weights ("blocks.0.attn.W_Q", "experts"). A list replaces HF's
     default, which keeps the output embedding (lm_head) unquantised; lensutil's W_U always stays full
     precision, so a list that leaves lm_head out is refused instead of quietly differing from HF."""
-    from ..architectures.registry import adapter_for
-
     adapter = adapter_for(model.cfg) if hasattr(model, "cfg") else None
     hf_names = adapter.module_names(model.cfg) if adapter is not None and adapter.module_names is not None else {}
     if patterns is None:

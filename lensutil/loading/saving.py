@@ -25,9 +25,15 @@ from pathlib import Path
 
 import torch
 
+from ..config import HookedTransformerConfig
+from ..errors import LensError, QuantizationError, WeightLoadError
 from ..model import doors
-from ..errors import LensError, WeightLoadError
-from .strict import _shape
+from ..model.initialization import loading_weights
+from ..model.linear import mode_of
+from ..model.transformer import HookedTransformer
+from .convert import place
+from .quantization import quantize_
+from .strict import _load_strict, _shape
 
 
 CONFIG_FILE = "lensutil_config.json"
@@ -99,9 +105,6 @@ def _refuse_quantised(model) -> None:
     config = getattr(model, "quantization_config", None)
     if config is None:
         return
-    from ..errors import QuantizationError
-    from ..model.linear import mode_of
-
     arg = "load_in_8bit=True" if config.load_in_8bit else f"load_in_4bit=True, bnb_4bit_quant_type={config.bnb_4bit_quant_type!r}"
     raise QuantizationError(
         f"save_pretrained() cannot save a quantised model ({mode_of(config)}): lensutil's format holds full-precision "
@@ -116,12 +119,6 @@ def load_saved(directory, *, tokenizer=None, dtype: torch.dtype | None = None, d
     in the dtype it was saved in unless `dtype` says otherwise (an MoE router's weight stays float32),
     then quantised if `bnb_config` (a BitsAndBytesConfig) asks for it."""
     from safetensors.torch import load_file
-
-    from ..config import HookedTransformerConfig
-    from ..model.initialization import loading_weights
-    from .strict import _load_strict
-    from .convert import place
-    from ..model.transformer import HookedTransformer
 
     path = Path(os.path.expanduser(str(directory)))
     info = json.loads((path / CONFIG_FILE).read_text())
@@ -142,8 +139,6 @@ def load_saved(directory, *, tokenizer=None, dtype: torch.dtype | None = None, d
     model = place(model, device, dtype or saved_dtype)
     if bnb_config is None:
         return model
-    from .quantization import quantize_
-
     return quantize_(model, bnb_config)  # as from_pretrained by name: processed (as saved) first, quantised last
 
 

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import torch
 
+from ..architectures.registry import _registry
 from ..config import compute_dtype
-from ..model import doors
 from ..errors import LensError, WeightLoadError
+from ..model import doors
+from ..model.processing import process_into_, rebuild_norms
 from ..model.transformer import HookedTransformer
 from .convert import DEFAULT_PROCESSING, PROCESSING_OPTIONS
-from .strict import _load_strict
+from .saving import drop_transformerlens_buffers
+from .strict import _load_strict, describe_mismatch, looks_wrapped
 
 
 def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **options):
@@ -31,13 +34,8 @@ def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **op
         raise LensError(f"Unknown options {sorted(unknown)}; the processing options are {PROCESSING_OPTIONS}.")
     if isinstance(state_dict, (str, os.PathLike)):  # a .safetensors or .pt file
         state_dict = load_torch_file(state_dict)
-    from .saving import drop_transformerlens_buffers
-
     state_dict = drop_transformerlens_buffers(state_dict, model.cfg)  # TransformerLens 2.x's attn.mask, attn.IGNORE, ...
     if not any(k.startswith(("embed.", "blocks.", "unembed.")) for k in state_dict):
-        from ..architectures.registry import _registry
-        from .strict import describe_mismatch, looks_wrapped
-
         if looks_wrapped(state_dict):  # a training checkpoint, or DDP's "module." prefix: not HuggingFace names
             raise WeightLoadError(describe_mismatch(model.state_dict(), state_dict))
 
@@ -52,9 +50,6 @@ def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **op
     if not any(v is not False for v in settings.values()):
         _load_strict(model, state_dict)
         return None
-    from ..model.processing import process_into_
-    from .strict import describe_mismatch
-
     own = model.state_dict()
     mismatch = describe_mismatch(own, state_dict)
     if mismatch:
@@ -81,8 +76,6 @@ def _prepare_norms_for(model: HookedTransformer, state_dict: dict) -> None:
     raw = "ln_final.w" in state_dict
     if raw:
         if cfg.normalization_type in _UNFOLDED and cfg.folded_ln:
-            from ..model.processing import rebuild_norms
-
             rebuild_norms(model, _UNFOLDED[cfg.normalization_type])
         if cfg.normalization_type not in _UNFOLDED:  # the weights are as saved: no processing is known
             cfg.folded_ln = cfg.centered_writing_weights = cfg.centered_unembed = cfg.folded_value_biases = False

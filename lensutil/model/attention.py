@@ -7,14 +7,13 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from ..config import HookedTransformerConfig
-from .fused_attention import fire_hook, fused_attention
+from ..config import HookedTransformerConfig, compute_dtype
 from ..hooks.hook_points import HookPoint
+from .context import AttentionContext, apply_rotary
+from .fused_attention import fire_hook, fused_attention
 from .linear import QuantizableLinears
 from .weight_layout import _linear_param, _param, fused_qkv_params, fused_qkv_weight, share_qkv_storage
-from ..config import compute_dtype
 from .zero_bias import bias_or_none
-from .context import AttentionContext, apply_rotary
 
 
 class Attention(QuantizableLinears):

@@ -8,10 +8,11 @@ from torch import Tensor, nn
 from ..config import HookedTransformerConfig
 from ..errors import ConfigError
 from ..hooks.hook_points import HookPoint
-from .norm import Norm
 from .attention import Attention, GroupedQueryAttention
 from .context import AttentionContext
 from .mlp import MLP
+from .moe import MoE
+from .norm import Norm
 
 
 def check_hook_flags(cfg: HookedTransformerConfig) -> None:
@@ -25,8 +26,6 @@ def check_hook_flags(cfg: HookedTransformerConfig) -> None:
 
 
 def _moe(cfg: HookedTransformerConfig) -> nn.Module:
-    from .moe import MoE  # lensutil/model/moe.py builds on this module
-
     return MoE(cfg)
 
 

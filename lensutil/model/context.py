@@ -8,8 +8,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from ..config import HookedTransformerConfig
-from ..config import compute_dtype
+from ..config import HookedTransformerConfig, compute_dtype
 
 
 @dataclass

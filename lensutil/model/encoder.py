@@ -18,18 +18,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from ..text import encoder_tokens as etok
-from . import initialization
-from ..text import tokens as tok
-from .context import AttentionContext
-from . import doors
-from .block import TransformerBlock
-from .embed import Unembed
 from ..config import HookedTransformerConfig
-from .encoder_parts import EncoderEmbed, MLMHead, Pooler
 from ..errors import InputError, LensError
-from ..hooks.root_module import HookedRootModule
 from ..hooks.hook_points import HookPoint
+from ..hooks.root_module import HookedRootModule
+from ..text import encoder_tokens as etok, tokens as tok
+from . import doors, initialization
+from .block import TransformerBlock
+from .context import AttentionContext
+from .embed import Unembed
+from .encoder_parts import EncoderEmbed, MLMHead, Pooler
 from .transformer import HookedTransformer
 
 EncoderReturn = Literal["logits", "embeddings", "pooled"] | None

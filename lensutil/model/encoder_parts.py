@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from .weight_layout import _OUT_IN, _param
-from .mlp import ACTIVATIONS
-from .embed import Embed, PosEmbed
-from .norm import Norm
 from ..config import HookedTransformerConfig
 from ..hooks.hook_points import HookPoint
+from .embed import Embed, PosEmbed
 from .linear import QuantizableLinears
+from .mlp import ACTIVATIONS
+from .norm import Norm
+from .weight_layout import _OUT_IN, _param
 
 
 class TokenTypeEmbed(nn.Module):

@@ -30,12 +30,11 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from .weight_layout import _OUT_IN, _param
-from .mlp import ACTIVATIONS
-from ..config import compute_dtype
-from ..config import HookedTransformerConfig
+from ..config import HookedTransformerConfig, compute_dtype
 from ..hooks.hook_points import HookPoint
 from .linear import QuantizableLinears
+from .mlp import ACTIVATIONS
+from .weight_layout import _OUT_IN, _param
 
 
 class Expert(QuantizableLinears):

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from ..config import HookedTransformerConfig
+from ..config import HookedTransformerConfig, compute_dtype
 from ..hooks.hook_points import HookPoint
 from .weight_layout import _param
-from ..config import compute_dtype
 
 
 class Norm(nn.Module):

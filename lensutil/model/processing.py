@@ -28,10 +28,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..config import compute_dtype
-from .attention import key_value_param_name
-from ..config import HookedTransformerConfig
+from ..config import HookedTransformerConfig, compute_dtype
 from ..errors import ConfigError, LensError
+from .attention import key_value_param_name
+from .linear import refuse_if_quantized
+from .norm import Norm
 
 OPTIONS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
 _FOLDED_KIND = {"LN": "LNPre", "RMS": "RMSPre"}
@@ -230,8 +231,6 @@ def rebuild_norms(model, kind: str) -> None:
     used when unprocessed weights are loaded into a processed model) get uninitialised Parameters
     on the model's device and dtype: load a state dict straight after.
     """
-    from .norm import Norm
-
     model.cfg.normalization_type = kind
     p = next(model.parameters())
 
@@ -281,8 +280,6 @@ def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
     weights are rounded after processing, never before (load_and_process_state_dict hands the
     float32 weights it was given straight here), and an MoE router's weight stays float32.
     """
-    from .linear import refuse_if_quantized
-
     refuse_if_quantized(model, "Weight processing (fold_ln, center_writing_weights, center_unembed, fold_value_biases)")
     cfg = model.cfg
     report = ProcessingReport()

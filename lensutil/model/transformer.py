@@ -13,18 +13,18 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from . import initialization
+from ..config import FLAG_GATED_HOOKS, HookedTransformerConfig, compute_dtype
+from ..errors import ConfigError, InputError
+from ..hooks.hook_points import HookPoint
+from ..hooks.root_module import HookedRootModule
 from ..text import tokens as tok
+from ..text.generation import generate
+from . import doors, initialization
+from .block import TransformerBlock, check_hook_flags
 from .context import AttentionContext
 from .embed import Embed, PosEmbed, Unembed
 from .norm import Norm
-from . import doors
-from .block import TransformerBlock, check_hook_flags
-from ..config import compute_dtype
-from ..config import FLAG_GATED_HOOKS, HookedTransformerConfig
-from ..errors import ConfigError, InputError
-from ..hooks.root_module import HookedRootModule
-from ..hooks.hook_points import HookPoint
+from .processing import process_weights_
 
 ReturnType = Literal["logits", "loss", "both"] | None
 
@@ -191,8 +191,6 @@ class HookedTransformer(HookedRootModule):
         return tok.generate_attention_mask(self, tokens, padding_side, prepend_bos)
 
     def generate(self, input, max_new_tokens: int = 10, **kwargs):
-        from ..text.generation import generate
-
         return generate(self, input, max_new_tokens, **kwargs)
 
     # Doors to loading and analysis, which build on this module (doors.py says why they go through a table).
@@ -214,8 +212,6 @@ class HookedTransformer(HookedRootModule):
         return doors.call("HookedTransformer.load_and_process_state_dict", self, state_dict, **options)
 
     def process_weights_(self, **options):
-        from .processing import process_weights_
-
         return process_weights_(self, **options)
 
     def read_weight(self, name: str) -> Tensor:

@@ -13,9 +13,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from . import tokens as tok
 from ..config import compute_dtype
 from ..errors import InputError
+from . import tokens as tok
 
 
 class KVCacheEntry:
