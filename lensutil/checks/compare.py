@@ -1,10 +1,10 @@
-"""Is my model right? Checks against HuggingFace, and a checklist for a model's setup.
+"""Is my model right? `compare_with_hf`: how far the hooked model's outputs are from HuggingFace's on the same tokens.
 
-- `compare_with_hf`: how far the hooked model's outputs are from HuggingFace's on the same tokens.
-- `error_table`: that error for every dtype x weight-processing option (SYMPTOMS.md item 12).
-- `locate_divergence`: where, component by component, two models that should agree first disagree.
-- `routing_agreement`: per mixture-of-experts layer, the share of tokens routed to HuggingFace's experts.
-- `validate_model_setup`: shapes, hooks, cache keys, masks, generation, config (SYMPTOMS.md item 18).
+The other checks, each in its own module of this package (lensutil.checks re-exports them all):
+- `error_table` (error_table.py): that error for every dtype x weight-processing option (SYMPTOMS.md item 12).
+- `locate_divergence` (divergence.py): where, component by component, two models that should agree first disagree.
+- `routing_agreement` (divergence.py): per mixture-of-experts layer, the share of tokens routed to HuggingFace's experts.
+- `validate_model_setup` (setup.py): shapes, hooks, cache keys, masks, generation, config (SYMPTOMS.md item 18).
 
 Every comparison runs each model in its own dtype, then measures |Δ| in float64, so the measurement
 adds no rounding of its own. By default we compare log-probabilities, not logits: centring the

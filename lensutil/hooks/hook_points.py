@@ -1,4 +1,5 @@
-"""Hook plumbing: `HookPoint` (an identity module you can attach functions to) and `HookedRootModule`.
+"""Hook plumbing: `HookPoint`, an identity module you can attach functions to (HookedRootModule, in
+root_module.py, finds them by name and attaches and removes them).
 
 TransformerLens' API and semantics: a hook function is `fn(activation, hook) -> None | tensor`;
 returning None keeps the activation, returning a tensor replaces it. Names are checked before

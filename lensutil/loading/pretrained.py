@@ -1,4 +1,9 @@
-"""From a name to a HookedTransformer: zoo names, local directories and hub names.
+"""From a name to a HookedTransformer: zoo names, local directories and hub names, one step per module.
+
+name -> source and the HuggingFace model (hf_source.py) -> adapter and state dict, strictly loaded into
+the model (convert.py, strict.py) -> weight processing (model/processing.py) -> device and dtype
+(convert.place) -> quantisation (quantization.py). With a device map the same steps run block by
+block, straight to where each weight lives (placed.py).
 
 Loading is strict: the adapter must use every HF weight and fill every lensutil weight, or it
 raises a WeightLoadError naming the culprit. Nothing is silently re-initialised.

@@ -1,4 +1,4 @@
-"""Saving a lensutil model, loading it back, and saying why a state dict does not fit.
+"""Saving a lensutil model and loading it back (strict.py says why a state dict does not fit).
 
 `save_pretrained(model, directory)` writes three things (lensutil's own format; TransformerLens has
 no save_pretrained, its users torch.save(model.state_dict()) and rebuild the model from its cfg):
