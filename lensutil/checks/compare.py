@@ -21,8 +21,6 @@ from ..loading import hf_source
 from ..text import tokens as tok
 from .encoder_compare import compare_with_hf as compare_encoder
 from .stats import ErrorStats, Quantity, _device_of, _transform
-from .setup import Check as Check, SetupReport as SetupReport  # re-exported
-from .setup import bound_check as bound_check, validate_model_setup as validate_model_setup  # re-exported
 
 
 # Short prompts (<= 16 tokens with BOS): half precision on a CPU is slow, and these already cover
@@ -71,5 +69,3 @@ def _hf_logits(hf_model, tokens: Tensor, mask: Tensor) -> Tensor:
     out = hf_model(input_ids=tokens.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev))
     return out.logits
 
-
-# ---- is the model set up right? ------------------------------------------------------------------
