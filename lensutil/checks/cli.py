@@ -19,8 +19,9 @@ from ..config import DEFAULT_ATTN_IMPLEMENTATION
 from ..errors import LensError
 from ..loading import hf_source, zoo
 from ..loading.pretrained import from_pretrained, from_pretrained_no_processing
-from . import compare as checks
-from .setup import notebook_readiness
+from .compare import compare_with_hf
+from .error_table import ErrorTable
+from .setup import bound_check, notebook_readiness, validate_model_setup
 
 # How far from HuggingFace each dtype may be. float32 with no processing computes the same thing in
 # the same order with the same kernels on the same weights: exactly 0 (measured on every zoo model;
@@ -84,24 +85,24 @@ def doctor(model_name: str, dtype: str) -> int:
     hf32.to(model.cfg.device)
     reference = hf32 if dtype == "float32" else hf_source.load_hf(
         model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)[0].to(model.cfg.device)
-    rows = checks.validate_model_setup(model).rows
-    raw = checks.compare_with_hf(model, reference, on="logits")
-    rows.append(checks.bound_check(
+    rows = validate_model_setup(model).rows
+    raw = compare_with_hf(model, reference, on="logits")
+    rows.append(bound_check(
         f"logits equal HuggingFace's in {dtype} (no processing)", raw.max, LOGIT_BOUND[dtype], "max |Δ logit|",
         "Load with from_pretrained_no_processing and float32; run checks.locate_divergence(model, hf_model) to find the first component that differs."))
     processed = from_pretrained(model_name, hf_model=hf32, tokenizer=tokenizer, dtype=dtype)
-    table = checks.ErrorTable(model_name, "logprobs")
-    table.add(dtype, "none", checks.compare_with_hf(model, reference))
-    table.add(dtype, "all", checks.compare_with_hf(processed, reference))
+    table = ErrorTable(model_name, "logprobs")
+    table.add(dtype, "none", compare_with_hf(model, reference))
+    table.add(dtype, "all", compare_with_hf(processed, reference))
     fix = ("Weight processing should preserve log-probs; compare each option alone with checks.error_table(name) to find "
            "the one that does not, or load with from_pretrained_no_processing.")
     if dtype == "float32":
-        rows.append(checks.bound_check("log-probs equal HuggingFace's (all weight processing)", table.rows[1]["max"],
+        rows.append(bound_check("log-probs equal HuggingFace's (all weight processing)", table.rows[1]["max"],
                                        LOGPROB_BOUND[dtype], "max |Δ log-prob|", fix))
     else:  # in half precision both models round; ask whether processing makes the rounding worse
-        cost = {o: checks.compare_with_hf(m, hf32).max for o, m in (("none", model), ("all", processed))}
+        cost = {o: compare_with_hf(m, hf32).max for o, m in (("none", model), ("all", processed))}
         ratio = cost["all"] / max(cost["none"], 1e-12)
-        rows.append(checks.bound_check(
+        rows.append(bound_check(
             f"weight processing costs little in {dtype} (vs float32: all {cost['all']:.2g}, none {cost['none']:.2g})",
             ratio, HALF_PROCESSING_RATIO, "ratio", fix + " In half precision prefer float32 for exact comparisons."))
     print("\n".join(str(r) for r in rows))
@@ -114,7 +115,7 @@ def doctor(model_name: str, dtype: str) -> int:
 
 def default_notebook_dir() -> Path:
     """The project's notebooks/ (beside the lensutil package in a checkout), else ./notebooks."""
-    beside = Path(__file__).resolve().parent.parent / "notebooks"
+    beside = Path(__file__).resolve().parents[2] / "notebooks"  # lensutil/checks/cli.py -> the checkout
     return beside if beside.is_dir() else Path("notebooks")
 
 
