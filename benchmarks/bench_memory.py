@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_vs_hf import _rss_bytes, machine_report, peak_rss_delta  # noqa: E402
 
-from lensutil import collect_activations, keep_freed_memory
+from lensutil import collect_activations, keep_freed_memory  # noqa: E402
 from lensutil.loading import hf_source, pretrained  # noqa: E402
 
 

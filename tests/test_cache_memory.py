@@ -33,7 +33,7 @@ ctypes.CDLL.__getitem__ = _spy
 import torch
 import lensutil
 from lensutil import HookedTransformer, HookedTransformerConfig
-from lensutil.allocator import rss_bytes
+from lensutil.analysis.allocator import rss_bytes
 
 step = sys.argv[1]
 torch.manual_seed(0)

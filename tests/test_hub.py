@@ -26,7 +26,7 @@ log = io.StringIO()
 logging.basicConfig(level=logging.DEBUG, stream=log, force=True)
 import torch, lensutil
 from lensutil import HookedTransformer
-from lensutil.hub import hf_token_status
+from lensutil.loading.hub import hf_token_status
 SECRETS = json.loads(os.environ.pop("SCENARIO_SECRETS", "{{}}"))
 results = {{}}
 
