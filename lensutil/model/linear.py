@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import QuantizationError
 from .zero_bias import bias_or_none
-from torch import nn
 
 
 # The bias that goes with each weight a component runs through _linear (GQA's compact _W_K too).
