@@ -10,7 +10,7 @@ reports its RSS after importing lensutil (torch and transformers included), its 
 and its peak after running (a forward on 4 x 64 tokens, run_with_cache of the residual stream, and
 8 greedily generated tokens). The weights' own size is printed beside them, and the part of them held
 in memory after loading ("resident": each storage once, so a tied W_U that shares W_E's adds nothing).
-With --no-processing the weights load as HuggingFace's (a tied model keeps W_U == W_E.T, held once).
+With --no-processing the weights load as HuggingFace's (a tied model's W_U equals W_E.T, held as its own parameter, as TransformerLens holds it).
 
 Placements:
 - ram:           from_pretrained(name), everything in RAM (the HF model is loaded, then converted)

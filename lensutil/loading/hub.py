@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import time
 
 from ..errors import (
     GatedModelError,
@@ -29,7 +28,11 @@ from ..errors import (
 )
 from . import names as model_names, zoo
 
-PROBE_TIMEOUT_S = 3.0  # how long the endpoint probe waits for any answer (connect and first byte)
+# How long the endpoint probe waits to connect. A live endpoint is connected at once even on a busy machine
+# (the kernel accepts the connection, not the server's code); once connected, the answer is awaited as long as
+# huggingface_hub itself would wait (HF_HUB_ETAG_TIMEOUT, 10 s by default), never less: a slow answer from a
+# loaded server is an answer, not an unreachable hub.
+PROBE_CONNECT_TIMEOUT_S = 3.0
 
 _TOKEN_SHAPED = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _AUTH_HEADER = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?(?:bearer\s+)?)[^\s'\",}]+")
@@ -135,18 +138,33 @@ def _endpoint() -> str:
     return constants.ENDPOINT
 
 
-def unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """None if the hub endpoint answers at all within `timeout` seconds, else why not (one line).
+def unreachable_reason() -> str | None:
+    """None if the hub endpoint answers at all, else why not (one line).
 
     Any HTTP answer counts, even an error status: only the network is probed (no token is sent).
+    Connecting gets PROBE_CONNECT_TIMEOUT_S, the answer HF_HUB_ETAG_TIMEOUT (huggingface_hub's own wait).
     """
+    from huggingface_hub import constants
     from huggingface_hub.utils import get_session
 
+    wait = float(constants.HF_HUB_ETAG_TIMEOUT)
+    timeout = (PROBE_CONNECT_TIMEOUT_S, wait, wait, wait)  # connect, read, write, pool (httpx's order)
     try:
         get_session().head(_endpoint(), timeout=timeout, follow_redirects=False)
     except Exception as err:  # connection refused, DNS failure, timeout, TLS failure: all "cannot reach"
         return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no answer'}"
     return None
+
+
+def _waited(reason: str) -> str:
+    """How long the probe waited, from what failed (not from a clock, so the message is the same on any machine)."""
+    from huggingface_hub import constants
+
+    if reason.startswith("ConnectTimeout"):
+        return f"{PROBE_CONNECT_TIMEOUT_S:g} s without a connection"
+    if reason.startswith(("ReadTimeout", "WriteTimeout", "PoolTimeout")):
+        return f"HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s without an answer"
+    return "a moment"
 
 
 def _is_cached(repo: str, revision: str | None) -> bool:
@@ -166,7 +184,6 @@ def hub_kwargs(name: str, repo: str, revision: str | None, token) -> dict:
     kwargs = {"revision": revision, "token": token}
     if constants.HF_HUB_OFFLINE:
         return kwargs
-    started = time.monotonic()
     reason = unreachable_reason()
     if reason is None:
         return kwargs
@@ -175,7 +192,7 @@ def hub_kwargs(name: str, repo: str, revision: str | None, token) -> dict:
     shown = repr(name) if name == repo else f"{name!r} ({repo!r})"
     raise HubUnreachableError(
         f"Cannot reach the HuggingFace hub at {_endpoint()} ({scrub(reason, token)}; gave up after "
-        f"{'a moment' if time.monotonic() - started < 1 else f'{PROBE_TIMEOUT_S:g} s'}), and {shown} is not in the "
+        f"{_waited(reason)}), and {shown} is not in the "
         f"local HuggingFace cache. {_OFFLINE_FIXES}"
     )
 

@@ -21,6 +21,7 @@ import json
 import secrets
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,6 +60,7 @@ class HubServer:
         self.repos = {r.repo_id: r for r in repos}
         self.access = dict(access or {})
         self.requests: list[tuple[str, str, bool]] = []
+        self.delay_s = 0.0  # each answer waits this long first: a server on a loaded machine (tests)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -107,6 +109,8 @@ def _handler_for(hub: HubServer):
             self._send(status, json.dumps({"error": message}).encode(), headers, body)
 
         def _answer(self, body: bool) -> None:
+            if hub.delay_s:
+                time.sleep(hub.delay_s)
             path = unquote(urlsplit(self.path).path)
             auth = self.headers.get("Authorization") or ""
             token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None

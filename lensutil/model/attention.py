@@ -134,6 +134,12 @@ class Attention(QuantizableLinears):
         # The scaling and masking run in place on the fresh product (the same kernels, so the same
         # bits as out of place, and none of them needs its output for the gradient): two fewer
         # [batch, head, pos, key_pos] tensors per layer, which run_with_cache would otherwise allocate.
+        # Keys and values as HF's attention gets them from its DynamicCache (torch.cat copies them to
+        # contiguous [batch, head, key_pos, d_head], even for a forward without generation): K^T then
+        # reaches the batched gemm transposed, as HF's does. A view of q/k/v's matmul is copied by
+        # torch.matmul into [.., d_head, key_pos] instead whenever batch > 1, a layout some BLAS kernels
+        # (AMD CPUs; MKL_CBWR=COMPATIBLE here) round differently: GPT-2 logits off by 1.07e-6.
+        k, v = k.contiguous(), v.contiguous()
         scores = torch.matmul(q, k.transpose(-1, -2))
         if self.cfg.attn_scale_rule == "multiply":
             scores.mul_(self.cfg.attn_scale_factor)
