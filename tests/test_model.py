@@ -178,6 +178,9 @@ def test_sdpa_mode_keeps_the_fused_value_for_reading_hooks_and_uses_an_edited_pa
     assert torch.equal(returned, plain)  # the hook edited a copy and returned the original: nothing changed
     with torch.inference_mode():
         assert torch.equal(fused.run_with_hooks(TEXT, fwd_hooks=fwd[:1]), edited)
+    through_data = ("blocks.0.attn.hook_pattern", lambda p, hook: first_key_only(p.data, hook))  # no version bump
+    with torch.no_grad():
+        assert torch.equal(fused.run_with_hooks(TEXT, fwd_hooks=[through_data]), edited)
     scores_edit = ("blocks.0.attn.hook_attn_scores", lambda s, hook: s * 0)  # uniform over the allowed keys
     assert not torch.allclose(fused.run_with_hooks(TEXT, fwd_hooks=[scores_edit]), plain, atol=1e-3)
 

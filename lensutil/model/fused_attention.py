@@ -74,14 +74,13 @@ def fused_attention(
 def fire_hook(hook, x: Tensor) -> tuple[Tensor, bool]:
     """Run `hook` on `x`: (what it gives back, whether a hook changed the value).
 
-    A hook that only reads (returns None or `x` itself, untouched) leaves the fused z valid. A change
-    is another tensor returned, or an in-place edit, which moves `x`'s version counter (as norm.py's
-    hook_scale). Inference-mode tensors keep no counter: their values are compared with a copy.
+    A hook that only reads (returns None or `x` itself, untouched) leaves the fused z valid. A change is
+    another tensor returned, or an edit in place, found by comparing the values with a copy made before
+    the hook ran: a version counter would miss an edit through `.data` (and inference tensors keep none),
+    and the shortcut must never change what a forward computes. The copy lives only while the hook runs.
     """
     if not hook.has_hooks:
         return x, False
-    seen = x.clone() if x.is_inference() else x._version
+    seen = x.detach().clone()
     out = hook(x)
-    if out is not x:
-        return out, True
-    return out, (not torch.equal(out, seen)) if isinstance(seen, Tensor) else x._version != seen
+    return out, out is not x or not torch.equal(out.detach(), seen)
