@@ -138,11 +138,13 @@ def test_in_place_edits_of_hook_scale_count_like_returned_ones(name, point):
         ones_in_place = model.run_with_hooks(TEXT, fwd_hooks=[(point, _set_to_one_in_place)])
         ones_returned = model.run_with_hooks(TEXT, fwd_hooks=[(point, lambda t, hook: torch.ones_like(t))])
         doubled_in_place = model.run_with_hooks(TEXT, fwd_hooks=[(point, _double_in_place)])
+        doubled_through_data = model.run_with_hooks(TEXT, fwd_hooks=[(point, lambda t, hook: _double_in_place(t.data, hook))])
         doubled_returned = model.run_with_hooks(TEXT, fwd_hooks=[(point, lambda t, hook: t * 2)])
         read_only = model.run_with_hooks(TEXT, fwd_hooks=[(point, lambda t, hook: None)])
     assert (ones_returned - clean).abs().max() > 1e-2
     assert torch.equal(ones_in_place, ones_returned)
     assert torch.equal(doubled_in_place, doubled_returned) and not torch.equal(doubled_in_place, clean)
+    assert torch.equal(doubled_through_data, doubled_returned)  # .data moves no version counter; it counts all the same
     assert torch.equal(read_only, clean)  # a hook that only reads keeps HuggingFace's rounding
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -93,6 +94,20 @@ class HookPoint(nn.Module):
         has_hooks(dir, including_permanent, level) that counts only add_hook's hooks; 2.x has none.)
         """
         return bool(self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks)
+
+    def fire_and_tell(self, x: Tensor) -> tuple[Tensor, bool]:
+        """Run the hooks on `x`: (what they give back, whether they changed the value). lensutil's own.
+
+        For a shortcut that keeps a fused or HuggingFace-rounded value while hooks only read. A change
+        is another tensor returned, or an edit in place, found by comparing values with a copy made
+        before the hooks ran: a version counter would miss an edit through `.data` (and inference
+        tensors keep none), and a shortcut must never change what a forward computes.
+        """
+        if not self.has_hooks:
+            return x, False
+        seen = x.detach().clone()
+        out = self(x)
+        return out, out is not x or not torch.equal(out.detach(), seen)
 
     def add_hook(
         self,

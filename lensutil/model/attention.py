@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..config import HookedTransformerConfig, compute_dtype
 from ..hooks.hook_points import HookPoint
 from .context import AttentionContext, apply_rotary
-from .fused_attention import fire_hook, fused_attention
+from .fused_attention import fused_attention
 from .linear import QuantizableLinears
 from .weight_layout import _linear_param, _param, fused_qkv_params, fused_qkv_weight, share_qkv_storage
 from .zero_bias import bias_or_none
@@ -145,11 +145,11 @@ class Attention(QuantizableLinears):
             scores.mul_(self.cfg.attn_scale_factor)
         else:
             scores.div_(self.cfg.attn_scale)
-        scores, edited_scores = fire_hook(self.hook_attn_scores, scores.masked_fill_(~ctx.allowed, float("-inf")))
+        scores, edited_scores = self.hook_attn_scores.fire_and_tell(scores.masked_fill_(~ctx.allowed, float("-inf")))
         pattern = F.softmax(scores, dim=-1, dtype=compute_dtype(q.dtype)).to(q.dtype)
         if ctx.query_is_pad is not None:  # a padding query sees nothing: its row is 0, not NaN
             pattern = pattern.masked_fill(ctx.query_is_pad[:, None, :, None], 0.0)
-        pattern, edited_pattern = fire_hook(self.hook_pattern, pattern)
+        pattern, edited_pattern = self.hook_pattern.fire_and_tell(pattern)
         if fused is None or edited_scores or edited_pattern:  # eager mode, or z from what a hook changed
             return torch.matmul(pattern, v)
         if not pattern.requires_grad:  # hooks only read: the kernel's z (pattern @ v is not needed)

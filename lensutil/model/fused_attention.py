@@ -3,7 +3,7 @@
 Attention (components.py) takes this path when cfg.attn_implementation == "sdpa" (the default of
 from_pretrained). The kernel never makes the scores or the pattern, so where a hook is attached to
 `hook_attn_scores` or `hook_pattern` they are also written out (HuggingFace's eager order of
-operations) for the hooks; z stays the kernel's unless a hook changed one of them (`fire_hook` tells),
+operations) for the hooks; z stays the kernel's unless a hook changed one of them (`HookPoint.fire_and_tell` tells),
 so run_with_cache gives exactly the plain forward's logits. The two paths round differently in the
 last bits, so each mode is bit-exact only with HuggingFace in the same mode.
 
@@ -70,17 +70,3 @@ def fused_attention(
         z = z.reshape(batch, n_heads, q_len, d_head)
     return z if pad is None else z.masked_fill(pad, 0.0)
 
-
-def fire_hook(hook, x: Tensor) -> tuple[Tensor, bool]:
-    """Run `hook` on `x`: (what it gives back, whether a hook changed the value).
-
-    A hook that only reads (returns None or `x` itself, untouched) leaves the fused z valid. A change is
-    another tensor returned, or an edit in place, found by comparing the values with a copy made before
-    the hook ran: a version counter would miss an edit through `.data` (and inference tensors keep none),
-    and the shortcut must never change what a forward computes. The copy lives only while the hook runs.
-    """
-    if not hook.has_hooks:
-        return x, False
-    seen = x.detach().clone()
-    out = hook(x)
-    return out, out is not x or not torch.equal(out.detach(), seen)

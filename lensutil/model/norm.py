@@ -77,14 +77,9 @@ class Norm(nn.Module):
 
         A hook that only reads the scale must keep HuggingFace's bits, so that run_with_cache returns
         exactly the logits of a plain forward: the scale counts as changed only when a hook returned
-        another tensor or edited it in place (its version counter moved).
+        another tensor or changed its values (HookPoint.fire_and_tell; an edit through .data counts).
         """
-        scale = mean_square.sqrt()
-        # Inference-mode tensors keep no version counter: compare values instead ([batch, pos, 1], cheap).
-        seen = scale.detach().clone() if scale.is_inference() else scale._version
-        hooked = self.hook_scale(scale)
-        unchanged = torch.equal(hooked, seen) if isinstance(seen, Tensor) else scale._version == seen
-        return hooked, hooked is not scale or not unchanged
+        return self.hook_scale.fire_and_tell(mean_square.sqrt())
 
 
 def _grad_through(inverse: Tensor, scale: Tensor) -> Tensor:
