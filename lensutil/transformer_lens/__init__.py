@@ -18,6 +18,7 @@ from . import patching as patching
 from . import loading_from_pretrained as loading_from_pretrained
 from . import loading_from_pretrained as loading
 from .ActivationCache import ActivationCache as ActivationCache
+from .FactoredMatrix import FactoredMatrix as FactoredMatrix
 from .HookedEncoder import HookedEncoder as HookedEncoder
 from .HookedTransformer import HookedTransformer as HookedTransformer
 from .HookedTransformerConfig import HookedTransformerConfig as HookedTransformerConfig
