@@ -18,6 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import io
+import re
 import warnings
 
 import torch
@@ -154,6 +155,17 @@ class SupportTable:
                           *(["hooks that did not fire as documented:", *problems] if problems else []), *self.notes])
 
     __repr__ = __str__
+
+
+def machine_independent(markdown: str) -> list[str]:
+    """A to_markdown() text less its machine-dependent column: what must read the same on every machine."""
+    out = []
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]  # "\|" inside a cell is not a separator
+            line = "|".join(["", *cells[: len(MACHINE_INDEPENDENT)], ""])
+        out.append(line.rstrip())
+    return out
 
 
 # ---- the measurements ---------------------------------------------------------------------------
@@ -331,4 +343,4 @@ def _family(which: str | Family) -> Family:
                     f"(or their zoo models: {', '.join(f.tiny for f in FAMILIES)}).")
 
 
-__all__ = ["support_table", "support_row", "SupportTable", "Row", "FAMILIES", "Family"]
+__all__ = ["support_table", "support_row", "machine_independent", "SupportTable", "Row", "FAMILIES", "Family"]
