@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(HASH)
 # hand compares notebooks exactly as this does.
 PYTEST_ARGS := tests notebooks --nbval --durations=10
 
-.PHONY: help install doctor test test-fast book clean-book lab tl-compat
+.PHONY: help install doctor test test-fast book clean-book lab tl-compat support-table symptom-map
 
 help:
 	@echo "make doctor   install if needed, then run 'lensutil doctor'"
@@ -21,6 +21,8 @@ help:
 	@echo "make book     build the Jupyter Book into book/_build/html"
 	@echo "make tl-compat TL_TESTS=<TransformerLens v2.18.0 tests folder>  run TL 2.18's offline tests against lensutil"
 	@echo "make lab      install if needed, then open the notebooks in JupyterLab (LAB_ARGS=... passes options)"
+	@echo "make support-table  measure each family against HuggingFace into docs/support_table.md and README.md"
+	@echo "make symptom-map    render docs/symptoms.yaml into README.md and book/intro.md"
 
 $(STAMP): pyproject.toml scripts/install.sh
 	scripts/install.sh
@@ -40,8 +42,23 @@ test-fast: $(STAMP)
 # JupyterLab from .venv on notebooks/. The notebooks' kernelspec is python3, which Jupyter runs with
 # the server's own Python (.venv/bin/python), so `import lensutil` works; JUPYTER_PREFER_ENV_PATH=1 puts
 # .venv's kernelspecs before any in ~/.local/share/jupyter. Root (a container) needs --allow-root.
+# `jupyter trust`: JupyterLab shows an untrusted notebook's HTML/JavaScript outputs (the attention
+# views, the explorer) blank, with no word why; the shipped notebooks are ours, so mark them trusted.
+# LAB_SETTINGS holds overrides.json, which JupyterLab reads from its app_settings_dir as the defaults
+# under the user's own settings: it switches off the news pop-up that covers every notebook.
+LAB_SETTINGS := jupyter/lab-settings
+LAB_FLAGS := --notebook-dir=notebooks --LabApp.app_settings_dir=$(CURDIR)/$(LAB_SETTINGS)
 lab: $(STAMP)
-	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/jupyter trust notebooks/*.ipynb
+	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/jupyter lab $(LAB_FLAGS) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# The generated parts of the docs (scripts/render_docs.py; tests/test_docs_tables.py and
+# tests/test_support_table.py fail while they are stale).
+support-table: $(STAMP)
+	$(BIN)/python scripts/render_docs.py support-table
+
+symptom-map: $(STAMP)
+	$(BIN)/python scripts/render_docs.py symptoms
 
 # TransformerLens 2.18's own offline tests, unchanged, through lensutil.transformer_lens.use_as_transformer_lens();
 # not part of `make test` (it needs TL's tests: scripts/fetch-tl-tests.sh gets them). Prints the figures.

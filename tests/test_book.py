@@ -40,3 +40,15 @@ def test_quickstart_page_embeds_circuitsvis(built_book):
     assert "var CircuitsVis=" in page
     assert "CircuitsVis.render(" in page
     assert "unpkg.com/circuitsvis" not in page
+
+
+def test_every_page_wraps_long_output_lines(built_book):
+    # book/_static/wrap-output.css (white-space: pre-wrap on outputs), which Jupyter Book links on every page
+    assert (built_book / "_static" / "wrap-output.css").is_file()
+    for page in ("intro.html", "support_table.html", "notebooks/04_attention_masks_and_padding.html"):
+        assert "_static/wrap-output.css" in (built_book / page).read_text(encoding="utf-8"), page
+
+
+def test_support_table_page_shows_the_generated_table(built_book):
+    page = (built_book / "support_table.html").read_text(encoding="utf-8")
+    assert "GPT2LMHeadModel" in page and "<table" in page

@@ -22,6 +22,7 @@ from ..loading.pretrained import from_pretrained, from_pretrained_no_processing
 from .compare import compare_with_hf
 from .error_table import ErrorTable
 from .setup import bound_check, notebook_readiness, validate_model_setup
+from .support_table import support_table
 
 # How far from HuggingFace each dtype may be. float32 with no processing computes the same thing in
 # the same order with the same kernels on the same weights: exactly 0 (measured on every zoo model;
@@ -158,6 +159,17 @@ def zoo_list() -> int:
     return 0
 
 
+def architectures(families: list[str], markdown: bool, quantization: bool) -> int:
+    """`lensutil architectures`: the support table, measured now. Exit 1 if a row is not exact."""
+    try:
+        table = support_table(families or None, quantization=quantization)
+    except LensError as err:
+        print(f"✗ {err}", file=sys.stderr)
+        return 2
+    print(table.to_markdown() if markdown else table)
+    return 0 if all(r.exact for r in table.rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lensutil", description="lensutil: a troubleshooting kit for hooked transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,7 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("names", nargs="*", metavar="NAME", help="zoo names (see `lensutil zoo list`)")
     fetch.add_argument("--all", action="store_true", help="every zoo model")
     zoo_sub.add_parser("list", help="what is cached, and its size")
+    arch = sub.add_parser("architectures", help="the support table: each family's small model measured against HuggingFace")
+    arch.add_argument("families", nargs="*", metavar="FAMILY", help="family or zoo names (default: every family)")
+    arch.add_argument("--markdown", action="store_true", help="print a markdown table (as docs/support_table.md)")
+    arch.add_argument("--no-quantization", dest="quantization", action="store_false",
+                      help="skip the bitsandbytes column (the one that depends on this machine)")
     args = parser.parse_args(argv)
+    if args.command == "architectures":
+        return architectures(args.families, args.markdown, args.quantization)
     if args.command == "zoo":
         return zoo_fetch(args.names, args.all) if args.zoo_command == "fetch" else zoo_list()
     if args.notebooks is not None:
