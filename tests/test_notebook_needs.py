@@ -81,6 +81,9 @@ def test_notebook_declares_the_zoo_models_and_packages_its_code_uses(path):
         f"{path.name}: add metadata lensutil.zoo (zoo models it loads) and lensutil.packages (imports beyond lensutil's "
         "dependencies), lists, [] for none; `lensutil doctor --notebooks` reads them")
     names, modules = used(nb)
+    code = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    if "use_as_transformer_lens()" in code:  # `import transformer_lens` is then lensutil.transformer_lens
+        modules = {m for m in modules if m.split(".")[0] != "transformer_lens"}
     # The papermill re-run (metadata lensutil.papermill_parameters, by default tiny-llama) may be declared too.
     alternate = set(meta.get("papermill_parameters", {"model_name": "tiny-llama"}).values()) & set(ZOO_NAMES)
     declared = set(meta["zoo"])
