@@ -54,6 +54,13 @@ class HookedTransformerConfig:
     n_key_value_heads: int | None = None
     mlp_type: MlpType = "dense"
     window_size: int | None = None  # sliding-window attention: a query sees the last window_size keys
+    # Which layers slide (TransformerLens' attn_types): "global" (causal) or "local" (the window_size
+    # window), one per layer, as HF's config.layer_types ("full_attention"/"sliding_attention") says:
+    # Qwen2's layers from max_window_layers on, Gemma 2's every other one, Gemma 3's five in six.
+    # None: every layer "local" when window_size is set (Mistral), else "global". TransformerLens also
+    # wants use_local_attn=True beside them; here attn_types alone says it.
+    attn_types: list[str] | None = None
+    rotary_base_local: float | None = None  # the local layers' rotary base (TransformerLens' name; Gemma 3); None: rotary_base
     # Encoders (BERT): every query sees every real key ("bidirectional", TransformerLens' attention_dir);
     # "post" puts each LayerNorm after its residual addition (BERT's order, TransformerLens' BertBlock);
     # n_token_types > 0 adds a token-type (segment) embedding to the token and position embeddings.
@@ -141,6 +148,7 @@ class HookedTransformerConfig:
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
         self._check_moe()
+        self._check_attn_types()
         self._check_init_and_biases()
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
@@ -186,6 +194,24 @@ class HookedTransformerConfig:
                 f"mlp_type='moe' needs num_experts and experts_per_token with 1 <= experts_per_token <= num_experts; "
                 f"got num_experts={e!r}, experts_per_token={k!r} (Mixtral-8x7B: num_experts=8, experts_per_token=2)."
             )
+
+    def _check_attn_types(self) -> None:
+        if self.attn_types is None:
+            return
+        self.attn_types = list(self.attn_types)  # a tuple, or a list from a saved config
+        bad = sorted({t for t in self.attn_types if t not in ("global", "local")})
+        if len(self.attn_types) != self.n_layers or bad:
+            raise ConfigError(
+                f"attn_types needs one of 'global' or 'local' per layer ({self.n_layers}); got {self.attn_types!r}."
+            )
+        if "local" in self.attn_types and self.window_size is None:
+            raise ConfigError("attn_types has 'local' layers but window_size is not set; set window_size=... (keys each query sees).")
+
+    def attn_type(self, layer: int) -> str:
+        """"local" (sliding window) or "global" for block `layer` (attn_types, or window_size for every layer)."""
+        if self.attn_types is not None:
+            return self.attn_types[layer]
+        return "local" if self.window_size is not None else "global"
 
     def _check_init_and_biases(self) -> None:
         modes = InitMode.__args__

@@ -31,16 +31,37 @@ def _rope_theta(hf) -> float:
     return float(params.get("rope_theta", getattr(hf, "rope_theta", 10000.0)))
 
 
+# Families whose sliding window covers only the layers config.layer_types names (Qwen2 and Qwen3 derive
+# it from max_window_layers); Mistral and Mixtral slide on every layer and ignore layer_types.
+_LAYER_TYPED = {"Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+_LAYER_TYPES = {"full_attention": "global", "sliding_attention": "local"}  # HF's names -> TransformerLens'
+
+
+def attention_layers(hf, per_layer: bool) -> dict:
+    """window_size and attn_types as HF applies sliding windows: on every layer (per_layer False: Mistral),
+    or on those config.layer_types calls "sliding_attention" (Qwen2 from max_window_layers on, Gemma 2/3)."""
+    window = getattr(hf, "sliding_window", None)
+    if not getattr(hf, "use_sliding_window", True):  # Qwen2 keeps a window size but switches it off
+        window = None
+    types = getattr(hf, "layer_types", None) if per_layer else None
+    if types is None:
+        return dict(window_size=window)
+    unknown = sorted(set(types) - set(_LAYER_TYPES))
+    if unknown:
+        raise ConfigError(f"config.layer_types has {unknown}; lensutil implements {sorted(_LAYER_TYPES)} layers only.")
+    attn_types = [_LAYER_TYPES[t] for t in types]
+    if "local" not in attn_types:
+        return dict(window_size=None)
+    if window is None:
+        raise ConfigError("config.layer_types has sliding_attention layers but sliding_window is None; HF would fail too.")
+    return dict(window_size=window, attn_types=attn_types)
+
+
 def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
     if hf.hidden_act not in _ACTS:
         raise ConfigError(f"Activation {hf.hidden_act!r} is not one of {sorted(_ACTS)}.")
     if getattr(hf, "partial_rotary_factor", 1.0) != 1.0:
         raise ConfigError("partial_rotary_factor != 1 is not implemented for the Llama family.")
-    window = getattr(hf, "sliding_window", None)
-    if not getattr(hf, "use_sliding_window", True):  # Qwen2 keeps a window size but switches it off
-        window = None
-    if window is not None and getattr(hf, "max_window_layers", hf.num_hidden_layers) < hf.num_hidden_layers:
-        raise ConfigError("Sliding-window attention on only some layers (max_window_layers) is not implemented.")
     d_head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     # TransformerLens' rule: n_key_value_heads is None (plain multi-head attention, weights named
     # W_K/W_V) unless there are fewer key/value heads than query heads.
@@ -52,7 +73,7 @@ def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
         rotary_dim=d_head, rotary_base=_rope_theta(hf),
         n_key_value_heads=kv_heads if kv_heads != hf.num_attention_heads else None,
         attn_scale_rule="multiply",  # HF: scores * head_dim ** -0.5 (LlamaAttention.scaling)
-        mlp_type="gated", window_size=window, tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+        mlp_type="gated", **attention_layers(hf, hf.architectures[0] in _LAYER_TYPED), tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
         original_architecture=hf.architectures[0], absent_biases=_absent_biases(hf),
     )
     return HookedTransformerConfig(**{**fields, **overrides})  # overrides (n_ctx=...) win

@@ -19,9 +19,9 @@ from .zero_bias import bias_or_none
 class Attention(QuantizableLinears):
     """Multi-head attention: one key/value head per query head (cfg.n_key_value_heads is None)."""
 
-    def __init__(self, cfg: HookedTransformerConfig):
+    def __init__(self, cfg: HookedTransformerConfig, attn_type: str = "global"):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.attn_type = cfg, attn_type  # "local": a sliding window (cfg.attn_type(layer))
         h, m, e, dt = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.dtype
         # GPT-2's c_attn: W_Q, W_K, W_V view one storage, so q, k, v come from one matmul (weight_layout.py)
         self._qkv_storage, fused = fused_qkv_params(cfg) if cfg.fused_qkv else (None, None)
@@ -85,6 +85,8 @@ class Attention(QuantizableLinears):
 
     def forward(self, q_in: Tensor, k_in: Tensor, v_in: Tensor, ctx: AttentionContext, kv_cache_entry=None):
         cfg = self.cfg
+        if self.attn_type == "local":  # its mask (and, in Gemma 3, its rotary base) are the local layers'
+            ctx = ctx.local
         if q_in is k_in is v_in and q_in.ndim == 3 and self._fused():
             q, k, v = (hook(t) for hook, t in zip((self.hook_q, self.hook_k, self.hook_v), self._project_fused(q_in)))
         else:

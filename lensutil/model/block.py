@@ -35,7 +35,8 @@ class TransformerBlock(nn.Module):
         check_hook_flags(cfg)
         self.cfg, self.index = cfg, index
         self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
-        self.attn = GroupedQueryAttention(cfg) if cfg.n_key_value_heads is not None else Attention(cfg)
+        attention = GroupedQueryAttention if cfg.n_key_value_heads is not None else Attention
+        self.attn = attention(cfg, cfg.attn_type(index))
         self.mlp = MLP(cfg) if cfg.mlp_type != "moe" else _moe(cfg)
         self.hook_resid_pre = HookPoint("batch pos d_model")
         self.hook_attn_in = HookPoint("batch pos head_index d_model")  # needs use_attn_in
