@@ -61,6 +61,20 @@ class HookedTransformerConfig:
     # wants use_local_attn=True beside them; here attn_types alone says it.
     attn_types: list[str] | None = None
     rotary_base_local: float | None = None  # the local layers' rotary base (TransformerLens' name; Gemma 3); None: rotary_base
+    # How an RMSNorm meets its weight w, as the HuggingFace model being matched does it:
+    # norm_weight_offset: it multiplies by (offset + w). Gemma stores w and multiplies by (1 + w);
+    # TransformerLens folds the 1 into w at load, lensutil keeps HF's w and adds the offset at run time
+    # in float32, so that bfloat16 weights round as HF's (1 + w in bfloat16 is not 1 + w in float32).
+    # norm_upcast_weight: the weight multiplies the float32 normalised value before the cast back to the
+    # model's dtype (Gemma, OLMo 2), not after it (Llama). The two are the same in a float32 model.
+    norm_weight_offset: float = 0.0
+    norm_upcast_weight: bool = False
+    # RMSNorm of the queries and keys before rotary (TransformerLens' use_qk_norm; modules attn.q_norm,
+    # attn.k_norm, with their hook_scale / hook_normalized): over each head's d_head ("head": Qwen3,
+    # Gemma 3, as TransformerLens 2.18), or over the whole projection ("all_heads": OLMo 2, whose
+    # q_norm has n_heads * d_head weights and k_norm n_kv_heads * d_head).
+    use_qk_norm: bool = False
+    qk_norm_scope: Literal["head", "all_heads"] = "head"
     # Encoders (BERT): every query sees every real key ("bidirectional", TransformerLens' attention_dir);
     # "post" puts each LayerNorm after its residual addition (BERT's order, TransformerLens' BertBlock);
     # n_token_types > 0 adds a token-type (segment) embedding to the token and position embeddings.
@@ -139,6 +153,8 @@ class HookedTransformerConfig:
                 f"attn_implementation must be 'sdpa' (torch's fused kernel where no hook reads the pattern; the default) "
                 f"or 'eager' (attention written out, bit-exact with HuggingFace's eager); got {self.attn_implementation!r}."
             )
+        if self.qk_norm_scope not in ("head", "all_heads"):
+            raise ConfigError(f"qk_norm_scope must be 'head' (per head, Qwen3) or 'all_heads' (OLMo 2), got {self.qk_norm_scope!r}.")
         if self.attn_scale_rule not in ("divide", "multiply"):
             raise ConfigError(f"attn_scale_rule must be 'divide' or 'multiply', got {self.attn_scale_rule!r}.")
         if self.weight_layout not in ("out_in", "in_out"):

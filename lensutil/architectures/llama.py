@@ -110,17 +110,23 @@ def _convert_mlp(take, b: str, o: str, cfg: HookedTransformerConfig) -> dict:
     return sd
 
 
-def convert(hf_sd: dict, cfg: HookedTransformerConfig, convert_mlp=_convert_mlp) -> dict:
+# Each layer's norms: HF's module name in the layer -> lensutil's. Gemma 2/3 and OLMo 2 pass their own.
+LLAMA_NORMS = {"input_layernorm": "ln1", "post_attention_layernorm": "ln2"}
+_QK_NORMS = {"self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm"}  # cfg.use_qk_norm
+
+
+def convert(hf_sd: dict, cfg: HookedTransformerConfig, convert_mlp=_convert_mlp, norms: dict[str, str] = LLAMA_NORMS) -> dict:
     """The Llama family's weights; `convert_mlp(take, hf_prefix, lensutil_prefix, cfg)` does each
-    layer's MLP (a Mixtral passes its mixture of experts, lensutil/architectures/mixtral.py)."""
+    layer's MLP (a Mixtral passes its mixture of experts, lensutil/architectures/mixtral.py), `norms`
+    names each layer's norms."""
     take = StateDictReader(hf_sd, ignore_suffixes=("rotary_emb.inv_freq",))
     h, kv, e, d = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
     W_E = take("model.embed_tokens.weight")
     sd = {"embed.W_E": W_E}
     for i in range(cfg.n_layers):
         b, o = f"model.layers.{i}.", f"blocks.{i}."
-        sd[o + "ln1.w"] = take(b + "input_layernorm.weight")
-        sd[o + "ln2.w"] = take(b + "post_attention_layernorm.weight")
+        for hf_name, name in {**norms, **(_QK_NORMS if cfg.use_qk_norm else {})}.items():
+            sd[o + name + ".w"] = take(b + hf_name + ".weight")
         for name, heads in (("q", h), ("k", kv), ("v", kv)):
             w = take(b + f"self_attn.{name}_proj.weight")  # nn.Linear: [heads * d_head, d_model]
             W, B = f"W_{name.upper()}", f"b_{name.upper()}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import HookedTransformerConfig
 from ..errors import UnsupportedArchitectureError
-from . import bert, gpt2, llama, mixtral
+from . import bert, gpt2, llama, mixtral, qwen3
 from .adapter import Adapter
 
 
@@ -14,6 +14,7 @@ def _registry() -> dict[str, Adapter]:
         "LlamaForCausalLM": llama.ADAPTER,
         "MistralForCausalLM": llama.ADAPTER,  # Mistral is Llama plus an optional sliding window
         "Qwen2ForCausalLM": llama.ADAPTER,  # Qwen2 is Llama with q/k/v biases
+        "Qwen3ForCausalLM": qwen3.ADAPTER,  # Qwen2 without q/k/v biases, with per-head q/k RMSNorm
         "MixtralForCausalLM": mixtral.ADAPTER,  # Llama with a mixture of experts for the MLP
         "BertForMaskedLM": bert.ADAPTER_MLM,  # encoders: HookedEncoder (post-LN, bidirectional, token types)
         "BertModel": bert.ADAPTER_BASE,

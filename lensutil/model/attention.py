@@ -12,6 +12,7 @@ from ..hooks.hook_points import HookPoint
 from .context import AttentionContext, apply_rotary
 from .fused_attention import fused_attention
 from .linear import QuantizableLinears
+from .norm import Norm
 from .weight_layout import _linear_param, _param, fused_qkv_params, fused_qkv_weight, share_qkv_storage
 from .zero_bias import bias_or_none
 
@@ -32,6 +33,13 @@ class Attention(QuantizableLinears):
         self.hook_q = HookPoint("batch pos head_index d_head")
         self.hook_k = HookPoint("batch pos kv_head_index d_head")
         self.hook_v = HookPoint("batch pos kv_head_index d_head")
+        if cfg.use_qk_norm:  # RMSNorm of q and k after hook_q / hook_k, before rotary (TransformerLens' q_norm, k_norm)
+            if cfg.qk_norm_scope == "head":
+                self.q_norm = Norm(cfg, "RMS", e, "batch pos head_index d_head")
+                self.k_norm = Norm(cfg, "RMS", e, "batch pos kv_head_index d_head")
+            else:  # over the whole projection, heads side by side (OLMo 2)
+                self.q_norm = Norm(cfg, "RMS", h * e, "batch pos head_index*d_head")
+                self.k_norm = Norm(cfg, "RMS", cfg.n_kv_heads * e, "batch pos kv_head_index*d_head")
         if cfg.positional_embedding_type == "rotary":  # elsewhere they would be names that never fire
             self.hook_rot_q = HookPoint("batch pos head_index d_head")
             self.hook_rot_k = HookPoint("batch pos kv_head_index d_head")
@@ -95,6 +103,8 @@ class Attention(QuantizableLinears):
             q = self.hook_q(self._project(q_in, "W_Q", self.b_Q))
             k = self.hook_k(self._project(k_in, k_name, b_K))  # compact: one per key/value head, as in TransformerLens
             v = self.hook_v(self._project(v_in, v_name, b_V))
+        if cfg.use_qk_norm:
+            q, k = self._qk_norm(self.q_norm, q), self._qk_norm(self.k_norm, k)
         if ctx.rotary is not None:
             cos, sin = ctx.rotary
             if cos.dtype != q.dtype:
@@ -128,6 +138,11 @@ class Attention(QuantizableLinears):
             before = result.clone()  # a hook may edit in place
             out = out + (self.hook_result(result) - before).sum(dim=2)
         return out
+
+    def _qk_norm(self, norm: Norm, x: Float[Tensor, "batch pos head d_head"]) -> Tensor:
+        if self.cfg.qk_norm_scope == "head":
+            return norm(x)
+        return norm(x.flatten(-2)).view(x.shape)  # the heads side by side, as HF normalises q_proj's output
 
     def _eager_attention(self, q, k, v, ctx: AttentionContext, fused: Tensor | None = None):
         # HuggingFace's eager order of operations, so logits agree with it bit for bit. With `fused` (sdpa
