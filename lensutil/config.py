@@ -79,7 +79,20 @@ class HookedTransformerConfig:
     # "post" puts each LayerNorm after its residual addition (BERT's order, TransformerLens' BertBlock);
     # n_token_types > 0 adds a token-type (segment) embedding to the token and position embeddings.
     attention_dir: Literal["causal", "bidirectional"] = "causal"
-    norm_position: Literal["pre", "post"] = "pre"
+    # "output" (OLMo 2): no norm before attention or the MLP; each one's output is normalised (ln1_post,
+    # ln2_post) before it joins the residual stream.
+    norm_position: Literal["pre", "post", "output"] = "pre"
+    # Gemma 2/3 (TransformerLens' names): a norm before (ln1, ln2) and after (ln1_post, ln2_post) attention
+    # and the MLP; hook_attn_out / hook_mlp_out are after the second, what joins the residual stream.
+    use_normalization_before_and_after: bool = False
+    # Gemma 2 (TransformerLens' names): scores -> cap * tanh(scores / cap) before the mask and softmax, and
+    # the same for the logits; -1: none. A soft-capped model's attention is always written out (torch's
+    # fused kernel cannot cap), as HuggingFace's Gemma 2, which has no sdpa path.
+    attn_scores_soft_cap: float = -1.0
+    output_logits_soft_cap: float = -1.0
+    # Gemma: scores are multiplied by query_pre_attn_scalar ** -0.5 (HF's rounding of that factor), not
+    # d_head ** -0.5; attn_scale (TransformerLens' divisor) is then its square root.
+    query_pre_attn_scalar: float | None = None
     n_token_types: int = 0
     mlm_head: bool = False  # BertForMaskedLM's transform, LayerNorm and decoder before the unembedding
     pooler: bool = False  # BertModel's pooler (tanh of a linear map of the first token's hidden state)
@@ -144,8 +157,8 @@ class HookedTransformerConfig:
     def __post_init__(self) -> None:
         self._default_sizes()
         if self.attn_scale is None or self.attn_scale == -1.0:  # -1.0: TransformerLens' "not set"
-            self.attn_scale = math.sqrt(self.d_head)
-        for name, allowed in (("attention_dir", ("causal", "bidirectional")), ("norm_position", ("pre", "post"))):
+            self.attn_scale = math.sqrt(self.query_pre_attn_scalar or self.d_head)
+        for name, allowed in (("attention_dir", ("causal", "bidirectional")), ("norm_position", ("pre", "post", "output"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.attn_implementation not in ("eager", "sdpa"):
@@ -159,6 +172,9 @@ class HookedTransformerConfig:
             raise ConfigError(f"attn_scale_rule must be 'divide' or 'multiply', got {self.attn_scale_rule!r}.")
         if self.weight_layout not in ("out_in", "in_out"):
             raise ConfigError(f"weight_layout must be 'out_in' (nn.Linear) or 'in_out' (GPT-2's Conv1D), got {self.weight_layout!r}.")
+        if self.norm_position == "output" and self.use_normalization_before_and_after:
+            raise ConfigError("norm_position='output' has norms after attention and the MLP only; use_normalization_before_and_after "
+                              "adds norms before them too (Gemma 2). Set one of the two.")
         if self.fused_qkv and self.n_key_value_heads is not None:
             raise ConfigError("fused_qkv needs one key/value head per query head; set n_key_value_heads=None or fused_qkv=False.")
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
@@ -249,6 +265,8 @@ class HookedTransformerConfig:
         Computed as HuggingFace computes it, head_dim ** -0.5, when attn_scale is the default: in
         float64 that differs from 1 / sqrt(head_dim) in the last bit for some sizes (128 among them).
         """
+        if self.query_pre_attn_scalar is not None and self.attn_scale == math.sqrt(self.query_pre_attn_scalar):
+            return self.query_pre_attn_scalar**-0.5  # Gemma's scaling, as HF rounds it
         if self.attn_scale == math.sqrt(self.d_head):
             return self.d_head**-0.5
         return 1.0 / self.attn_scale

@@ -116,7 +116,8 @@ class Attention(QuantizableLinears):
         # [batch, head, pos, d_head]; each key/value head serves n_heads / n_kv_heads query heads.
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         hooked = self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
-        fused = fused_attention(cfg, q, k, v, ctx) if cfg.attn_implementation == "sdpa" else None
+        # Soft-capped scores (Gemma 2) are always written out: torch's kernel cannot cap them.
+        fused = fused_attention(cfg, q, k, v, ctx) if cfg.attn_implementation == "sdpa" and cfg.attn_scores_soft_cap <= 0 else None
         if fused is not None and not hooked:
             z = fused
         else:  # the pattern written out: eager mode, or for the hooks on it (the kernel never makes it)
@@ -162,6 +163,9 @@ class Attention(QuantizableLinears):
             scores.mul_(self.cfg.attn_scale_factor)
         else:
             scores.div_(self.cfg.attn_scale)
+        cap = self.cfg.attn_scores_soft_cap
+        if cap > 0:  # Gemma 2: cap * tanh(scores / cap), in HF's order, before the mask; the hook sees it capped
+            scores = torch.tanh(scores / cap) * cap  # out of place: tanh's backward needs its output
         scores, edited_scores = self.hook_attn_scores.fire_and_tell(scores.masked_fill_(~ctx.allowed, float("-inf")))
         pattern = F.softmax(scores, dim=-1, dtype=compute_dtype(q.dtype)).to(q.dtype)
         if ctx.query_is_pad is not None:  # a padding query sees nothing: its row is 0, not NaN
