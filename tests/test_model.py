@@ -282,6 +282,11 @@ def _documented_shape(comment: str, cfg, batch: int, pos: int) -> list[int]:
 
 FAMILY_HOOKS = {  # hooks each family adds to the usual ones, in block 0
     "tiny-qwen3": ["attn.q_norm.hook_scale", "attn.q_norm.hook_normalized", "attn.k_norm.hook_normalized"],
+    "tiny-gemma": ["ln1.hook_scale", "mlp.hook_pre_linear"],
+    "tiny-gemma2": ["ln1_post.hook_scale", "ln1_post.hook_normalized", "ln2_post.hook_normalized"],
+    "tiny-gemma3": ["ln1_post.hook_normalized", "attn.q_norm.hook_normalized", "attn.k_norm.hook_scale"],
+    "tiny-olmo2": ["ln1_post.hook_normalized", "ln2_post.hook_scale", "attn.q_norm.hook_normalized",
+                   "attn.k_norm.hook_normalized"],
 }
 
 
@@ -302,3 +307,19 @@ def test_every_hook_fires_with_its_documented_shape(name):
     for hook_name, act in cache.items():
         expected = _documented_shape(model.hook_dict[hook_name].shape_comment, model.cfg, *tokens.shape)
         assert list(act.shape) == expected, f"{name} {hook_name}: {list(act.shape)} != {expected}"
+
+
+def test_gemma3_multimodal_checkpoint_is_refused_before_its_weights_load_saying_to_load_the_text_model(tmp_path):
+    import shutil
+
+    from transformers import Gemma3Config
+
+    from lensutil.loading.zoo import resolve
+
+    text = resolve("tiny-gemma3")
+    for f in text.iterdir():  # the tokenizer files; no weights at all: the refusal must come first
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, tmp_path / f.name)
+    Gemma3Config(architectures=["Gemma3ForConditionalGeneration"]).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedArchitectureError, match="multimodal.*Gemma3ForCausalLM"):
+        from_pretrained_no_processing(str(tmp_path))

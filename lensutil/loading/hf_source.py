@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..architectures.registry import _registry
+from ..architectures.registry import _registry, refuse_known
 from ..errors import ConfigError, ModelAccessError
 from .hub import explain, hub_kwargs, resolve_name
 from .progress_bars import quiet_local_loading
@@ -34,6 +34,7 @@ def _refuse_encoder(name: str, source: str, hub: dict) -> str:
     from transformers import AutoConfig
 
     arch = (AutoConfig.from_pretrained(source, **hub).architectures or [""])[0]
+    refuse_known(arch)  # before its weights load: Gemma 3's multimodal model
     adapter = _registry().get(arch)
     if adapter is not None and adapter.is_encoder:
         raise ConfigError(

@@ -29,4 +29,6 @@ TINY: dict[str, tuple[str, dict]] = {
         layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
         rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
                          "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0}})),
+    # norms after attention and MLP only, q/k norms over the whole projection (k_norm over 2 key/value heads), untied
+    "tiny-olmo2": ("Olmo2Config", dict(_SMALL, num_hidden_layers=2, rope_theta=500_000.0, tie_word_embeddings=False)),
 }
