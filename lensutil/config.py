@@ -69,6 +69,9 @@ class HookedTransformerConfig:
     # model's dtype (Gemma, OLMo 2), not after it (Llama). The two are the same in a float32 model.
     norm_weight_offset: float = 0.0
     norm_upcast_weight: bool = False
+    # Rotary angles kept in float32 and q, k rotated in float32 before the cast back (OLMo 2's order), not
+    # cast to the model's dtype first (Llama's). The same in a float32 model.
+    rotary_upcast: bool = False
     # RMSNorm of the queries and keys before rotary (TransformerLens' use_qk_norm; modules attn.q_norm,
     # attn.k_norm, with their hook_scale / hook_normalized): over each head's d_head ("head": Qwen3,
     # Gemma 3, as TransformerLens 2.18), or over the whole projection ("all_heads": OLMo 2, whose

@@ -196,3 +196,16 @@ def test_qwen2_sliding_window_only_on_layers_from_max_window_layers(max_window_l
     ours = model.generate(prompt, max_new_tokens=10, do_sample=False, stop_at_eos=False)
     theirs = ref.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, min_new_tokens=10, do_sample=False)
     assert ours.tolist() == theirs.tolist()
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3", "tiny-olmo2"])
+def test_bfloat16_logits_bit_exact_with_huggingface_where_norms_and_rotary_round_in_float32(name):
+    # Gemma's norms multiply by (1 + w) in float32, OLMo 2's by w in float32 and its rotary angles stay
+    # float32 (norm_weight_offset, norm_upcast_weight, rotary_upcast): each would round otherwise in bfloat16.
+    from lensutil.loading.hf_source import load_hf
+
+    model = lens(name, torch.bfloat16, "eager")
+    ref = load_hf(name, dtype=torch.bfloat16, attn_implementation="eager")[0]
+    tokens = model.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        assert torch.equal(model(tokens), ref(tokens).logits)

@@ -7,7 +7,8 @@
   (TransformerLens 3.x calls these norms ln1 / ln2 and hooks the outputs before them.)
 - q and k are RMS-normalised over the whole projection, before the heads are split (use_qk_norm with
   qk_norm_scope="all_heads"; q_norm has n_heads * d_head weights, k_norm n_kv_heads * d_head).
-- Its RMSNorm multiplies by w in float32 before the cast back (norm_upcast_weight).
+- Its RMSNorm multiplies by w in float32 before the cast back (norm_upcast_weight), and its rotary
+  angles stay float32, q and k rotated in float32 (rotary_upcast): half precision rounds as HF's.
 Rotary embeddings, SwiGLU, biases and the unembedding are Llama's (lensutil/architectures/llama.py, reused).
 """
 
@@ -21,7 +22,7 @@ _NORMS = {"post_attention_layernorm": "ln1_post", "post_feedforward_layernorm": 
 
 
 def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
-    olmo = dict(norm_position="output", use_qk_norm=True, qk_norm_scope="all_heads", norm_upcast_weight=True)
+    olmo = dict(norm_position="output", use_qk_norm=True, qk_norm_scope="all_heads", norm_upcast_weight=True, rotary_upcast=True)
     return llama.config_from_hf(hf, **{**olmo, **overrides})
 
 

@@ -107,10 +107,11 @@ class Attention(QuantizableLinears):
             q, k = self._qk_norm(self.q_norm, q), self._qk_norm(self.k_norm, k)
         if ctx.rotary is not None:
             cos, sin = ctx.rotary
-            if cos.dtype != q.dtype:
+            if cos.dtype != q.dtype and not cfg.rotary_upcast:
                 cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-            q = self.hook_rot_q(apply_rotary(q, cos, sin))
-            k = self.hook_rot_k(apply_rotary(k, cos, sin))
+            # (rotary_upcast: a half-precision q times float32 angles is rotated in float32, then cast back)
+            q = self.hook_rot_q(apply_rotary(q, cos, sin).to(q.dtype))
+            k = self.hook_rot_k(apply_rotary(k, cos, sin).to(k.dtype))
         if kv_cache_entry is not None:
             k, v = kv_cache_entry.append(k, v)
         # [batch, head, pos, d_head]; each key/value head serves n_heads / n_kv_heads query heads.

@@ -54,7 +54,7 @@ class AttentionContext:
         if key_mask is not None:
             allowed = allowed & key_mask[:, None, None, :]
         if rotary is None and cfg.positional_embedding_type == "rotary":
-            rotary = rotary_cos_sin(positions, cfg.rotary_dim, base, cfg.dtype)
+            rotary = rotary_cos_sin(positions, cfg.rotary_dim, base, compute_dtype(cfg.dtype) if cfg.rotary_upcast else cfg.dtype)
         return cls(positions, key_mask, query_is_pad, past_len, allowed, rotary, window)
 
     def to(self, device, non_blocking: bool = False) -> "AttentionContext":
