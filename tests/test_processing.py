@@ -33,7 +33,8 @@ PROMPTS = [
     "The quick brown fox jumps over the lazy dog.",
     "In 1905, Albert Einstein published four papers that changed physics, among them one on special relativity and",
 ]
-TINY = ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-mistral"]
+TINY = ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma", "tiny-gemma2", "tiny-gemma3",
+        "tiny-olmo2"]
 MODELS = TINY + [pytest.param("smollm2-135m", marks=pytest.mark.slow)]
 VARIANTS = {"none": (), **{o: (o,) for o in PROCESSING_OPTIONS}, "all": PROCESSING_OPTIONS}
 
@@ -119,10 +120,16 @@ def _check_fold_ln(model, before, report, warned):
     assert "fold_ln" in report.applied and cfg.folded_ln
     assert cfg.normalization_type in ("LNPre", "RMSPre")
     assert not any(k.endswith(("ln1.w", "ln1.b", "ln2.w", "ln_final.w")) for k in model.state_dict())
-    assert not hasattr(model.blocks[0].ln1, "w") and not hasattr(model.ln_final, "w")
+    assert not hasattr(model.ln_final, "w")
+    assert model.hook_dict["ln_final.hook_scale"] is model.ln_final.hook_scale
+    if "ln1_post" in model.blocks[0]._modules:  # norms of the outputs keep their weights (nothing can absorb them)
+        assert hasattr(model.blocks[0].ln1_post, "w") and hasattr(model.blocks[-1].ln2_post, "w")
+    if cfg.norm_position == "output":  # OLMo 2: no norm before attention, so W_Q has nothing to absorb
+        assert torch.equal(model.blocks[0].attn.W_Q, before["blocks.0.attn.W_Q"])
+        return
+    assert not hasattr(model.blocks[0].ln1, "w")
     # hook_dict points at the hook points that now sit in the new norms
     assert model.hook_dict["blocks.0.ln1.hook_normalized"] is model.blocks[0].ln1.hook_normalized
-    assert model.hook_dict["ln_final.hook_scale"] is model.ln_final.hook_scale
     assert not torch.equal(model.blocks[0].attn.W_Q, before["blocks.0.attn.W_Q"])
 
 
@@ -140,6 +147,10 @@ def _check_center_writing_weights(model, before, report, warned):
 
 
 def _check_center_unembed(model, before, report, warned):
+    if model.cfg.output_logits_soft_cap > 0:  # Gemma 2: the cap's tanh would see the shifted logits
+        assert "output_logits_soft_cap" in report.skipped["center_unembed"] and not model.cfg.centered_unembed
+        assert any("center_unembed" in w for w in warned)
+        return
     assert model.cfg.centered_unembed
     assert model.unembed.W_U.mean(-1).abs().max() < 1e-6 and model.unembed.b_U.mean().abs() < 1e-6
     assert before["unembed.W_U"].mean(-1).abs().max() > 1e-4  # it was not centred to begin with

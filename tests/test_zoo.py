@@ -22,6 +22,11 @@ ARCH = {
     "tiny-mistral": "MistralForCausalLM",
     "tiny-qwen2": "Qwen2ForCausalLM",
     "tiny-mixtral": "MixtralForCausalLM",
+    "tiny-qwen3": "Qwen3ForCausalLM",
+    "tiny-gemma": "GemmaForCausalLM",
+    "tiny-gemma2": "Gemma2ForCausalLM",
+    "tiny-gemma3": "Gemma3ForCausalLM",
+    "tiny-olmo2": "Olmo2ForCausalLM",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import HookedTransformerConfig
 from ..errors import UnsupportedArchitectureError
-from . import bert, gpt2, llama, mixtral
+from . import bert, gemma, gpt2, llama, mixtral, olmo2, qwen3
 from .adapter import Adapter
 
 
@@ -14,10 +14,32 @@ def _registry() -> dict[str, Adapter]:
         "LlamaForCausalLM": llama.ADAPTER,
         "MistralForCausalLM": llama.ADAPTER,  # Mistral is Llama plus an optional sliding window
         "Qwen2ForCausalLM": llama.ADAPTER,  # Qwen2 is Llama with q/k/v biases
+        "Qwen3ForCausalLM": qwen3.ADAPTER,  # Qwen2 without q/k/v biases, with per-head q/k RMSNorm
+        "GemmaForCausalLM": gemma.ADAPTER,  # (1 + w) norms, scaled embedding, GeGLU
+        "Gemma2ForCausalLM": gemma.ADAPTER,  # + norms after attention and MLP, soft caps, alternating windows
+        "Gemma3ForCausalLM": gemma.ADAPTER,  # + q/k norms, layer_types windows, a local rotary base
+        "Olmo2ForCausalLM": olmo2.ADAPTER,  # norms after attention and MLP only, q/k norms over the whole projection
         "MixtralForCausalLM": mixtral.ADAPTER,  # Llama with a mixture of experts for the MLP
         "BertForMaskedLM": bert.ADAPTER_MLM,  # encoders: HookedEncoder (post-LN, bidirectional, token types)
         "BertModel": bert.ADAPTER_BASE,
     }
+
+
+# HuggingFace classes of a supported family that lensutil refuses, with what to load instead.
+_REFUSED = {
+    "Gemma3ForConditionalGeneration": (
+        "Gemma3ForConditionalGeneration is Gemma 3's multimodal model (a vision tower and projector around the "
+        "language model; Gemma 3 4B, 12B, 27B). lensutil loads the text-only Gemma3ForCausalLM (config class "
+        "Gemma3TextConfig): gemma-3-270m or gemma-3-1b, or a text model saved from it (its config.architectures "
+        "['Gemma3ForCausalLM'])."
+    ),
+}
+
+
+def refuse_known(arch: str) -> None:
+    """Raise UnsupportedArchitectureError with advice for a class lensutil knows of and does not load."""
+    if arch in _REFUSED:
+        raise UnsupportedArchitectureError(f"{_REFUSED[arch]} Supported: {', '.join(supported_architectures())}.")
 
 
 def supported_architectures() -> list[str]:
@@ -32,6 +54,7 @@ def adapter_for(cfg: HookedTransformerConfig) -> Adapter | None:
 def get_adapter(hf_config) -> Adapter:
     archs = getattr(hf_config, "architectures", None) or []
     registry = _registry()
+    refuse_known(archs[0] if archs else "")
     if not archs or archs[0] not in registry:
         found = archs[0] if archs else "none (config.architectures is empty)"
         raise UnsupportedArchitectureError(

@@ -38,7 +38,7 @@ def from_pretrained(
     attn_implementation: str | None = None,
     fold_ln: bool = True,
     center_writing_weights: bool | None = None,
-    center_unembed: bool = True,
+    center_unembed: bool | None = None,
     fold_value_biases: bool = True,
     # Quantisation (lensutil/loading/quantization.py): HuggingFace's from_pretrained arguments.
     load_in_8bit: bool = False,

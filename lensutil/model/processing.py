@@ -88,6 +88,10 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
     _W_K, _W_V, _b_K, _b_V, folded per key/value head); ln2 -> W_in (+ b_in) and W_gate;
     ln_final -> W_U (+ b_U). W_gate has no bias, so a LayerNorm bias cannot be folded into it:
     that case raises ConfigError (process_weights_ reports it as skipped instead).
+    Gemma's norms scale by (offset + w) (cfg.norm_weight_offset): that is the w folded. A q/k norm after
+    W_Q / W_K (use_qk_norm) changes nothing: it reads the same projection. The norms after attention and
+    the MLP (ln1_post, ln2_post: Gemma 2/3, OLMo 2) are not folded: what reads their output is the
+    residual stream, whose readers normalise it again, so no weight can absorb them; they keep w.
     """
     kind = cfg.normalization_type
     if kind not in _FOLDED_KIND:
@@ -113,7 +117,9 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
     sd = dict(state_dict)
 
     def fold(norm: str, W_key: str, b_key: str | None, d_model_axis: int) -> None:
-        w = _up(sd[f"{norm}.w"])
+        if f"{norm}.w" not in sd:  # norm_position "output" (OLMo 2): no norm before attention and the MLP
+            return
+        w = _up(sd[f"{norm}.w"]) + cfg.norm_weight_offset  # Gemma's norms scale by (1 + w)
         W = _up(sd[W_key])
         shape = [1] * W.ndim
         shape[d_model_axis] = -1
@@ -142,8 +148,8 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
             fold(p + "ln2", f"{p}mlp.W_in", f"{p}mlp.b_in", 0)  # [d_model, d_mlp]
         if cfg.gated_mlp:
             fold(p + "ln2", f"{p}mlp.W_gate", None, 0)  # the ln2.b == 0 check above makes b @ W_gate zero
-        for norm in ("ln1", "ln2"):
-            sd.pop(f"{p}{norm}.w")
+        for norm in ("ln1", "ln2"):  # ln1_post / ln2_post keep their weights: nothing after them reads only them
+            sd.pop(f"{p}{norm}.w", None)
             sd.pop(f"{p}{norm}.b", None)
     fold("ln_final", "unembed.W_U", "unembed.b_U", 0)  # [d_model, d_vocab]
     sd.pop("ln_final.w")
@@ -239,8 +245,9 @@ def rebuild_norms(model, kind: str) -> None:
         new.hook_scale, new.hook_normalized = old.hook_scale, old.hook_normalized
         return new
 
-    for block in model.blocks:
-        block.ln1, block.ln2 = rebuilt(block.ln1), rebuilt(block.ln2)
+    for block in model.blocks:  # (ln1_post, ln2_post keep their weights, POST_NORM_KIND)
+        if "ln1" in block._modules:  # none with norm_position "output" (OLMo 2)
+            block.ln1, block.ln2 = rebuilt(block.ln1), rebuilt(block.ln2)
     model.ln_final = rebuilt(model.ln_final)
     model.setup()
 
@@ -306,7 +313,11 @@ def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
                 f"not valid for normalization_type={cfg.normalization_type!r}: RMSNorm does not subtract the "
                 "mean, so centring the residual stream would change the outputs"
             )
-    if wanted["center_unembed"]:
+    if wanted["center_unembed"] is not False and cfg.output_logits_soft_cap > 0:  # None: where valid
+        report.skipped["center_unembed"] = (
+            f"not valid with output_logits_soft_cap={cfg.output_logits_soft_cap}: the cap's tanh is applied to the "
+            "logits, so shifting them by their mean would change the probabilities, not only the logits")
+    elif wanted["center_unembed"] is not False:
         sd = _center_unembed(sd)
         report.applied.append("center_unembed")
     if wanted["fold_value_biases"]:
