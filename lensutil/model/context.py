@@ -9,6 +9,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..config import HookedTransformerConfig, compute_dtype
+from .rotary_scaling import RopeState, rope_type, scaled_cos_sin
 
 
 @dataclass
@@ -23,7 +24,8 @@ class AttentionContext:
     rotary: tuple[Tensor, Tensor] | None  # cos, sin for rotary models
 
     @classmethod
-    def build(cls, cfg: HookedTransformerConfig, positions, key_mask, query_is_pad, past_len: int) -> "AttentionContext":
+    def build(cls, cfg: HookedTransformerConfig, positions, key_mask, query_is_pad, past_len: int,
+              rope_state: RopeState | None = None) -> "AttentionContext":
         q_len, device = positions.shape[1], positions.device
         # Causal: query i (at absolute index past_len + i) sees keys 0..past_len + i, and with a
         # sliding window only the last `window_size` of them.
@@ -38,7 +40,10 @@ class AttentionContext:
             allowed = allowed & key_mask[:, None, None, :]
         rotary = None
         if cfg.positional_embedding_type == "rotary":
-            rotary = rotary_cos_sin(positions, cfg.rotary_dim, cfg.rotary_base, cfg.dtype)
+            if rope_type(cfg) == "default":
+                rotary = rotary_cos_sin(positions, cfg.rotary_dim, cfg.rotary_base, cfg.dtype)
+            else:  # scaled (lensutil/model/rotary_scaling.py); the model's rope_state remembers what HF's would
+                rotary = scaled_cos_sin(cfg, positions, rope_state)
         return cls(positions, key_mask, query_is_pad, past_len, allowed, rotary)
 
     def to(self, device, non_blocking: bool = False) -> "AttentionContext":
