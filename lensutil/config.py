@@ -154,6 +154,8 @@ class HookedTransformerConfig:
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
         self._check_rope()
+        if self.parallel_attn_mlp and self.norm_position == "post":
+            raise ConfigError("parallel_attn_mlp needs pre-norm blocks (norm_position='pre'): a post-norm block has no parallel form.")
         self._check_moe()
         self._check_init_and_biases()
         if self.n_heads % self.n_kv_heads:

@@ -20,7 +20,8 @@ from .rope import rope_fields
 _ACTS = {"silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu"}
 
 
-def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
+def config_from_hf(hf, partial_rotary: bool = False, **overrides) -> HookedTransformerConfig:
+    """`partial_rotary`: whether the family rotates part of each head (Phi-3 does; HF's Llama rotates whole heads)."""
     if hf.hidden_act not in _ACTS:
         raise ConfigError(f"Activation {hf.hidden_act!r} is not one of {sorted(_ACTS)}.")
     window = _window(hf)
@@ -32,7 +33,7 @@ def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
         n_layers=hf.num_hidden_layers, d_model=hf.hidden_size, n_ctx=hf.max_position_embeddings,
         n_heads=hf.num_attention_heads, d_head=d_head, d_mlp=hf.intermediate_size, d_vocab=hf.vocab_size,
         act_fn=hf.hidden_act, eps=hf.rms_norm_eps, normalization_type="RMS", positional_embedding_type="rotary",
-        **rope_fields(hf, d_head, partial_rotary=False),  # HF's Llama rotates whole heads
+        **rope_fields(hf, d_head, partial_rotary=partial_rotary),
         n_key_value_heads=kv_heads if kv_heads != hf.num_attention_heads else None,
         attn_scale_rule="multiply",  # HF: scores * head_dim ** -0.5 (LlamaAttention.scaling)
         mlp_type="gated", window_size=window, tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),

@@ -39,6 +39,7 @@ import torch
 from ..errors import ZooError
 from .progress_bars import quiet_local_loading
 from .wheels import _download_wheel
+from .zoo_rotary import TINY as _ROTARY_TINY
 from .zoo_bert import BUILDERS as _ENCODER_BUILDERS, ENCODER_NAMES as ENCODER_NAMES
 
 
@@ -145,6 +146,8 @@ _TINY = {
     # mixture of experts: 4 experts, top-2, grouped-query attention (router: see _separate_router_logits)
     "tiny-mixtral": ("MixtralConfig", dict(_LLAMALIKE, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2,
                                            sliding_window=None, tie_word_embeddings=False)),
+    # Llama 3's RoPE scaling, Pythia, Phi-3 (zoo_rotary.py)
+    **_ROTARY_TINY,
 }
 
 
