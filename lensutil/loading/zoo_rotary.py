@@ -9,7 +9,7 @@ sized so what it brings matters at test lengths (prompts of ~10 tokens, 30 gener
   biases everywhere, untied embed_out.
 - tiny-phi3: fused projections, grouped-query attention, rotary on half of each head, and Phi-3
   128k's "longrope" with original_max_position_embeddings 16: prompts use the short factors and
-  generation crosses into the long ones (keys already cached keep theirs, as in HF).
+  generation crosses into the long ones (where HF's generate, and lensutil's, recompute the KV cache).
 """
 
 from __future__ import annotations
