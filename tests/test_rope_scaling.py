@@ -95,14 +95,42 @@ def test_dynamic_state_is_per_model_and_restarts_when_the_config_changes():
     assert state.max_seq_len_cached == 32  # a fresh start for the new config
 
 
-def test_phi3_longrope_switches_to_the_long_factors_past_the_original_length():
-    from _models import hf, lens
+def _phi3_longrope(mode="eager"):
+    from transformers import Phi3Config, Phi3ForCausalLM
 
-    model, ref = lens("tiny-phi3", attn_implementation="eager"), hf("tiny-phi3", "eager")
-    original = model.cfg.rope_scaling["original_max_position_embeddings"]
-    tokens = torch.randint(0, 1000, (1, original + 5), generator=torch.Generator().manual_seed(3))
+    # Phi-3 128k's shape of it: factor from max / original (4), attention factor sqrt(1 + ln 4 / ln 16)
+    config = Phi3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=256, max_position_embeddings=4 * ORIGINAL,
+                        original_max_position_embeddings=ORIGINAL, initializer_range=0.08, pad_token_id=0,
+                        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5,
+                                             short_factor=[1.0, 1.3, 1.9, 2.6], long_factor=[1.1, 2.2, 4.7, 9.5]),
+                        attn_implementation=mode, architectures=["Phi3ForCausalLM"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ref = Phi3ForCausalLM(config).eval()
+    return from_pretrained_no_processing("phi3-longrope", hf_model=ref, attn_implementation=mode), ref
+
+
+@pytest.mark.parametrize("mode", ["eager", "sdpa"])
+def test_longrope_switches_to_the_long_factors_past_the_original_length(mode):
+    model, ref = _phi3_longrope(mode)
+    assert model.cfg.rope_scaling["rope_type"] == "longrope"
+    tokens = torch.randint(0, 256, (2, ORIGINAL + 5), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        assert torch.equal(model(tokens), ref(tokens).logits)  # long factors over the whole sequence
-        short = model(tokens[:, :original])
-        assert torch.equal(short, ref(tokens[:, :original]).logits)
-        assert not torch.equal(short, model(tokens)[:, :original])  # the factors differ, so the angles do
+        assert torch.equal(model(tokens), ref(tokens).logits)  # the long factors over the whole sequence
+        short = model(tokens[:, :ORIGINAL])
+        assert torch.equal(short, ref(tokens[:, :ORIGINAL]).logits)
+        assert not torch.equal(short, model(tokens)[:, :ORIGINAL])  # the factors differ, so the angles do
+
+
+def test_longrope_generation_recomputes_the_cache_where_huggingface_does():
+    # Crossing original_max_position_embeddings mid-generation, HF's Phi-3 drops its KV cache (whose keys
+    # have the short factors) and recomputes it with the long ones; lensutil's generate does the same.
+    model, ref = _phi3_longrope()
+    tokens = torch.randint(1, 256, (1, 8), generator=torch.Generator().manual_seed(4))
+    ours = model.generate(tokens, max_new_tokens=20, do_sample=False, stop_at_eos=False)
+    theirs = ref.generate(tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=20, min_new_tokens=20,
+                          do_sample=False)
+    assert ours.tolist() == theirs.tolist()
+    assert ours.tolist() == model.generate(tokens, max_new_tokens=20, do_sample=False, stop_at_eos=False,
+                                           use_past_kv_cache=False).tolist()

@@ -17,7 +17,7 @@ def test_configs_carry_what_each_family_brings():
     pythia, phi3, llama3 = lens("tiny-pythia").cfg, lens("tiny-phi3").cfg, lens("tiny-llama3").cfg
     assert pythia.parallel_attn_mlp and pythia.rotary_dim == pythia.d_head // 4 and pythia.normalization_type == "LN"
     assert not pythia.tie_word_embeddings and "b_Q" not in pythia.absent_biases
-    assert phi3.rotary_dim == phi3.d_head // 2 and phi3.n_kv_heads < phi3.n_heads and phi3.rope_scaling["rope_type"] == "longrope"
+    assert phi3.rotary_dim == phi3.d_head // 2 and phi3.n_kv_heads < phi3.n_heads
     assert llama3.use_NTK_by_parts_rope and llama3.NTK_original_ctx_len == 64 and llama3.NTK_by_parts_factor == 8.0
 
 

@@ -10,7 +10,9 @@ keeps them on its rotary module:
   max_position_embeddings after that goes back to the original. Keys already in a KV cache keep the
   rotation they were given, as in HF.
 - "longrope" (Phi-3 128k): the long factors when a forward's largest position + 1 passes
-  original_max_position_embeddings, the short ones otherwise.
+  original_max_position_embeddings, the short ones otherwise. The largest position is the batch's:
+  a short prompt padded beside a long one gets the long factors, in HF as here, so a padded row
+  can differ from the prompt alone (lensutil/text/generation.py also drops the KV cache where HF does).
 """
 
 from __future__ import annotations
