@@ -65,3 +65,10 @@ def test_compare_with_hf_reports_zero_on_each_family():
     for name in FAMILIES:
         assert checks.compare_with_hf(lens(name), on="logits").max == 0, name
     assert hf("tiny-pythia").config.use_parallel_residual
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_doctor_passes_on_each_family(name, capsys):
+    from lensutil.checks import cli
+
+    assert cli.main(["doctor", "--model", name]) == 0, capsys.readouterr().out
