@@ -51,7 +51,20 @@ class HookedTransformerConfig:
     positional_embedding_type: Positional = "standard"
     rotary_dim: int | None = None
     rotary_base: float = 10000.0
+    # RoPE scaling (lensutil/model/rotary_scaling.py, as HuggingFace's modeling_rope_utils.py). Llama 3.x's
+    # "llama3" scaling under TransformerLens' names (NTK-by-parts); the other kinds in rope_scaling:
+    # HF's rope parameters, {"rope_type": "linear" | "dynamic" | "yarn" | "longrope", "factor": ..., ...,
+    # "max_position_embeddings": HF's, which dynamic, yarn and longrope read; n_ctx may be set lower}.
+    use_NTK_by_parts_rope: bool = False
+    NTK_by_parts_low_freq_factor: float = 1.0
+    NTK_by_parts_high_freq_factor: float = 4.0
+    NTK_by_parts_factor: float = 8.0
+    NTK_original_ctx_len: int = 8192
+    rope_scaling: dict | None = None
     n_key_value_heads: int | None = None
+    # Attention and MLP both read the block's input and add to it (GPT-NeoX's use_parallel_residual,
+    # GPT-J): no hook_resid_mid. TransformerLens' name.
+    parallel_attn_mlp: bool = False
     mlp_type: MlpType = "dense"
     window_size: int | None = None  # sliding-window attention: a query sees the last window_size keys
     # Which layers slide (TransformerLens' attn_types): "global" (causal) or "local" (the window_size
@@ -182,6 +195,9 @@ class HookedTransformerConfig:
             raise ConfigError("fused_qkv needs one key/value head per query head; set n_key_value_heads=None or fused_qkv=False.")
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
+        self._check_rope()
+        if self.parallel_attn_mlp and self.norm_position == "post":
+            raise ConfigError("parallel_attn_mlp needs pre-norm blocks (norm_position='pre'): a post-norm block has no parallel form.")
         self._check_moe()
         self._check_attn_types()
         self._check_init_and_biases()
@@ -217,6 +233,24 @@ class HookedTransformerConfig:
                 raise ConfigError(f"{name} must be a positive integer, or -1 to take it from the tokenizer; got {getattr(self, name)!r}.")
         if self.n_key_value_heads is not None and self.n_key_value_heads < 1:
             raise ConfigError(f"n_key_value_heads must be a positive integer or None, got {self.n_key_value_heads!r}.")
+
+    def _check_rope(self) -> None:
+        if self.rotary_dim is not None and (self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.d_head):
+            raise ConfigError(f"rotary_dim must be even and between 2 and d_head={self.d_head}, got {self.rotary_dim}.")
+        if self.rope_scaling is None:
+            return
+        kinds = {"linear": ("factor",), "dynamic": ("factor", "max_position_embeddings"),
+                 "yarn": ("factor", "original_max_position_embeddings", "max_position_embeddings"),
+                 "longrope": ("long_factor", "short_factor", "original_max_position_embeddings", "max_position_embeddings")}
+        kind = self.rope_scaling.get("rope_type")
+        if self.use_NTK_by_parts_rope or kind not in kinds:
+            raise ConfigError(
+                f"rope_scaling={self.rope_scaling!r}: rope_type must be one of {sorted(kinds)} (Llama 3's 'llama3' scaling "
+                "is use_NTK_by_parts_rope=True with the NTK_by_parts_* fields, TransformerLens' names), and not both."
+            )
+        missing = [k for k in kinds[kind] if self.rope_scaling.get(k) is None and not (kind == "yarn" and k == "factor")]
+        if missing:
+            raise ConfigError(f"rope_scaling of type {kind!r} needs {missing}; got {self.rope_scaling!r}.")
 
     def _check_moe(self) -> None:
         if isinstance(self.router_dtype, str):  # from a saved config: "float32"

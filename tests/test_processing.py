@@ -34,7 +34,7 @@ PROMPTS = [
     "In 1905, Albert Einstein published four papers that changed physics, among them one on special relativity and",
 ]
 TINY = ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma", "tiny-gemma2", "tiny-gemma3",
-        "tiny-olmo2"]
+        "tiny-olmo2", "tiny-llama3", "tiny-pythia", "tiny-phi3"]
 MODELS = TINY + [pytest.param("smollm2-135m", marks=pytest.mark.slow)]
 VARIANTS = {"none": (), **{o: (o,) for o in PROCESSING_OPTIONS}, "all": PROCESSING_OPTIONS}
 
@@ -141,7 +141,8 @@ def _check_center_writing_weights(model, before, report, warned):
         assert not model.cfg.centered_writing_weights
         return
     assert model.cfg.centered_writing_weights
-    for W in (model.embed.W_E, model.pos_embed.W_pos, model.blocks[0].attn.W_O, model.blocks[-1].mlp.W_out):
+    learned = (model.pos_embed.W_pos,) if hasattr(model, "pos_embed") else ()  # LayerNorm with rotary: Pythia
+    for W in (model.embed.W_E, *learned, model.blocks[0].attn.W_O, model.blocks[-1].mlp.W_out):
         assert W.mean(-1).abs().max() < 1e-6
     assert model.blocks[0].mlp.b_out.mean().abs() < 1e-6
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from functools import wraps
+from typing import Callable, Mapping
 
 from ..config import HookedTransformerConfig
 from ..errors import WeightLoadError
+from .attributes import Accept, check_attributes
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,23 @@ class Adapter:
     # HF linear module name -> the lensutil weights (or prefixes of them) it holds, for cfg: what lets
     # BitsAndBytesConfig(llm_int8_skip_modules=["lm_head", "down_proj"]) mean what it means in HF.
     module_names: Callable[[HookedTransformerConfig], dict[str, tuple[str, ...]]] | None = None
+    # The HF config attributes config_from_hf understands, and the values it implements
+    # (lensutil/architectures/attributes.py); any other attribute off its default is a ConfigError.
+    # None: not checked (tests/test_config_attributes.py requires every registered adapter to declare one).
+    understands: Mapping[str, Accept] | None = None
+
+    def __post_init__(self):
+        # Every caller of adapter.config_from_hf (convert, the streamed road, the encoder road, the
+        # estimators) gets the check first, so no road can skip it.
+        if self.understands is not None:
+            raw, understands = self.config_from_hf, self.understands
+
+            @wraps(raw)
+            def checked(hf, **overrides):
+                check_attributes(hf, understands, (getattr(hf, "architectures", None) or [type(hf).__name__])[0])
+                return raw(hf, **overrides)
+
+            object.__setattr__(self, "config_from_hf", checked)
 
     @property
     def is_encoder(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from ..config import HookedTransformerConfig
 from ..errors import ConfigError
 from .adapter import Adapter, HFLayout, StateDictReader
+from .attributes import READ
 
 _ACTS = {"gelu", "gelu_new", "relu", "gelu_pytorch_tanh"}
 
@@ -109,5 +110,13 @@ def _module_names(prefix: str):
 
 
 ARCHITECTURES = ("BertForMaskedLM", "BertModel")
-ADAPTER_MLM = Adapter(config_from_hf, convert, _layout("bert."), auto_class="AutoModelForMaskedLM", module_names=_module_names("bert."))
-ADAPTER_BASE = Adapter(config_from_hf, convert, _layout(""), auto_class="AutoModel", module_names=_module_names(""))
+# The HF attributes config_from_hf reads (lensutil/architectures/attributes.py); the rest must be at their defaults.
+UNDERSTANDS = {
+    **{k: READ for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                         "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "tie_word_embeddings")},
+    "is_decoder": (False,), "add_cross_attention": (False,), "position_embedding_type": ("absolute",),
+}
+ADAPTER_MLM = Adapter(config_from_hf, convert, _layout("bert."), auto_class="AutoModelForMaskedLM", module_names=_module_names("bert."),
+                      understands=UNDERSTANDS)
+ADAPTER_BASE = Adapter(config_from_hf, convert, _layout(""), auto_class="AutoModel", module_names=_module_names(""),
+                       understands=UNDERSTANDS)

@@ -24,6 +24,7 @@ from ..config import HookedTransformerConfig
 from ..errors import ConfigError
 from . import llama
 from .adapter import Adapter, HFLayout
+from .rope import rope_fields
 
 _GEMMA2_NORMS = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post",
                  "pre_feedforward_layernorm": "ln2", "post_feedforward_layernorm": "ln2_post"}
@@ -32,7 +33,7 @@ _GEMMA2_NORMS = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post
 def _rope_bases(hf) -> dict:
     params = getattr(hf, "rope_parameters", None) or {}
     if "full_attention" not in params:  # Gemma 1 and 2: one rotary setting for every layer
-        return dict(rotary_base=llama._rope_theta(hf))
+        return {k: v for k, v in rope_fields(hf, hf.head_dim, partial_rotary=False).items() if k != "rotary_dim"}
     for kind, p in params.items():  # Gemma 3: one per layer type
         if (p or {}).get("rope_type", "default") != "default":
             raise ConfigError(

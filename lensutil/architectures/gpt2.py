@@ -13,6 +13,7 @@ import torch
 from ..config import HookedTransformerConfig
 from ..errors import ConfigError
 from .adapter import Adapter, HFLayout, StateDictReader
+from .attributes import READ
 
 _ACTS = {"gelu_new", "gelu", "relu", "gelu_pytorch_tanh"}
 
@@ -93,5 +94,17 @@ def module_names(cfg: HookedTransformerConfig) -> dict[str, tuple[str, ...]]:
     return names
 
 
+# The HF attributes config_from_hf reads (lensutil/architectures/attributes.py); the rest must be at their
+# defaults. summary_*: GPT2DoubleHeadsModel's classification head, which GPT2LMHeadModel lacks; n_ctx: an
+# older spelling of n_positions that transformers 5 ignores. reorder_and_upcast_attn scales q before q·k
+# (baddbmm), which rounds otherwise.
+UNDERSTANDS = {
+    **{k: READ for k in ("vocab_size", "n_embd", "n_layer", "n_head", "n_inner", "n_positions", "n_ctx",
+                         "layer_norm_epsilon", "activation_function", "tie_word_embeddings", "summary_activation",
+                         "summary_proj_to_labels", "summary_type", "summary_use_proj")},
+    "scale_attn_by_inverse_layer_idx": (False,), "scale_attn_weights": (True,), "add_cross_attention": (False,),
+    "reorder_and_upcast_attn": (False,),
+}
+
 ADAPTER = Adapter(config_from_hf, convert, HFLayout("transformer.wte", "transformer.h", "attn", "mlp", "transformer.ln_f"),
-                  module_names=module_names)
+                  module_names=module_names, understands=UNDERSTANDS)

@@ -14,21 +14,10 @@ from ..config import HookedTransformerConfig
 from ..errors import ConfigError
 from ..model.attention import key_value_param_name
 from .adapter import Adapter, HFLayout, StateDictReader
+from .attributes import READ
+from .rope import rope_fields
 
 _ACTS = {"silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu"}
-
-
-def _rope_theta(hf) -> float:
-    # transformers >= 5 keeps rotary settings in `rope_parameters`; 4.x used rope_theta/rope_scaling.
-    params = getattr(hf, "rope_parameters", None) or {}
-    scaling = params if params else (getattr(hf, "rope_scaling", None) or {})
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind not in ("default", None):
-        raise ConfigError(
-            f"This checkpoint uses rotary scaling {kind!r}; lensutil implements only unscaled rotary "
-            "embeddings and will not approximate it."
-        )
-    return float(params.get("rope_theta", getattr(hf, "rope_theta", 10000.0)))
 
 
 # Families whose sliding window covers only the layers config.layer_types names (Qwen2 and Qwen3 derive
@@ -57,11 +46,10 @@ def attention_layers(hf, per_layer: bool) -> dict:
     return dict(window_size=window, attn_types=attn_types)
 
 
-def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
+def config_from_hf(hf, partial_rotary: bool = False, **overrides) -> HookedTransformerConfig:
+    """`partial_rotary`: whether the family rotates part of each head (Phi-3 does; HF's Llama rotates whole heads)."""
     if hf.hidden_act not in _ACTS:
         raise ConfigError(f"Activation {hf.hidden_act!r} is not one of {sorted(_ACTS)}.")
-    if getattr(hf, "partial_rotary_factor", 1.0) != 1.0:
-        raise ConfigError("partial_rotary_factor != 1 is not implemented for the Llama family.")
     d_head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     # TransformerLens' rule: n_key_value_heads is None (plain multi-head attention, weights named
     # W_K/W_V) unless there are fewer key/value heads than query heads.
@@ -70,13 +58,23 @@ def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
         n_layers=hf.num_hidden_layers, d_model=hf.hidden_size, n_ctx=hf.max_position_embeddings,
         n_heads=hf.num_attention_heads, d_head=d_head, d_mlp=hf.intermediate_size, d_vocab=hf.vocab_size,
         act_fn=hf.hidden_act, eps=hf.rms_norm_eps, normalization_type="RMS", positional_embedding_type="rotary",
-        rotary_dim=d_head, rotary_base=_rope_theta(hf),
+        **rope_fields(hf, d_head, partial_rotary=partial_rotary),
         n_key_value_heads=kv_heads if kv_heads != hf.num_attention_heads else None,
         attn_scale_rule="multiply",  # HF: scores * head_dim ** -0.5 (LlamaAttention.scaling)
         mlp_type="gated", **attention_layers(hf, hf.architectures[0] in _LAYER_TYPED), tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
         original_architecture=hf.architectures[0], absent_biases=_absent_biases(hf),
     )
     return HookedTransformerConfig(**{**fields, **overrides})  # overrides (n_ctx=...) win
+
+
+# The HF attributes config_from_hf reads (lensutil/architectures/attributes.py); the rest must be at
+# their defaults. rope_parameters: rope.py refuses what it does not implement.
+UNDERSTANDS = {
+    **{k: READ for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                         "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "hidden_act",
+                         "rope_parameters", "rope_theta", "rope_scaling", "attention_bias", "mlp_bias",
+                         "tie_word_embeddings", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types")},
+}
 
 
 def _absent_biases(hf) -> tuple[str, ...]:
@@ -160,4 +158,4 @@ def module_names(cfg: HookedTransformerConfig, mlp_names=lambda b, o: {b + f"mlp
 
 
 ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
-                  module_names=module_names)
+                  module_names=module_names, understands=UNDERSTANDS)

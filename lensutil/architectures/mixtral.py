@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..config import HookedTransformerConfig
 from . import llama
 from .adapter import Adapter, HFLayout
+from .attributes import READ
 
 
 def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
@@ -47,5 +48,8 @@ def module_names(cfg: HookedTransformerConfig) -> dict[str, tuple[str, ...]]:
     return llama.module_names(cfg, mlp_names=lambda b, o: {b + "mlp.gate": (), b + "mlp.experts": (o + "mlp.experts",)})
 
 
+# Llama's attributes and the experts'; router_jitter_noise only perturbs training (HF: `self.training and ...`).
+UNDERSTANDS = {**llama.UNDERSTANDS, "num_local_experts": READ, "num_experts_per_tok": READ, "router_jitter_noise": READ}
+
 ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
-                  module_names=module_names)
+                  module_names=module_names, understands=UNDERSTANDS)

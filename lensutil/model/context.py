@@ -9,6 +9,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..config import HookedTransformerConfig, compute_dtype
+from .rotary_scaling import RopeState, rope_type, scaled_cos_sin
 
 
 @dataclass
@@ -30,17 +31,19 @@ class AttentionContext:
     local: "AttentionContext | None" = None  # the local layers' context, where the model has any
 
     @classmethod
-    def build(cls, cfg: HookedTransformerConfig, positions, key_mask, query_is_pad, past_len: int) -> "AttentionContext":
+    def build(cls, cfg: HookedTransformerConfig, positions, key_mask, query_is_pad, past_len: int,
+              rope_state: RopeState | None = None) -> "AttentionContext":
         types = {cfg.attn_type(i) for i in range(cfg.n_layers)}
-        ctx = cls._build(cfg, positions, key_mask, query_is_pad, past_len, None, cfg.rotary_base)
+        ctx = cls._build(cfg, positions, key_mask, query_is_pad, past_len, None, cfg.rotary_base, rope_state=rope_state)
         if "local" in types:
             base = cfg.rotary_base if cfg.rotary_base_local is None else cfg.rotary_base_local
             ctx.local = cls._build(cfg, positions, key_mask, query_is_pad, past_len, cfg.window_size, base,
-                                   ctx.rotary if base == cfg.rotary_base else None)
+                                   ctx.rotary if base == cfg.rotary_base else None, rope_state)
         return ctx
 
     @classmethod
-    def _build(cls, cfg, positions, key_mask, query_is_pad, past_len: int, window, base, rotary=None) -> "AttentionContext":
+    def _build(cls, cfg, positions, key_mask, query_is_pad, past_len: int, window, base, rotary=None,
+               rope_state: RopeState | None = None) -> "AttentionContext":
         q_len, device = positions.shape[1], positions.device
         # Causal: query i (at absolute index past_len + i) sees keys 0..past_len + i, and with a
         # sliding window only the last `window` of them (HF's sliding mask: query - key < window).
@@ -54,7 +57,12 @@ class AttentionContext:
         if key_mask is not None:
             allowed = allowed & key_mask[:, None, None, :]
         if rotary is None and cfg.positional_embedding_type == "rotary":
-            rotary = rotary_cos_sin(positions, cfg.rotary_dim, base, compute_dtype(cfg.dtype) if cfg.rotary_upcast else cfg.dtype)
+            dtype = compute_dtype(cfg.dtype) if cfg.rotary_upcast else cfg.dtype
+            if rope_type(cfg) == "default" or base != cfg.rotary_base:
+                # Gemma 3's local layers: their own base, unscaled (HF scales only its global layers' angles)
+                rotary = rotary_cos_sin(positions, cfg.rotary_dim, base, dtype)
+            else:  # scaled (lensutil/model/rotary_scaling.py); the model's rope_state remembers what HF's would
+                rotary = scaled_cos_sin(cfg, positions, rope_state)
         return cls(positions, key_mask, query_is_pad, past_len, allowed, rotary, window)
 
     def to(self, device, non_blocking: bool = False) -> "AttentionContext":

@@ -26,6 +26,7 @@ from .context import AttentionContext
 from .embed import Embed, PosEmbed, Unembed
 from .norm import Norm
 from .processing import process_weights_
+from .rotary_scaling import RopeState
 
 ReturnType = Literal["logits", "loss", "both"] | None
 
@@ -47,6 +48,7 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.ln_final = Norm(cfg)
         self.unembed = Unembed(cfg)
+        self._rope_state = RopeState()  # dynamic / longrope RoPE: what HF's rotary module keeps between forwards
         initialization.init_after_construction(self)  # TransformerLens' init_weights; skipped when loading
         self.setup()
         self.to(cfg.device)
@@ -161,14 +163,15 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
             mask, past_mask = mask[:, past_len:], mask[:, :past_len]
         if mask is None and past_mask is None:
             positions = torch.arange(past_len, past_len + pos, device=device).expand(batch, pos)
-            return AttentionContext.build(self.cfg, positions, None, None, past_len), None
+            return AttentionContext.build(self.cfg, positions, None, None, past_len, self._rope_state), None
         full = torch.cat([
             past_mask if past_mask is not None else torch.ones(batch, past_len, dtype=torch.bool, device=device),
             mask if mask is not None else torch.ones(batch, pos, dtype=torch.bool, device=device),
         ], dim=1)
         query_is_pad = ~full[:, past_len:]
         positions = tok.positions_from_mask(full, past_len)
-        ctx = AttentionContext.build(self.cfg, positions, full, query_is_pad if query_is_pad.any() else None, past_len)
+        ctx = AttentionContext.build(self.cfg, positions, full, query_is_pad if query_is_pad.any() else None, past_len,
+                                    self._rope_state)
         return ctx, full
 
     # ---- one-line doors to the other modules ------------------------------------------------

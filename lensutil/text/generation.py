@@ -167,6 +167,8 @@ def generate(
         # Run the blocks, then the final norm and unembedding for the last position only (as
         # HuggingFace's generate does): the other positions' logits would be thrown away.
         step_mask = mask.bool() if padded else None
+        if cache is not None and cache.past_len and _cache_needs_recompute(model.cfg, cache.past_len, tokens.shape[1]):
+            cache, step_input = KVCache(model.cfg.n_layers), tokens  # longrope's switch to its long factors
         if cache is not None:
             residual = model(step_input, attention_mask=step_mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
         else:
@@ -213,6 +215,19 @@ def generate(
         cut = min((new.index(t) for t in stops if t in new), default=len(new))
         texts.append(model.to_string(torch.tensor(real[int(bool(drop_bos)):] + new[:cut], dtype=torch.long)))
     return texts[0] if isinstance(input, str) or (not text_in and len(texts) == 1) else texts
+
+
+def _cache_needs_recompute(cfg, past_len: int, total_len: int) -> bool:
+    """Whether generation must drop its KV cache and run the whole sequence again, as HF's does.
+
+    longrope: the keys cached so far were rotated with the short factors; when the sequence first
+    passes original_max_position_embeddings, HF's Phi-3 generate (prepare_inputs_for_generation)
+    drops its cache and recomputes every key with the long factors.
+    """
+    if (cfg.rope_scaling or {}).get("rope_type") != "longrope":
+        return False
+    original = cfg.rope_scaling["original_max_position_embeddings"]
+    return total_len >= original + 1 and past_len <= original
 
 
 def _progress_bar(total: int):
