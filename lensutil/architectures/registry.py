@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import HookedTransformerConfig
 from ..errors import UnsupportedArchitectureError
-from . import bert, gpt2, llama, mixtral
+from . import bert, gpt2, llama, mixtral, qwen_moe
 from .adapter import Adapter
 
 
@@ -15,6 +15,7 @@ def _registry() -> dict[str, Adapter]:
         "MistralForCausalLM": llama.ADAPTER,  # Mistral is Llama plus an optional sliding window
         "Qwen2ForCausalLM": llama.ADAPTER,  # Qwen2 is Llama with q/k/v biases
         "MixtralForCausalLM": mixtral.ADAPTER,  # Llama with a mixture of experts for the MLP
+        "Qwen2MoeForCausalLM": qwen_moe.ADAPTER,  # MoE on some layers, a gated shared expert, q/k/v biases
         "BertForMaskedLM": bert.ADAPTER_MLM,  # encoders: HookedEncoder (post-LN, bidirectional, token types)
         "BertModel": bert.ADAPTER_BASE,
     }

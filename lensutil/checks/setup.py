@@ -110,7 +110,7 @@ def validate_model_setup(
 
     def cache_keys():
         cache = state.get("cache") or model.run_with_cache(prompt)[1]
-        keys = STANDARD_CACHE_KEYS if cfg.mlp_type != "moe" else tuple(_MOE_CACHE_KEYS.get(k, k) for k in STANDARD_CACHE_KEYS)
+        keys = STANDARD_CACHE_KEYS if not cfg.is_moe_layer(0) else tuple(_MOE_CACHE_KEYS.get(k, k) for k in STANDARD_CACHE_KEYS)
         missing = [k for k in keys if k not in cache.keys()]
         return not missing, (f"missing {missing}" if missing else f"{len(keys)} standard keys present, incl. blocks.0.attn.hook_pattern")
 

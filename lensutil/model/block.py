@@ -25,10 +25,6 @@ def check_hook_flags(cfg: HookedTransformerConfig) -> None:
         )
 
 
-def _moe(cfg: HookedTransformerConfig) -> nn.Module:
-    return MoE(cfg)
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig, index: int):
         super().__init__()
@@ -36,7 +32,8 @@ class TransformerBlock(nn.Module):
         self.cfg, self.index = cfg, index
         self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
         self.attn = GroupedQueryAttention(cfg) if cfg.n_key_value_heads is not None else Attention(cfg)
-        self.mlp = MLP(cfg) if cfg.mlp_type != "moe" else _moe(cfg)
+        kind = cfg.layer_mlp_type(index)  # a Qwen2-MoE has dense (gated) MLPs on some layers
+        self.mlp = MoE(cfg) if kind == "moe" else MLP(cfg, gated=kind == "gated")
         self.hook_resid_pre = HookPoint("batch pos d_model")
         self.hook_attn_in = HookPoint("batch pos head_index d_model")  # needs use_attn_in
         self.hook_q_input = HookPoint("batch pos head_index d_model")  # needs use_split_qkv_input

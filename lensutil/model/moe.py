@@ -38,27 +38,50 @@ from .weight_layout import _OUT_IN, _param
 
 
 class Expert(QuantizableLinears):
-    """One gated (SwiGLU) expert without biases: W_out·(act(W_gate·x) * W_in·x)."""
+    """One gated (SwiGLU) expert without biases: W_out·(act(W_gate·x) * W_in·x).
 
-    def __init__(self, cfg: HookedTransformerConfig):
+    A routed expert sees the tokens routed to it ("routed d_mlp"); a shared expert (Qwen2-MoE) every
+    token ("batch pos d_mlp"). Its width d_mlp is cfg.d_mlp_expert or cfg.d_mlp_shared_expert where set.
+    """
+
+    def __init__(self, cfg: HookedTransformerConfig, d_mlp: int | None = None, tokens: str = "routed"):
         super().__init__()
-        m, f, dt = cfg.d_model, cfg.d_mlp, cfg.dtype
+        m, f, dt = cfg.d_model, d_mlp or cfg.d_mlp_expert or cfg.d_mlp, cfg.dtype
         self.W_gate = _param(m, f, dtype=dt, memory_order=_OUT_IN)  # [d_model, d_mlp]
         self.W_in = _param(m, f, dtype=dt, memory_order=_OUT_IN)  # [d_model, d_mlp]
         self.W_out = _param(f, m, dtype=dt, memory_order=_OUT_IN)  # [d_mlp, d_model]
-        self.hook_gate = HookPoint("routed d_mlp")  # W_gate·x, before the activation
-        self.hook_pre = HookPoint("routed d_mlp")  # W_in·x, the linear part
-        self.hook_post = HookPoint("routed d_mlp")
+        self.hook_gate = HookPoint(f"{tokens} d_mlp")  # W_gate·x, before the activation
+        self.hook_pre = HookPoint(f"{tokens} d_mlp")  # W_in·x, the linear part
+        self.hook_post = HookPoint(f"{tokens} d_mlp")
         self.act = ACTIVATIONS[cfg.act_fn]
+        # HF's fused experts compute gate and up as one [routed, 2 * d_mlp] product and split it, so the
+        # activation and the product read two strided halves. torch's vectorised kernels round a row's
+        # tail (d_mlp not a multiple of the SIMD width, e.g. 48) apart from a contiguous tensor's, so a
+        # routed expert lays gate and up out as HF does; a shared expert is HF's plain MLP (contiguous).
+        self.fused_gate_up = tokens == "routed"
 
-    def forward(self, x: Float[Tensor, "routed d_model"]) -> Float[Tensor, "routed d_model"]:
+    def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         gate = self.hook_gate(self._linear(x, "W_gate"))
         linear = self.hook_pre(self._linear(x, "W_in"))
+        if self.fused_gate_up:
+            gate, linear = torch.cat([gate, linear], dim=-1).chunk(2, dim=-1)
         return self._linear(self.hook_post(self.act(gate) * linear), "W_out")
 
 
+class SharedExpertGate(QuantizableLinears):
+    """Qwen2-MoE's shared_expert_gate: sigmoid(x·W), one scalar per token, that scales the shared expert."""
+
+    def __init__(self, cfg: HookedTransformerConfig):
+        super().__init__()
+        self.W = _param(cfg.d_model, 1, dtype=cfg.dtype, memory_order=_OUT_IN)  # [d_model, 1], HF's Linear(d_model, 1)
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos 1"]:
+        return torch.sigmoid(self._linear(x, "W"))
+
+
 class MoE(nn.Module):
-    """Router plus num_experts experts; each token's output is the weighted sum of its top-k experts'."""
+    """Router plus num_experts experts; each token's output is the weighted sum of its top-k experts',
+    plus, where cfg.d_mlp_shared_expert is set, a shared expert's output scaled by its gate (Qwen2-MoE)."""
 
     def __init__(self, cfg: HookedTransformerConfig):
         super().__init__()
@@ -69,6 +92,10 @@ class MoE(nn.Module):
         self.hook_router_logits = HookPoint("batch pos expert_index")  # lensutil's own
         self.hook_expert_weights = HookPoint("batch pos expert_index")  # softmax over all experts, before top-k
         self.hook_expert_indices = HookPoint("batch pos top_k")  # int64 expert ids, best first
+        if cfg.d_mlp_shared_expert:
+            self.shared_expert = Expert(cfg, cfg.d_mlp_shared_expert, tokens="batch pos")
+            self.shared_expert_gate = SharedExpertGate(cfg)
+            self.hook_shared_expert_gate = HookPoint("batch pos 1")  # sigmoid(x·W): the shared expert's weight per token
 
     def router_dtype(self, x: Tensor) -> torch.dtype:
         return self.cfg.router_dtype or compute_dtype(x.dtype)
@@ -83,10 +110,15 @@ class MoE(nn.Module):
         # As HuggingFace's MixtralTopKRouter: softmax in (at least) float32, top-k of the
         # probabilities, renormalised to sum to 1; the weights stay in that dtype until each
         # expert's weighted output is cast back to the model's dtype.
+        # Qwen's routers renormalise only where cfg.norm_topk_prob says, and cast the weights back
+        # to the logits' dtype (cfg.cast_routing_weights).
         probs = self.hook_expert_weights(F.softmax(logits, dim=-1, dtype=compute_dtype(logits.dtype)))
         top_w, top_i = torch.topk(probs, k, dim=-1)
         top_i = self.hook_expert_indices(top_i)
-        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        if self.cfg.norm_topk_prob:
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        if self.cfg.cast_routing_weights:
+            top_w = top_w.to(logits.dtype)
         top_i, top_w = top_i.reshape(-1, k), top_w.reshape(-1, k)
         out = torch.zeros_like(flat)
         # One matmul per expert over the tokens routed to it, in HuggingFace's order (experts in
@@ -96,7 +128,10 @@ class MoE(nn.Module):
             slot, token = torch.where(top_i.T == e)  # slot-major, as HF's expert_mask[e]
             y = expert(flat[token]) * top_w[token, slot, None]
             out.index_add_(0, token, y.to(out.dtype))
-        return out.view(batch, pos, d_model)
+        out = out.view(batch, pos, d_model)
+        if self.cfg.d_mlp_shared_expert:  # HF: experts' sum + sigmoid(gate(x)) * shared_expert(x), in the model's dtype
+            out = out + self.hook_shared_expert_gate(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return out
 
     def _apply(self, fn, recurse: bool = True):
         # .to(bfloat16), .half(), ... cast the experts but not the router's weight: it follows the
