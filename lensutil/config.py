@@ -54,11 +54,45 @@ class HookedTransformerConfig:
     n_key_value_heads: int | None = None
     mlp_type: MlpType = "dense"
     window_size: int | None = None  # sliding-window attention: a query sees the last window_size keys
+    # Which layers slide (TransformerLens' attn_types): "global" (causal) or "local" (the window_size
+    # window), one per layer, as HF's config.layer_types ("full_attention"/"sliding_attention") says:
+    # Qwen2's layers from max_window_layers on, Gemma 2's every other one, Gemma 3's five in six.
+    # None: every layer "local" when window_size is set (Mistral), else "global". TransformerLens also
+    # wants use_local_attn=True beside them; here attn_types alone says it.
+    attn_types: list[str] | None = None
+    rotary_base_local: float | None = None  # the local layers' rotary base (TransformerLens' name; Gemma 3); None: rotary_base
+    # How an RMSNorm meets its weight w, as the HuggingFace model being matched does it:
+    # norm_weight_offset: it multiplies by (offset + w). Gemma stores w and multiplies by (1 + w);
+    # TransformerLens folds the 1 into w at load, lensutil keeps HF's w and adds the offset at run time
+    # in float32, so that bfloat16 weights round as HF's (1 + w in bfloat16 is not 1 + w in float32).
+    # norm_upcast_weight: the weight multiplies the float32 normalised value before the cast back to the
+    # model's dtype (Gemma, OLMo 2), not after it (Llama). The two are the same in a float32 model.
+    norm_weight_offset: float = 0.0
+    norm_upcast_weight: bool = False
+    # RMSNorm of the queries and keys before rotary (TransformerLens' use_qk_norm; modules attn.q_norm,
+    # attn.k_norm, with their hook_scale / hook_normalized): over each head's d_head ("head": Qwen3,
+    # Gemma 3, as TransformerLens 2.18), or over the whole projection ("all_heads": OLMo 2, whose
+    # q_norm has n_heads * d_head weights and k_norm n_kv_heads * d_head).
+    use_qk_norm: bool = False
+    qk_norm_scope: Literal["head", "all_heads"] = "head"
     # Encoders (BERT): every query sees every real key ("bidirectional", TransformerLens' attention_dir);
     # "post" puts each LayerNorm after its residual addition (BERT's order, TransformerLens' BertBlock);
     # n_token_types > 0 adds a token-type (segment) embedding to the token and position embeddings.
     attention_dir: Literal["causal", "bidirectional"] = "causal"
-    norm_position: Literal["pre", "post"] = "pre"
+    # "output" (OLMo 2): no norm before attention or the MLP; each one's output is normalised (ln1_post,
+    # ln2_post) before it joins the residual stream.
+    norm_position: Literal["pre", "post", "output"] = "pre"
+    # Gemma 2/3 (TransformerLens' names): a norm before (ln1, ln2) and after (ln1_post, ln2_post) attention
+    # and the MLP; hook_attn_out / hook_mlp_out are after the second, what joins the residual stream.
+    use_normalization_before_and_after: bool = False
+    # Gemma 2 (TransformerLens' names): scores -> cap * tanh(scores / cap) before the mask and softmax, and
+    # the same for the logits; -1: none. A soft-capped model's attention is always written out (torch's
+    # fused kernel cannot cap), as HuggingFace's Gemma 2, which has no sdpa path.
+    attn_scores_soft_cap: float = -1.0
+    output_logits_soft_cap: float = -1.0
+    # Gemma: scores are multiplied by query_pre_attn_scalar ** -0.5 (HF's rounding of that factor), not
+    # d_head ** -0.5; attn_scale (TransformerLens' divisor) is then its square root.
+    query_pre_attn_scalar: float | None = None
     n_token_types: int = 0
     mlm_head: bool = False  # BertForMaskedLM's transform, LayerNorm and decoder before the unembedding
     pooler: bool = False  # BertModel's pooler (tanh of a linear map of the first token's hidden state)
@@ -136,8 +170,8 @@ class HookedTransformerConfig:
     def __post_init__(self) -> None:
         self._default_sizes()
         if self.attn_scale is None or self.attn_scale == -1.0:  # -1.0: TransformerLens' "not set"
-            self.attn_scale = math.sqrt(self.d_head)
-        for name, allowed in (("attention_dir", ("causal", "bidirectional")), ("norm_position", ("pre", "post"))):
+            self.attn_scale = math.sqrt(self.query_pre_attn_scalar or self.d_head)
+        for name, allowed in (("attention_dir", ("causal", "bidirectional")), ("norm_position", ("pre", "post", "output"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.attn_implementation not in ("eager", "sdpa"):
@@ -145,15 +179,21 @@ class HookedTransformerConfig:
                 f"attn_implementation must be 'sdpa' (torch's fused kernel where no hook reads the pattern; the default) "
                 f"or 'eager' (attention written out, bit-exact with HuggingFace's eager); got {self.attn_implementation!r}."
             )
+        if self.qk_norm_scope not in ("head", "all_heads"):
+            raise ConfigError(f"qk_norm_scope must be 'head' (per head, Qwen3) or 'all_heads' (OLMo 2), got {self.qk_norm_scope!r}.")
         if self.attn_scale_rule not in ("divide", "multiply"):
             raise ConfigError(f"attn_scale_rule must be 'divide' or 'multiply', got {self.attn_scale_rule!r}.")
         if self.weight_layout not in ("out_in", "in_out"):
             raise ConfigError(f"weight_layout must be 'out_in' (nn.Linear) or 'in_out' (GPT-2's Conv1D), got {self.weight_layout!r}.")
+        if self.norm_position == "output" and self.use_normalization_before_and_after:
+            raise ConfigError("norm_position='output' has norms after attention and the MLP only; use_normalization_before_and_after "
+                              "adds norms before them too (Gemma 2). Set one of the two.")
         if self.fused_qkv and self.n_key_value_heads is not None:
             raise ConfigError("fused_qkv needs one key/value head per query head; set n_key_value_heads=None or fused_qkv=False.")
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
         self._check_moe()
+        self._check_attn_types()
         self._check_init_and_biases()
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
@@ -217,6 +257,24 @@ class HookedTransformerConfig:
             return "moe"
         return "gated" if self.mlp_type == "moe" else self.mlp_type
 
+    def _check_attn_types(self) -> None:
+        if self.attn_types is None:
+            return
+        self.attn_types = list(self.attn_types)  # a tuple, or a list from a saved config
+        bad = sorted({t for t in self.attn_types if t not in ("global", "local")})
+        if len(self.attn_types) != self.n_layers or bad:
+            raise ConfigError(
+                f"attn_types needs one of 'global' or 'local' per layer ({self.n_layers}); got {self.attn_types!r}."
+            )
+        if "local" in self.attn_types and self.window_size is None:
+            raise ConfigError("attn_types has 'local' layers but window_size is not set; set window_size=... (keys each query sees).")
+
+    def attn_type(self, layer: int) -> str:
+        """"local" (sliding window) or "global" for block `layer` (attn_types, or window_size for every layer)."""
+        if self.attn_types is not None:
+            return self.attn_types[layer]
+        return "local" if self.window_size is not None else "global"
+
     def _check_init_and_biases(self) -> None:
         modes = InitMode.__args__
         if self.init_mode not in modes:
@@ -237,6 +295,8 @@ class HookedTransformerConfig:
         Computed as HuggingFace computes it, head_dim ** -0.5, when attn_scale is the default: in
         float64 that differs from 1 / sqrt(head_dim) in the last bit for some sizes (128 among them).
         """
+        if self.query_pre_attn_scalar is not None and self.attn_scale == math.sqrt(self.query_pre_attn_scalar):
+            return self.query_pre_attn_scalar**-0.5  # Gemma's scaling, as HF rounds it
         if self.attn_scale == math.sqrt(self.d_head):
             return self.d_head**-0.5
         return 1.0 / self.attn_scale

@@ -152,3 +152,47 @@ def test_compare_with_hf_loads_huggingface_in_the_model_mode(mode):
     from lensutil import checks
 
     assert checks.compare_with_hf(lens("tiny-llama", attn_implementation=mode), on="logits").max == 0
+
+
+# ---- per-layer attention types: sliding windows on some layers (issue 26) --------------------------
+
+
+def _random_qwen2_sliding(max_window_layers: int, seed: int = 0):
+    """A seeded random HF Qwen2 whose layers i >= max_window_layers see only the last 4 keys."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256, max_position_embeddings=128, use_sliding_window=True,
+                         sliding_window=4, max_window_layers=max_window_layers, architectures=["Qwen2ForCausalLM"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config).eval()
+    return model
+
+
+@pytest.mark.parametrize("mode", ["eager", "sdpa"])
+@pytest.mark.parametrize("max_window_layers", [0, 1, 3])
+def test_qwen2_sliding_window_only_on_layers_from_max_window_layers(max_window_layers, mode):
+    # HF's Qwen2Config.layer_types: layer i slides iff use_sliding_window and i >= max_window_layers, so
+    # max_window_layers == num_hidden_layers means no layer slides (lensutil once slid them all: 0.9 logit error).
+    from lensutil.loading.pretrained import from_pretrained_no_processing
+
+    ref = _random_qwen2_sliding(max_window_layers)
+    ref.config._attn_implementation = mode
+    model = from_pretrained_no_processing("random-qwen2-sliding", hf_model=ref, attn_implementation=mode)
+    expected = ["global" if i < max_window_layers else "local" for i in range(3)]
+    assert [model.cfg.attn_type(i) for i in range(3)] == expected
+    tokens = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))  # 12 > the window
+    with torch.no_grad():
+        assert torch.equal(model(tokens), ref(tokens).logits)
+        mask = torch.ones_like(tokens)
+        mask[0, :3] = 0  # left padding on one row
+        from _models import hf_positions
+
+        ours = model(tokens, attention_mask=mask)
+        theirs = ref(tokens, attention_mask=mask, position_ids=hf_positions(mask)).logits
+        assert torch.equal(ours[mask.bool()], theirs[mask.bool()])
+    prompt = tokens[:1, :6]
+    ours = model.generate(prompt, max_new_tokens=10, do_sample=False, stop_at_eos=False)
+    theirs = ref.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    assert ours.tolist() == theirs.tolist()

@@ -1,5 +1,7 @@
 """The HookedTransformer's own behaviour: hooks on a real model, forward options, tokens, loading errors."""
 
+import math
+
 import pytest
 import torch
 
@@ -270,3 +272,33 @@ def test_compare_with_hf_loads_its_reference_in_the_models_current_dtype(monkeyp
     monkeypatch.setattr(lensutil.loading.hf_source, "load_hf", lambda *a, **kw: asked.append(kw.get("dtype")) or real_load_hf(*a, **kw))
     compare_with_hf(model, prompts="Hi")
     assert asked == [torch.float32]
+
+
+def _documented_shape(comment: str, cfg, batch: int, pos: int) -> list[int]:
+    sizes = {"batch": batch, "pos": pos, "key_pos": pos, "head_index": cfg.n_heads, "kv_head_index": cfg.n_kv_heads,
+             "d_head": cfg.d_head, "d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "d_vocab": cfg.d_vocab_out, "1": 1}
+    return [math.prod(sizes[part] for part in axis.split("*")) for axis in comment.split()]
+
+
+FAMILY_HOOKS = {  # hooks each family adds to the usual ones, in block 0
+    "tiny-qwen3": ["attn.q_norm.hook_scale", "attn.q_norm.hook_normalized", "attn.k_norm.hook_normalized"],
+}
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", *FAMILY_HOOKS])
+def test_every_hook_fires_with_its_documented_shape(name):
+    model = lens(name)
+    for flag in ("use_attn_result", "use_hook_mlp_in"):  # (split q/k/v inputs give ln1 a head axis, as in TransformerLens)
+        getattr(model, f"set_{flag}")(True)
+    try:
+        tokens = model.to_tokens(["The Eiffel Tower is in the city of", "Hi"], padding_side="left")
+        _, cache = model.run_with_cache(tokens, attention_mask=model.generate_attention_mask(tokens, padding_side="left"))
+    finally:
+        for flag in ("use_attn_result", "use_hook_mlp_in"):
+            getattr(model, f"set_{flag}")(False)
+    split = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
+    assert set(cache.keys()) == {n for n in model.hook_dict if not n.endswith(split)}
+    assert {f"blocks.0.{n}" for n in FAMILY_HOOKS.get(name, [])} <= set(cache.keys())
+    for hook_name, act in cache.items():
+        expected = _documented_shape(model.hook_dict[hook_name].shape_comment, model.cfg, *tokens.shape)
+        assert list(act.shape) == expected, f"{name} {hook_name}: {list(act.shape)} != {expected}"

@@ -31,16 +31,37 @@ def _rope_theta(hf) -> float:
     return float(params.get("rope_theta", getattr(hf, "rope_theta", 10000.0)))
 
 
+# Families whose sliding window covers only the layers config.layer_types names (Qwen2 and Qwen3 derive
+# it from max_window_layers); Mistral and Mixtral slide on every layer and ignore layer_types.
+_LAYER_TYPED = {"Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+_LAYER_TYPES = {"full_attention": "global", "sliding_attention": "local"}  # HF's names -> TransformerLens'
+
+
+def attention_layers(hf, per_layer: bool) -> dict:
+    """window_size and attn_types as HF applies sliding windows: on every layer (per_layer False: Mistral),
+    or on those config.layer_types calls "sliding_attention" (Qwen2 from max_window_layers on, Gemma 2/3)."""
+    window = getattr(hf, "sliding_window", None)
+    if not getattr(hf, "use_sliding_window", True):  # Qwen2 keeps a window size but switches it off
+        window = None
+    types = getattr(hf, "layer_types", None) if per_layer else None
+    if types is None:
+        return dict(window_size=window)
+    unknown = sorted(set(types) - set(_LAYER_TYPES))
+    if unknown:
+        raise ConfigError(f"config.layer_types has {unknown}; lensutil implements {sorted(_LAYER_TYPES)} layers only.")
+    attn_types = [_LAYER_TYPES[t] for t in types]
+    if "local" not in attn_types:
+        return dict(window_size=None)
+    if window is None:
+        raise ConfigError("config.layer_types has sliding_attention layers but sliding_window is None; HF would fail too.")
+    return dict(window_size=window, attn_types=attn_types)
+
+
 def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
     if hf.hidden_act not in _ACTS:
         raise ConfigError(f"Activation {hf.hidden_act!r} is not one of {sorted(_ACTS)}.")
     if getattr(hf, "partial_rotary_factor", 1.0) != 1.0:
         raise ConfigError("partial_rotary_factor != 1 is not implemented for the Llama family.")
-    window = getattr(hf, "sliding_window", None)
-    if not getattr(hf, "use_sliding_window", True):  # Qwen2 keeps a window size but switches it off
-        window = None
-    if window is not None and getattr(hf, "max_window_layers", hf.num_hidden_layers) < hf.num_hidden_layers:
-        raise ConfigError("Sliding-window attention on only some layers (max_window_layers) is not implemented.")
     d_head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     # TransformerLens' rule: n_key_value_heads is None (plain multi-head attention, weights named
     # W_K/W_V) unless there are fewer key/value heads than query heads.
@@ -52,7 +73,7 @@ def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
         rotary_dim=d_head, rotary_base=_rope_theta(hf),
         n_key_value_heads=kv_heads if kv_heads != hf.num_attention_heads else None,
         attn_scale_rule="multiply",  # HF: scores * head_dim ** -0.5 (LlamaAttention.scaling)
-        mlp_type="gated", window_size=window, tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+        mlp_type="gated", **attention_layers(hf, hf.architectures[0] in _LAYER_TYPED), tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
         original_architecture=hf.architectures[0], absent_biases=_absent_biases(hf),
     )
     return HookedTransformerConfig(**{**fields, **overrides})  # overrides (n_ctx=...) win
@@ -89,17 +110,23 @@ def convert_mlp(take, b: str, o: str, cfg: HookedTransformerConfig) -> dict:
     return sd
 
 
-def convert(hf_sd: dict, cfg: HookedTransformerConfig, convert_mlp=convert_mlp) -> dict:
+# Each layer's norms: HF's module name in the layer -> lensutil's. Gemma 2/3 and OLMo 2 pass their own.
+LLAMA_NORMS = {"input_layernorm": "ln1", "post_attention_layernorm": "ln2"}
+_QK_NORMS = {"self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm"}  # cfg.use_qk_norm
+
+
+def convert(hf_sd: dict, cfg: HookedTransformerConfig, convert_mlp=convert_mlp, norms: dict[str, str] = LLAMA_NORMS) -> dict:
     """The Llama family's weights; `convert_mlp(take, hf_prefix, lensutil_prefix, cfg)` does each
-    layer's MLP (a Mixtral passes its mixture of experts, lensutil/architectures/mixtral.py)."""
+    layer's MLP (a Mixtral passes its mixture of experts, lensutil/architectures/mixtral.py), `norms`
+    names each layer's norms."""
     take = StateDictReader(hf_sd, ignore_suffixes=("rotary_emb.inv_freq",))
     h, kv, e, d = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
     W_E = take("model.embed_tokens.weight")
     sd = {"embed.W_E": W_E}
     for i in range(cfg.n_layers):
         b, o = f"model.layers.{i}.", f"blocks.{i}."
-        sd[o + "ln1.w"] = take(b + "input_layernorm.weight")
-        sd[o + "ln2.w"] = take(b + "post_attention_layernorm.weight")
+        for hf_name, name in {**norms, **(_QK_NORMS if cfg.use_qk_norm else {})}.items():
+            sd[o + name + ".w"] = take(b + hf_name + ".weight")
         for name, heads in (("q", h), ("k", kv), ("v", kv)):
             w = take(b + f"self_attn.{name}_proj.weight")  # nn.Linear: [heads * d_head, d_model]
             W, B = f"W_{name.upper()}", f"b_{name.upper()}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import HookedTransformerConfig
 from ..errors import UnsupportedArchitectureError
-from . import bert, gpt2, llama, mixtral, qwen_moe
+from . import bert, gemma, gpt2, llama, mixtral, qwen3, qwen_moe
 from .adapter import Adapter
 
 
@@ -14,6 +14,10 @@ def _registry() -> dict[str, Adapter]:
         "LlamaForCausalLM": llama.ADAPTER,
         "MistralForCausalLM": llama.ADAPTER,  # Mistral is Llama plus an optional sliding window
         "Qwen2ForCausalLM": llama.ADAPTER,  # Qwen2 is Llama with q/k/v biases
+        "Qwen3ForCausalLM": qwen3.ADAPTER,  # Qwen2 without q/k/v biases, with per-head q/k RMSNorm
+        "GemmaForCausalLM": gemma.ADAPTER,  # (1 + w) norms, scaled embedding, GeGLU
+        "Gemma2ForCausalLM": gemma.ADAPTER,  # + norms after attention and MLP, soft caps, alternating windows
+        "Gemma3ForCausalLM": gemma.ADAPTER,  # + q/k norms, layer_types windows, a local rotary base
         "MixtralForCausalLM": mixtral.ADAPTER,  # Llama with a mixture of experts for the MLP
         "Qwen2MoeForCausalLM": qwen_moe.ADAPTER,  # MoE on some layers, a gated shared expert, q/k/v biases
         "BertForMaskedLM": bert.ADAPTER_MLM,  # encoders: HookedEncoder (post-LN, bidirectional, token types)

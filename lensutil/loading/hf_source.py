@@ -27,8 +27,10 @@ def _explain_hub_error(name: str, err: Exception, **context) -> ModelAccessError
     return explain(name, err, **context)
 
 
-def _refuse_encoder(name: str, source: str, hub: dict) -> None:
-    # Before any weights load: AutoModelForCausalLM would turn a BERT checkpoint into a BertLMHeadModel.
+def _refuse_encoder(name: str, source: str, hub: dict) -> str:
+    """config.architectures[0] (or ""), after refusing an encoder.
+
+    Before any weights load: AutoModelForCausalLM would turn a BERT checkpoint into a BertLMHeadModel."""
     from transformers import AutoConfig
 
     arch = (AutoConfig.from_pretrained(source, **hub).architectures or [""])[0]
@@ -38,6 +40,19 @@ def _refuse_encoder(name: str, source: str, hub: dict) -> None:
             f"{name!r} is an encoder ({arch}), not a causal language model: it cannot generate or score next "
             f"tokens. Load it with lensutil.HookedEncoder.from_pretrained({name!r})."
         )
+    return arch
+
+
+def _hf_attention(arch: str, attn_implementation: str) -> str:
+    """The mode HF runs `arch` in when asked for `attn_implementation`: a class without an sdpa path
+    (Gemma 2: its scores are soft-capped, which the kernel cannot do) refuses "sdpa" and runs eager by
+    default; lensutil's "sdpa" mode writes such attention out too, so eager is the reference it matches."""
+    import transformers
+
+    cls = getattr(transformers, arch, None)
+    if attn_implementation == "sdpa" and cls is not None and getattr(cls, "_supports_sdpa", True) is False:
+        return "eager"
+    return attn_implementation
 
 
 def load_hf(name_or_path: str, *, revision=None, token=None, dtype=torch.float32, attn_implementation="eager", **kwargs):
@@ -54,8 +69,8 @@ def load_hf(name_or_path: str, *, revision=None, token=None, dtype=torch.float32
     try:
         with quiet_local_loading(local or bool(hub.get("local_files_only"))):  # from disk: no bar (the cache, offline)
             tokenizer = AutoTokenizer.from_pretrained(source, **hub)
-            _refuse_encoder(name_or_path, source, hub)
-            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation,
+            arch = _refuse_encoder(name_or_path, source, hub)
+            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=_hf_attention(arch, attn_implementation),
                                                             **hub, **kwargs)
         return hf_model.eval(), tokenizer
     except (OSError, ValueError) as err:

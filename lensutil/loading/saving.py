@@ -167,11 +167,12 @@ def drop_transformerlens_buffers(state_dict: dict, cfg) -> dict:
         if kind == "mask":
             n = t.shape[0] if t.ndim == 2 else 0
             expected = torch.tril(torch.ones((n, n), dtype=torch.bool))
-            if cfg.window_size is not None:
-                expected = torch.triu(expected, 1 - cfg.window_size)
+            window = cfg.window_size if cfg.attn_type(int(key.split(".")[1])) == "local" else None
+            if window is not None:
+                expected = torch.triu(expected, 1 - window)
             ok = t.dtype == torch.bool and t.shape == (n, n) and n > 0 and torch.equal(t.cpu(), expected)
             what = "a bool causal mask [n_ctx, n_ctx], True where key <= query" + (
-                f" and query - key < {cfg.window_size}" if cfg.window_size is not None else "")
+                f" and query - key < {window}" if window is not None else "")
         elif kind == "IGNORE":
             ok = t.ndim == 0 and t.is_floating_point() and t.item() == float("-inf")
             what = "a scalar -inf"

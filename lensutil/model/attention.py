@@ -12,6 +12,7 @@ from ..hooks.hook_points import HookPoint
 from .context import AttentionContext, apply_rotary
 from .fused_attention import fused_attention
 from .linear import QuantizableLinears
+from .norm import Norm
 from .weight_layout import _linear_param, _param, fused_qkv_params, fused_qkv_weight, share_qkv_storage
 from .zero_bias import bias_or_none
 
@@ -19,9 +20,9 @@ from .zero_bias import bias_or_none
 class Attention(QuantizableLinears):
     """Multi-head attention: one key/value head per query head (cfg.n_key_value_heads is None)."""
 
-    def __init__(self, cfg: HookedTransformerConfig):
+    def __init__(self, cfg: HookedTransformerConfig, attn_type: str = "global"):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.attn_type = cfg, attn_type  # "local": a sliding window (cfg.attn_type(layer))
         h, m, e, dt = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.dtype
         # GPT-2's c_attn: W_Q, W_K, W_V view one storage, so q, k, v come from one matmul (weight_layout.py)
         self._qkv_storage, fused = fused_qkv_params(cfg) if cfg.fused_qkv else (None, None)
@@ -32,6 +33,13 @@ class Attention(QuantizableLinears):
         self.hook_q = HookPoint("batch pos head_index d_head")
         self.hook_k = HookPoint("batch pos kv_head_index d_head")
         self.hook_v = HookPoint("batch pos kv_head_index d_head")
+        if cfg.use_qk_norm:  # RMSNorm of q and k after hook_q / hook_k, before rotary (TransformerLens' q_norm, k_norm)
+            if cfg.qk_norm_scope == "head":
+                self.q_norm = Norm(cfg, "RMS", e, "batch pos head_index d_head")
+                self.k_norm = Norm(cfg, "RMS", e, "batch pos kv_head_index d_head")
+            else:  # over the whole projection, heads side by side (OLMo 2)
+                self.q_norm = Norm(cfg, "RMS", h * e, "batch pos head_index*d_head")
+                self.k_norm = Norm(cfg, "RMS", cfg.n_kv_heads * e, "batch pos kv_head_index*d_head")
         if cfg.positional_embedding_type == "rotary":  # elsewhere they would be names that never fire
             self.hook_rot_q = HookPoint("batch pos head_index d_head")
             self.hook_rot_k = HookPoint("batch pos kv_head_index d_head")
@@ -85,6 +93,8 @@ class Attention(QuantizableLinears):
 
     def forward(self, q_in: Tensor, k_in: Tensor, v_in: Tensor, ctx: AttentionContext, kv_cache_entry=None):
         cfg = self.cfg
+        if self.attn_type == "local":  # its mask (and, in Gemma 3, its rotary base) are the local layers'
+            ctx = ctx.local
         if q_in is k_in is v_in and q_in.ndim == 3 and self._fused():
             q, k, v = (hook(t) for hook, t in zip((self.hook_q, self.hook_k, self.hook_v), self._project_fused(q_in)))
         else:
@@ -93,6 +103,8 @@ class Attention(QuantizableLinears):
             q = self.hook_q(self._project(q_in, "W_Q", self.b_Q))
             k = self.hook_k(self._project(k_in, k_name, b_K))  # compact: one per key/value head, as in TransformerLens
             v = self.hook_v(self._project(v_in, v_name, b_V))
+        if cfg.use_qk_norm:
+            q, k = self._qk_norm(self.q_norm, q), self._qk_norm(self.k_norm, k)
         if ctx.rotary is not None:
             cos, sin = ctx.rotary
             if cos.dtype != q.dtype:
@@ -104,7 +116,8 @@ class Attention(QuantizableLinears):
         # [batch, head, pos, d_head]; each key/value head serves n_heads / n_kv_heads query heads.
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         hooked = self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
-        fused = fused_attention(cfg, q, k, v, ctx) if cfg.attn_implementation == "sdpa" else None
+        # Soft-capped scores (Gemma 2) are always written out: torch's kernel cannot cap them.
+        fused = fused_attention(cfg, q, k, v, ctx) if cfg.attn_implementation == "sdpa" and cfg.attn_scores_soft_cap <= 0 else None
         if fused is not None and not hooked:
             z = fused
         else:  # the pattern written out: eager mode, or for the hooks on it (the kernel never makes it)
@@ -127,6 +140,11 @@ class Attention(QuantizableLinears):
             out = out + (self.hook_result(result) - before).sum(dim=2)
         return out
 
+    def _qk_norm(self, norm: Norm, x: Float[Tensor, "batch pos head d_head"]) -> Tensor:
+        if self.cfg.qk_norm_scope == "head":
+            return norm(x)
+        return norm(x.flatten(-2)).view(x.shape)  # the heads side by side, as HF normalises q_proj's output
+
     def _eager_attention(self, q, k, v, ctx: AttentionContext, fused: Tensor | None = None):
         # HuggingFace's eager order of operations, so logits agree with it bit for bit. With `fused` (sdpa
         # mode: the kernel's z for the same q, k, v), that z unless a hook changed the scores or the pattern,
@@ -145,6 +163,9 @@ class Attention(QuantizableLinears):
             scores.mul_(self.cfg.attn_scale_factor)
         else:
             scores.div_(self.cfg.attn_scale)
+        cap = self.cfg.attn_scores_soft_cap
+        if cap > 0:  # Gemma 2: cap * tanh(scores / cap), in HF's order, before the mask; the hook sees it capped
+            scores = torch.tanh(scores / cap) * cap  # out of place: tanh's backward needs its output
         scores, edited_scores = self.hook_attn_scores.fire_and_tell(scores.masked_fill_(~ctx.allowed, float("-inf")))
         pattern = F.softmax(scores, dim=-1, dtype=compute_dtype(q.dtype)).to(q.dtype)
         if ctx.query_is_pad is not None:  # a padding query sees nothing: its row is 0, not NaN

@@ -25,13 +25,23 @@ def check_hook_flags(cfg: HookedTransformerConfig) -> None:
         )
 
 
+POST_NORM_KIND = {"LN": "LN", "LNPre": "LN", "RMS": "RMS", "RMSPre": "RMS"}  # ln1_post / ln2_post: never folded
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig, index: int):
         super().__init__()
         check_hook_flags(cfg)
         self.cfg, self.index = cfg, index
-        self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
-        self.attn = GroupedQueryAttention(cfg) if cfg.n_key_value_heads is not None else Attention(cfg)
+        if cfg.norm_position != "output":  # OLMo 2 has no norm before attention and the MLP
+            self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
+        if cfg.use_normalization_before_and_after or cfg.norm_position == "output":
+            # Norms of attention's and the MLP's outputs (TransformerLens' ln1_post, ln2_post) keep their
+            # weights after fold_ln, as in TransformerLens: no later weight reads only their output.
+            kind = POST_NORM_KIND[cfg.normalization_type]
+            self.ln1_post, self.ln2_post = Norm(cfg, kind), Norm(cfg, kind)
+        attention = GroupedQueryAttention if cfg.n_key_value_heads is not None else Attention
+        self.attn = attention(cfg, cfg.attn_type(index))
         kind = cfg.layer_mlp_type(index)  # a Qwen2-MoE has dense (gated) MLPs on some layers
         self.mlp = MoE(cfg) if kind == "moe" else MLP(cfg, gated=kind == "gated")
         self.hook_resid_pre = HookPoint("batch pos d_model")
@@ -52,7 +62,7 @@ class TransformerBlock(nn.Module):
         # Python frame per read, ~10 reads per layer per generated token.
         cfg, m = self.cfg, self._modules
         resid = m["hook_resid_pre"](resid)
-        norm_in = m["ln1"] if cfg.norm_position == "pre" else (lambda x: x)  # post-LN: attention reads the raw stream
+        norm_in = m["ln1"] if cfg.norm_position == "pre" else (lambda x: x)  # post-LN, "output": attention reads the raw stream
         if cfg.use_split_qkv_input:  # a separate copy of the residual per head and per q/k/v
             per_head = lambda n: resid.unsqueeze(2).expand(-1, -1, n, -1).clone()  # noqa: E731
             q_in = norm_in(m["hook_q_input"](per_head(cfg.n_heads)))
@@ -62,12 +72,17 @@ class TransformerBlock(nn.Module):
             q_in = k_in = v_in = norm_in(m["hook_attn_in"](resid.unsqueeze(2).expand(-1, -1, cfg.n_heads, -1).clone()))
         else:
             q_in = k_in = v_in = norm_in(resid)
-        attn_out = m["hook_attn_out"](m["attn"](q_in, k_in, v_in, ctx, kv_cache_entry))
+        attn_out = m["attn"](q_in, k_in, v_in, ctx, kv_cache_entry)
+        if "ln1_post" in m:  # Gemma 2/3, OLMo 2: hook_attn_out is what joins the residual stream
+            attn_out = m["ln1_post"](attn_out)
+        attn_out = m["hook_attn_out"](attn_out)
         resid = m["hook_resid_mid"](resid + attn_out)
         mlp_in = m["hook_mlp_in"](resid.clone()) if cfg.use_hook_mlp_in else resid
         if cfg.norm_position == "post":  # BERT: LayerNorm after each residual addition, as HF's BertLayer
             resid = m["ln1"](mlp_in)
             resid_post = m["hook_resid_post"](resid + m["hook_mlp_out"](m["mlp"](resid)))
             return m["hook_normalized_resid_post"](m["ln2"](resid_post))
-        mlp_out = m["hook_mlp_out"](m["mlp"](m["ln2"](mlp_in)))
-        return m["hook_resid_post"](resid + mlp_out)
+        mlp_out = m["mlp"](m["ln2"](mlp_in) if cfg.norm_position == "pre" else mlp_in)
+        if "ln2_post" in m:
+            mlp_out = m["ln2_post"](mlp_out)
+        return m["hook_resid_post"](resid + m["hook_mlp_out"](mlp_out))

@@ -13,7 +13,12 @@ from ..config import HookedTransformerConfig, compute_dtype
 
 @dataclass
 class AttentionContext:
-    """What every attention layer of one forward pass needs; built once per forward, not per layer."""
+    """What every attention layer of one forward pass needs; built once per forward, not per layer.
+
+    A model with sliding-window layers gets a second context for them (`local`): their mask, their
+    rotary angles (Gemma 3's local layers use another base) and their window. A layer of type "local"
+    reads `ctx.local`; `window` is None in the global context.
+    """
 
     positions: Int[Tensor, "batch pos"]  # position ids, counted from each row's first real token
     key_mask: Bool[Tensor, "batch key_pos"] | None  # True = real token; None = no padding anywhere
@@ -21,33 +26,45 @@ class AttentionContext:
     past_len: int
     allowed: Bool[Tensor, "batch 1 pos key_pos"]  # causal (and sliding-window) and padding mask
     rotary: tuple[Tensor, Tensor] | None  # cos, sin for rotary models
+    window: int | None = None  # the keys each query sees, in a sliding-window (local) layer
+    local: "AttentionContext | None" = None  # the local layers' context, where the model has any
 
     @classmethod
     def build(cls, cfg: HookedTransformerConfig, positions, key_mask, query_is_pad, past_len: int) -> "AttentionContext":
+        types = {cfg.attn_type(i) for i in range(cfg.n_layers)}
+        ctx = cls._build(cfg, positions, key_mask, query_is_pad, past_len, None, cfg.rotary_base)
+        if "local" in types:
+            base = cfg.rotary_base if cfg.rotary_base_local is None else cfg.rotary_base_local
+            ctx.local = cls._build(cfg, positions, key_mask, query_is_pad, past_len, cfg.window_size, base,
+                                   ctx.rotary if base == cfg.rotary_base else None)
+        return ctx
+
+    @classmethod
+    def _build(cls, cfg, positions, key_mask, query_is_pad, past_len: int, window, base, rotary=None) -> "AttentionContext":
         q_len, device = positions.shape[1], positions.device
         # Causal: query i (at absolute index past_len + i) sees keys 0..past_len + i, and with a
-        # sliding window only the last `window_size` of them.
+        # sliding window only the last `window` of them (HF's sliding mask: query - key < window).
         q_idx = torch.arange(past_len, past_len + q_len, device=device)[:, None]
         k_idx = torch.arange(past_len + q_len, device=device)[None, :]
         # Bidirectional (encoders): every query sees every key; only the padding mask below applies.
         allowed = k_idx <= q_idx if cfg.attention_dir == "causal" else torch.ones_like(k_idx <= q_idx)
-        if cfg.window_size is not None:
-            allowed = allowed & (q_idx - k_idx < cfg.window_size)
+        if window is not None:
+            allowed = allowed & (q_idx - k_idx < window)
         allowed = allowed[None, None]
         if key_mask is not None:
             allowed = allowed & key_mask[:, None, None, :]
-        rotary = None
-        if cfg.positional_embedding_type == "rotary":
-            rotary = rotary_cos_sin(positions, cfg.rotary_dim, cfg.rotary_base, cfg.dtype)
-        return cls(positions, key_mask, query_is_pad, past_len, allowed, rotary)
+        if rotary is None and cfg.positional_embedding_type == "rotary":
+            rotary = rotary_cos_sin(positions, cfg.rotary_dim, base, cfg.dtype)
+        return cls(positions, key_mask, query_is_pad, past_len, allowed, rotary, window)
 
     def to(self, device, non_blocking: bool = False) -> "AttentionContext":
         # A model placed over devices (lensutil/loading/placement.py): accelerate's hooks move each block's
         # inputs to the block's device by calling .to on them, this context included.
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         rotary = None if self.rotary is None else tuple(move(t) for t in self.rotary)
+        local = None if self.local is None else self.local.to(device, non_blocking)
         return AttentionContext(move(self.positions), move(self.key_mask), move(self.query_is_pad), self.past_len,
-                                move(self.allowed), rotary)
+                                move(self.allowed), rotary, self.window, local)
 
 
 def rotary_cos_sin(positions: Int[Tensor, "batch pos"], dim: int, base: float, dtype: torch.dtype):

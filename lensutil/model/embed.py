@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -44,4 +45,8 @@ class Unembed(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         # A zero b_U is skipped where HF's lm_head has no bias (lensutil/model/zero_bias.py).
-        return F.linear(x, self.W_U.T, bias_or_none(self.b_U, "b_U" in self.cfg.absent_biases))
+        logits = F.linear(x, self.W_U.T, bias_or_none(self.b_U, "b_U" in self.cfg.absent_biases))
+        cap = self.cfg.output_logits_soft_cap
+        if cap > 0:  # Gemma 2: cap * tanh(logits / cap), in HF's order (generation's logits pass here too)
+            logits = torch.tanh(logits / cap) * cap
+        return logits

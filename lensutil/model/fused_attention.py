@@ -31,7 +31,7 @@ def _mask_can_be_skipped(cfg: "HookedTransformerConfig", ctx: "AttentionContext"
     # HF's _ignore_causal_mask_sdpa / _ignore_bidirectional_mask_sdpa, for a dynamic KV cache.
     if ctx.key_mask is not None:
         return False
-    if cfg.window_size is not None and kv_len >= cfg.window_size:
+    if ctx.window is not None and kv_len >= ctx.window:
         return False
     return cfg.attention_dir != "causal" or q_len == 1 or q_len == kv_len
 

@@ -56,8 +56,8 @@ def init_weights(model: nn.Module) -> None:
             leaf = name.rsplit(".", 1)[-1].lstrip("_")  # GQA's _W_K, _b_K as W_K, b_K
             if leaf.startswith("W"):
                 _init_matrix(p, cfg.init_mode, cfg.initializer_range, generators.on(p))
-            elif leaf == "w":
-                p.fill_(1.0)
+            elif leaf == "w":  # a norm's scale 1: w = 1, or 0 where the norm multiplies by (offset + w) (Gemma's 1 + w)
+                p.fill_(1.0 - cfg.norm_weight_offset)
             elif leaf.startswith("b"):
                 p.zero_()
             else:  # a new kind of parameter must say how it starts, not keep torch.empty's garbage

@@ -23,17 +23,22 @@ class Norm(nn.Module):
     has folded into the next layer's weights.
     """
 
-    def __init__(self, cfg: HookedTransformerConfig, kind: str | None = None):
+    def __init__(self, cfg: HookedTransformerConfig, kind: str | None = None, length: int | None = None,
+                 axes: str = "batch pos d_model"):
+        # length, axes: what is normalised when it is not the residual stream, e.g. a query norm's
+        # d_head over "batch pos head_index d_head" (cfg.use_qk_norm).
         super().__init__()
         self.kind = kind or cfg.normalization_type
         self.eps = cfg.eps
         self.center = self.kind in ("LN", "LNPre")
+        self.offset, self.upcast_weight = cfg.norm_weight_offset, cfg.norm_upcast_weight
+        length = length or cfg.d_model
         if self.kind in ("LN", "RMS"):
-            self.w = _param(cfg.d_model, dtype=cfg.dtype)
+            self.w = _param(length, dtype=cfg.dtype)
         if self.kind == "LN":
-            self.b = _param(cfg.d_model, dtype=cfg.dtype)
-        self.hook_scale = HookPoint("batch pos 1")  # sqrt(mean(x^2) + eps), after centring for LN
-        self.hook_normalized = HookPoint("batch pos d_model")
+            self.b = _param(length, dtype=cfg.dtype)
+        self.hook_scale = HookPoint(axes.rsplit(" ", 1)[0] + " 1")  # sqrt(mean(x^2) + eps), after centring for LN
+        self.hook_normalized = HookPoint(axes)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         if self.center:
@@ -47,9 +52,25 @@ class Norm(nn.Module):
             x = x / scale if edited else x * _grad_through(inverse, scale)
         else:
             x = x * inverse
-        if self.kind == "RMS":  # HuggingFace casts back before the weight for RMSNorm; TransformerLens
+        if self.kind == "RMS" and (self.upcast_weight or self.offset):
+            return self._weighted_before_cast(x, dtype)
+        if self.kind == "RMS":  # HuggingFace's Llama casts back before the weight; TransformerLens
             return self.w * self.hook_normalized(x.to(dtype))  # hooks the value before w
         return self.hook_normalized(x.to(dtype))
+
+    def _weighted_before_cast(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """(offset + w) * x in float32, then the cast back (Gemma's and OLMo 2's order; cfg.norm_upcast_weight).
+
+        hook_normalized sees the normalised value in the model's dtype, as elsewhere. In half precision
+        the float32 value goes on to the weight unless a hook changed it (HookPoint.fire_and_tell).
+        """
+        if x.dtype == dtype:  # float32 and float64 models: the hook's value is the one used
+            x = self.hook_normalized(x)
+        else:
+            hooked, edited = self.hook_normalized.fire_and_tell(x.to(dtype))
+            x = hooked.to(x.dtype) if edited else x
+        w = self.w.to(x.dtype)
+        return (x * (self.offset + w if self.offset else w)).to(dtype)  # HF: x * (1.0 + w.float())
 
     def _layer_norm(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         # HuggingFace's nn.LayerNorm is torch's fused kernel in the model's dtype (it accumulates in
