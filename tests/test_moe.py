@@ -1,4 +1,4 @@
-"""Mixture of experts (Mixtral, Qwen2-MoE): routing as HuggingFace routes it, in every dtype; the float32 router."""
+"""Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE): routing as HuggingFace routes it, in every dtype; the float32 router."""
 
 import functools
 
@@ -14,8 +14,9 @@ from lensutil.loading.pretrained import from_pretrained, from_pretrained_no_proc
 from lensutil.loading.hf_source import load_hf
 
 NAME = "tiny-mixtral"
-# Every MoE family in the zoo. tiny-qwen2-moe: MoE on layers 0 and 2, a dense MLP on layer 1, a shared expert.
-MOE = [NAME, "tiny-qwen2-moe"]
+# Every MoE family in the zoo. tiny-qwen2-moe: MoE on layers 0 and 2, a dense MLP on layer 1, a shared expert;
+# tiny-qwen3-moe: a dense layer 0, MoE on layer 1, per-head q/k norms.
+MOE = [NAME, "tiny-qwen2-moe", "tiny-qwen3-moe"]
 PROMPTS = ["The Eiffel Tower is in the city of", "def fibonacci(n):\n    return", "1, 2, 3, 5, 8, 13,",
            *checks.DEFAULT_PROMPTS]
 
@@ -85,15 +86,33 @@ def test_qwen2_moe_layers_follow_decoder_sparse_step_and_mlp_only_layers(step, o
     assert qwen_moe.config_from_hf(hf_cfg).moe_layers == expected
 
 
-def test_qwen2_moe_sliding_window_on_some_layers_is_refused():
-    from transformers import Qwen2MoeConfig
+def test_qwen2_moe_slides_its_window_on_the_layers_layer_types_names():
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-    from lensutil.architectures import qwen_moe
+    hf_cfg = Qwen2MoeConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                            vocab_size=300, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
+                            shared_expert_intermediate_size=96, use_sliding_window=True, sliding_window=4, max_window_layers=3,
+                            initializer_range=0.08, attn_implementation="eager", architectures=["Qwen2MoeForCausalLM"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ref = Qwen2MoeForCausalLM(hf_cfg).eval()
+    model = from_pretrained_no_processing("random-qwen2-moe", hf_model=ref, attn_implementation="eager")
+    assert (model.cfg.attn_types, model.cfg.window_size) == (["local", "global", "local", "global"], 4)  # layers 0 and 2 slide
+    tokens = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(1))  # longer than the window
+    with torch.no_grad():
+        assert torch.equal(model(tokens), ref(tokens).logits)
 
-    hf_cfg = Qwen2MoeConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, vocab_size=100, use_sliding_window=True,
-                            sliding_window=8, max_window_layers=2, architectures=["Qwen2MoeForCausalLM"])
-    with pytest.raises(ConfigError, match="sliding-window attention on layers"):
-        qwen_moe.config_from_hf(hf_cfg)
+
+def test_qwen3_moe_is_configuration_qk_norms_dense_first_layer_no_shared_expert():
+    model, ref = lens("tiny-qwen3-moe"), hf("tiny-qwen3-moe")
+    cfg = model.cfg
+    assert (cfg.mlp_type, cfg.moe_layers, cfg.d_mlp_expert, cfg.d_mlp_shared_expert, cfg.norm_topk_prob) == ("moe", (1,), 48, None, True)
+    assert cfg.use_qk_norm and cfg.d_head == 32 and cfg.tie_word_embeddings
+    assert torch.equal(model.blocks[1].attn.q_norm.w, ref.model.layers[1].self_attn.q_norm.weight)
+    assert not hasattr(model.blocks[1].mlp, "shared_expert") and type(model.blocks[0].mlp).__name__ == "MLP"
+    _, cache = model.run_with_cache(model.to_tokens(PROMPTS[0]))
+    weights = cache["blocks.1.mlp.hook_expert_weights"]
+    assert torch.allclose(weights.sum(-1), torch.tensor(1.0)) and "blocks.0.mlp.hook_pre_linear" in cache
 
 
 @pytest.mark.parametrize("name", MOE)
@@ -131,11 +150,11 @@ def test_float32_router_in_bf16_routes_at_least_as_well_as_huggingface_bf16(name
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_loads_and_runs_in_every_dtype_with_the_router_weight_in_float32(dtype, name):
     model = from_pretrained(name, dtype=dtype)
-    assert model.cfg.dtype == dtype and model.blocks[0].mlp.experts[0].W_in.dtype == dtype
-    assert model.blocks[0].mlp.W_gate.dtype == torch.float32
+    assert model.cfg.dtype == dtype and model.blocks[_moe_layers(model)[0]].mlp.experts[0].W_in.dtype == dtype
+    assert model.blocks[_moe_layers(model)[0]].mlp.W_gate.dtype == torch.float32
     logits = model("Hello world")
     assert logits.dtype == dtype and torch.isfinite(logits).all()
-    assert model.to(torch.float64).blocks[0].mlp.W_gate.dtype == torch.float64
+    assert model.to(torch.float64).blocks[_moe_layers(model)[0]].mlp.W_gate.dtype == torch.float64
 
 
 @pytest.mark.parametrize("name", MOE)
@@ -163,7 +182,8 @@ def test_remove_batch_dim_squeezes_batch_hooks_and_keeps_the_routed_axis_of_expe
     experts = [f"blocks.{i}.mlp.experts.{e}.hook_post" for i in _moe_layers(model) for e in range(model.cfg.num_experts)]
     assert all(torch.equal(squeezed[name], full[name]) for name in experts)
     assert any(full[name].shape[0] > 1 for name in experts)
-    assert torch.equal(squeezed["blocks.0.mlp.hook_expert_indices"], full["blocks.0.mlp.hook_expert_indices"][0])
+    first = f"blocks.{_moe_layers(model)[0]}.mlp.hook_expert_indices"
+    assert torch.equal(squeezed[first], full[first][0])
     assert torch.equal(squeezed["resid_post", 1], full["resid_post", 1][0])
     assert later.remove_batch_dim() is later and all(torch.equal(later[k], squeezed[k]) for k in squeezed.keys())
     _, wide = model.run_with_cache(model.to_tokens(PROMPTS[:2]))
@@ -186,14 +206,15 @@ def test_moe_hooks_have_transformerlens_names_and_editing_them_changes_routing(n
     tokens = model.to_tokens(PROMPTS[0])
     _, cache = model.run_with_cache(tokens)
     n, k, e = tokens.shape[1], model.cfg.experts_per_token, model.cfg.num_experts
-    assert cache["blocks.0.mlp.hook_expert_indices"].shape == (1, n, k)
-    assert cache["blocks.0.mlp.hook_expert_weights"].shape == (1, n, e)
-    assert torch.allclose(cache["blocks.0.mlp.hook_expert_weights"].sum(-1), torch.tensor(1.0))
-    routed = sum(cache[f"blocks.0.mlp.experts.{i}.hook_post"].shape[0] for i in range(e))
-    assert routed == n * k and cache["blocks.0.mlp.experts.0.hook_gate"].shape[-1] == (model.cfg.d_mlp_expert or model.cfg.d_mlp)
-    assert "blocks.0.mlp.experts.0.hook_pre" in cache and "blocks.0.mlp.hook_router_logits" in cache
+    m = f"blocks.{_moe_layers(model)[0]}.mlp."  # the first MoE layer
+    assert cache[m + "hook_expert_indices"].shape == (1, n, k)
+    assert cache[m + "hook_expert_weights"].shape == (1, n, e)
+    assert torch.allclose(cache[m + "hook_expert_weights"].sum(-1), torch.tensor(1.0))
+    routed = sum(cache[f"{m}experts.{i}.hook_post"].shape[0] for i in range(e))
+    assert routed == n * k and cache[m + "experts.0.hook_gate"].shape[-1] == (model.cfg.d_mlp_expert or model.cfg.d_mlp)
+    assert m + "experts.0.hook_pre" in cache and m + "hook_router_logits" in cache
     plain = model(tokens)
-    chosen = cache["blocks.0.mlp.hook_expert_indices"]
+    chosen = cache[m + "hook_expert_indices"]
     other = [i for i in range(e) if i not in chosen[0, -1].tolist()][:k]  # experts the last token did not use
 
     def reroute(indices, hook):
@@ -201,7 +222,7 @@ def test_moe_hooks_have_transformerlens_names_and_editing_them_changes_routing(n
         indices[0, -1] = torch.tensor(other)
         return indices
 
-    rerouted = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.mlp.hook_expert_indices", reroute)])
+    rerouted = model.run_with_hooks(tokens, fwd_hooks=[(m + "hook_expert_indices", reroute)])
     # Earlier tokens: the same experts (an expert's matmul has other rows now, so only ~1e-7 apart).
     assert torch.allclose(rerouted[0, :-1], plain[0, :-1], atol=1e-5) and not torch.allclose(rerouted[0, -1], plain[0, -1], atol=1e-3)
     last = _moe_layers(model)[-1]
@@ -234,9 +255,10 @@ def test_weight_processing_on_moe_keeps_function_and_routing(name):
 @pytest.mark.parametrize("name", MOE)
 def test_processing_a_bf16_model_keeps_its_float32_router_weight(name):
     model = from_pretrained_no_processing(name, dtype=torch.bfloat16)
-    before = model.blocks[0].mlp.W_gate.detach().clone()
+    router = model.blocks[_moe_layers(model)[0]].mlp
+    before = router.W_gate.detach().clone()
     model.process_weights_(fold_ln=False, center_writing_weights=False, center_unembed=True, fold_value_biases=False)
-    assert torch.equal(model.blocks[0].mlp.W_gate, before)  # not rounded through bfloat16
+    assert torch.equal(router.W_gate, before)  # not rounded through bfloat16
 
 
 def test_routing_agreement_refuses_a_dense_model():
@@ -280,7 +302,7 @@ def test_bf16_save_pretrained_reloads_in_bf16_with_the_float32_router_exactly(tm
     direct = from_pretrained(name, dtype=torch.bfloat16)
     direct.save_pretrained(tmp_path / "saved")
     for again in (from_pretrained(str(tmp_path / "saved"), dtype=torch.bfloat16), from_pretrained(str(tmp_path / "saved"))):
-        assert again.cfg.dtype == torch.bfloat16 and again.blocks[0].mlp.W_gate.dtype == torch.float32
+        assert again.cfg.dtype == torch.bfloat16 and again.blocks[_moe_layers(again)[0]].mlp.W_gate.dtype == torch.float32
         _same_parameters(again, direct)
         tokens = direct.to_tokens(PROMPTS[:3])
         assert torch.equal(again(tokens), direct(tokens))

@@ -1,19 +1,21 @@
-"""Qwen2-MoE (`Qwen2MoeForCausalLM`): the Llama family with a mixture of experts on some layers.
+"""Qwen2-MoE and Qwen3-MoE (`Qwen2MoeForCausalLM`, `Qwen3MoeForCausalLM`): the Llama family with a
+mixture of experts on some layers.
 
 Attention, norms, rotary embeddings and the unembedding are Llama's (llama.py, reused); the router
 and routed experts are stored as Mixtral's (mixtral.py's converter, reused). What Qwen adds is data
 (lensutil/config.py): the layers that are MoE (`decoder_sparse_step`, `mlp_only_layers`; the others
-have a dense gated MLP of `intermediate_size`), the experts' own width (`moe_intermediate_size`),
-a shared expert every token uses (`shared_expert_intermediate_size`) scaled by
-sigmoid(`shared_expert_gate`), and a router that renormalises its top-k weights only when
-`norm_topk_prob` is set and casts them to its logits' dtype. q/k/v have biases (`qkv_bias`).
+have a dense gated MLP of `intermediate_size`), the experts' own width (`moe_intermediate_size`), a
+router that renormalises its top-k weights only when `norm_topk_prob` is set and casts them to its
+logits' dtype. Qwen2-MoE adds a shared expert every token uses (`shared_expert_intermediate_size`)
+scaled by sigmoid(`shared_expert_gate`), q/k/v biases (`qkv_bias`) and sliding windows on the layers
+config.layer_types names; Qwen3-MoE has no shared expert and normalises each head's query and key
+(Qwen3's use_qk_norm, lensutil/architectures/qwen3.py), with a window on every layer where one is set.
 """
 
 from __future__ import annotations
 
 from ..config import HookedTransformerConfig
-from ..errors import ConfigError
-from . import llama, mixtral
+from . import llama, mixtral, qwen3
 from .adapter import Adapter, HFLayout
 
 _QWEN_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")  # one module per expert (transformers 4's checkpoints)
@@ -35,16 +37,16 @@ def moe_fields(hf) -> dict:
 
 
 def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
-    sliding = [i for i, t in enumerate(getattr(hf, "layer_types", None) or []) if t == "sliding_attention"]
-    if sliding:
-        raise ConfigError(
-            f"This Qwen2-MoE uses sliding-window attention on layers {sliding[:6]} only (use_sliding_window, "
-            "max_window_layers, layer_types); lensutil applies a window to every layer or none. Load it with "
-            "use_sliding_window=False only if its prompts are shorter than sliding_window (then the window changes nothing)."
-        )
+    """Qwen2-MoE: windows on the layers config.layer_types names (as Qwen2's), q/k/v biases where qkv_bias."""
     qkv = getattr(hf, "qkv_bias", True)  # q/k/v biases; o_proj and the MLPs have none
     absent = ("b_O", "b_in", "b_out", "b_U") + (() if qkv else ("b_Q", "b_K", "b_V"))
-    return llama.config_from_hf(hf, **{"absent_biases": absent, **moe_fields(hf), **overrides})
+    return llama.config_from_hf(hf, **{"absent_biases": absent, **llama.attention_layers(hf, per_layer=True),
+                                       **moe_fields(hf), **overrides})
+
+
+def config_from_hf_qwen3(hf, **overrides) -> HookedTransformerConfig:
+    """Qwen3-MoE: Qwen3's per-head q/k RMSNorm; biases where attention_bias (Llama's rule)."""
+    return qwen3.config_from_hf(hf, **{**moe_fields(hf), **overrides})
 
 
 def _layer(o: str) -> int:
@@ -82,5 +84,6 @@ def module_names(cfg: HookedTransformerConfig) -> dict[str, tuple[str, ...]]:
     return llama.module_names(cfg, mlp_names=mlp_names)
 
 
-ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
-                  module_names=module_names)
+_LAYOUT = HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm")
+ADAPTER = Adapter(config_from_hf, convert, _LAYOUT, module_names=module_names)
+ADAPTER_QWEN3 = Adapter(config_from_hf_qwen3, convert, _LAYOUT, module_names=module_names)

@@ -20,6 +20,7 @@ def _registry() -> dict[str, Adapter]:
         "Gemma3ForCausalLM": gemma.ADAPTER,  # + q/k norms, layer_types windows, a local rotary base
         "MixtralForCausalLM": mixtral.ADAPTER,  # Llama with a mixture of experts for the MLP
         "Qwen2MoeForCausalLM": qwen_moe.ADAPTER,  # MoE on some layers, a gated shared expert, q/k/v biases
+        "Qwen3MoeForCausalLM": qwen_moe.ADAPTER_QWEN3,  # MoE on some layers, Qwen3's per-head q/k RMSNorm
         "BertForMaskedLM": bert.ADAPTER_MLM,  # encoders: HookedEncoder (post-LN, bidirectional, token types)
         "BertModel": bert.ADAPTER_BASE,
     }

