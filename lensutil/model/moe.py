@@ -1,10 +1,13 @@
-"""Mixture of experts: the MLP variant of `mlp_type="moe"` (Mixtral), routed as HuggingFace routes it.
+"""Mixture of experts: the MLP variant of `mlp_type="moe"` (Mixtral, Qwen2-MoE, Qwen3-MoE), routed as HuggingFace routes it.
 
 Axis glossary (as lensutil/model/), plus: expert_index (0..num_experts-1), top_k
 (experts_per_token), routed (the tokens sent to one expert, flattened over batch and pos).
 
 A router (W_gate) scores each token against every expert; the token goes to its top-k experts,
-whose outputs are summed with the renormalised softmax weights. The choice is discrete: two
+whose outputs are summed with the softmax weights (renormalised over the top k unless
+cfg.norm_topk_prob is off, as in Qwen2-MoE). A Qwen2-MoE adds a shared expert every token goes through,
+scaled by sigmoid(x·W) of its gate; a Qwen MoE may have dense layers between its MoE layers
+(cfg.moe_layers; the block builds a gated MLP there). The choice is discrete: two
 implementations whose router logits differ in the last bits agree on the experts only while the
 second- and third-best logits are further apart than that. In bfloat16 they often are not, and one
 flipped expert changes everything downstream. So, by default, the router runs in float32 (its
@@ -20,7 +23,10 @@ TransformerLens' are flattened to [batch * pos, ...]; lensutil adds `mlp.hook_ro
 expert's hooks see only the tokens routed to it ([routed, d_mlp]), as in TransformerLens, and
 `remove_batch_dim` leaves them so (TransformerLens 2.18 takes [0] of them: the first routed token). Note that
 TransformerLens' dense gated MLP calls the gate `hook_pre` and the linear part `hook_pre_linear`;
-its MoE experts (and so lensutil's) call them `hook_gate` and `hook_pre`.
+its MoE experts (and so lensutil's) call them `hook_gate` and `hook_pre`. TransformerLens 2.18 has no
+shared expert; lensutil's are `mlp.shared_expert.hook_gate/hook_pre/hook_post` ([batch, pos, d_mlp]: every
+token) and `mlp.hook_shared_expert_gate` (the sigmoid, [batch, pos, 1]); TransformerLens 4's bridge calls
+the modules `mlp.shared_expert` and `mlp.shared_expert_gate` too.
 """
 
 from __future__ import annotations
