@@ -43,11 +43,11 @@ def test_qwen2_moe_is_configuration_moe_layers_shared_expert_and_unnormalised_to
     model = lens("tiny-qwen2-moe")
     cfg = model.cfg
     assert (cfg.mlp_type, cfg.moe_layers, cfg.num_experts, cfg.experts_per_token) == ("moe", (0, 2), 4, 2)
-    assert (cfg.d_mlp, cfg.d_mlp_expert, cfg.d_mlp_shared_expert, cfg.norm_topk_prob, cfg.cast_routing_weights) == (128, 48, 96, False, True)
+    assert (cfg.d_mlp, cfg.d_mlp_expert, cfg.d_mlp_shared_expert, cfg.norm_topk_prob, cfg.cast_routing_weights) == (128, 64, 96, False, True)
     assert "b_Q" not in cfg.absent_biases and model.blocks[0].attn.b_Q.abs().sum() > 0  # q/k/v biases taken
     assert HookedTransformerConfig.from_dict(cfg.to_dict()) == cfg
     assert type(model.blocks[1].mlp).__name__ == "MLP" and model.blocks[1].mlp.gated  # mlp_only_layers=[1]
-    assert model.blocks[0].mlp.experts[0].W_in.shape == (64, 48) and model.blocks[0].mlp.shared_expert.W_in.shape == (64, 96)
+    assert model.blocks[0].mlp.experts[0].W_in.shape == (64, 64) and model.blocks[0].mlp.shared_expert.W_in.shape == (64, 96)
     tokens = model.to_tokens(PROMPTS[0])
     _, cache = model.run_with_cache(tokens)
     n = tokens.shape[1]
@@ -87,6 +87,8 @@ def test_qwen2_moe_layers_follow_decoder_sparse_step_and_mlp_only_layers(step, o
 
 
 def test_qwen2_moe_slides_its_window_on_the_layers_layer_types_names():
+    # Experts 48 wide: torch's SIMD kernels round the tail of a 48-wide row apart from a contiguous tensor's,
+    # so this also checks that routed experts lay gate and up out as HF's fused experts do (moe.Expert).
     from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
     hf_cfg = Qwen2MoeConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -106,7 +108,7 @@ def test_qwen2_moe_slides_its_window_on_the_layers_layer_types_names():
 def test_qwen3_moe_is_configuration_qk_norms_dense_first_layer_no_shared_expert():
     model, ref = lens("tiny-qwen3-moe"), hf("tiny-qwen3-moe")
     cfg = model.cfg
-    assert (cfg.mlp_type, cfg.moe_layers, cfg.d_mlp_expert, cfg.d_mlp_shared_expert, cfg.norm_topk_prob) == ("moe", (1,), 48, None, True)
+    assert (cfg.mlp_type, cfg.moe_layers, cfg.d_mlp_expert, cfg.d_mlp_shared_expert, cfg.norm_topk_prob) == ("moe", (1,), 64, None, True)
     assert cfg.use_qk_norm and cfg.d_head == 32 and cfg.tie_word_embeddings
     assert torch.equal(model.blocks[1].attn.q_norm.w, ref.model.layers[1].self_attn.q_norm.weight)
     assert not hasattr(model.blocks[1].mlp, "shared_expert") and type(model.blocks[0].mlp).__name__ == "MLP"

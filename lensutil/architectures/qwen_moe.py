@@ -78,7 +78,7 @@ def module_names(cfg: HookedTransformerConfig) -> dict[str, tuple[str, ...]]:
         if cfg.d_mlp_shared_expert:
             names.update({k.replace("mlp.", "mlp.shared_expert.", 1): (v[0].replace("mlp.", "mlp.shared_expert.", 1),)
                           for k, v in llama.mlp_module_names(b, o).items()})
-            names[b + "mlp.shared_expert_gate"] = (o + "mlp.shared_expert_gate.W",)
+            names[b + "mlp.shared_expert_gate"] = ()  # never quantised in lensutil (moe.SharedExpertGate)
         return names
 
     return llama.module_names(cfg, mlp_names=mlp_names)

@@ -151,14 +151,15 @@ _TINY = {
     "tiny-mixtral": ("MixtralConfig", dict(_LLAMALIKE, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2,
                                            sliding_window=None, tie_word_embeddings=False)),
     # Qwen2-MoE: MoE on layers 0 and 2, a dense gated MLP on layer 1 (mlp_only_layers), a gated shared
-    # expert, experts narrower than the dense MLP, top-2 weights not renormalised, q/k/v biases
+    # expert, experts narrower than the dense MLP, top-2 weights not renormalised, q/k/v biases. Widths are
+    # multiples of 32, which bitsandbytes' CPU 4-bit kernel needs; test_moe's random Qwen2-MoE has experts of 48.
     "tiny-qwen2-moe": ("Qwen2MoeConfig", dict(_LLAMALIKE, num_hidden_layers=3, intermediate_size=128, num_experts=4,
-                                              num_experts_per_tok=2, moe_intermediate_size=48, shared_expert_intermediate_size=96,
+                                              num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=96,
                                               mlp_only_layers=[1], norm_topk_prob=False, rope_theta=1e6,
                                               tie_word_embeddings=False)),
     # Qwen3-MoE: per-head q/k norms, MoE on layer 1 only (decoder_sparse_step 2), top-2 renormalised, tied
     "tiny-qwen3-moe": ("Qwen3MoeConfig", dict(_LLAMALIKE, intermediate_size=128, num_experts=4, num_experts_per_tok=2,
-                                              moe_intermediate_size=48, decoder_sparse_step=2, norm_topk_prob=True,
+                                              moe_intermediate_size=64, decoder_sparse_step=2, norm_topk_prob=True,
                                               head_dim=32, rope_theta=1e6, tie_word_embeddings=True)),
     **_TINY_DECODERS,  # Qwen3, Gemma 1-3, OLMo 2 (zoo_decoders.py)
 }

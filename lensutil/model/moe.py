@@ -74,15 +74,20 @@ class Expert(QuantizableLinears):
         return self._linear(self.hook_post(self.act(gate) * linear), "W_out")
 
 
-class SharedExpertGate(QuantizableLinears):
-    """Qwen2-MoE's shared_expert_gate: sigmoid(x·W), one scalar per token, that scales the shared expert."""
+class SharedExpertGate(nn.Module):
+    """Qwen2-MoE's shared_expert_gate: sigmoid(x·W), one scalar per token, that scales the shared expert.
+
+    Never quantised, like the router: one row of d_model weights saves nothing, and bitsandbytes' CPU
+    4-bit kernel cannot pack a matrix whose rows are not a multiple of its block (a quantised model
+    keeps it with BitsAndBytesConfig(llm_int8_skip_modules=[..., "shared_expert_gate"]) to match HF's).
+    """
 
     def __init__(self, cfg: HookedTransformerConfig):
         super().__init__()
         self.W = _param(cfg.d_model, 1, dtype=cfg.dtype, memory_order=_OUT_IN)  # [d_model, 1], HF's Linear(d_model, 1)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos 1"]:
-        return torch.sigmoid(self._linear(x, "W"))
+        return torch.sigmoid(F.linear(x, self.W.T))  # W.T: HF's [1, d_model] weight, laid out as HF's
 
 
 class MoE(nn.Module):
