@@ -2,7 +2,10 @@
 
 Run by hand (never part of the test suite):
 
-    .venv/bin/python benchmarks/bench_vs_hf.py [--model smollm2-135m] [--repeats 7]
+    .venv/bin/python benchmarks/bench_vs_hf.py [--model smollm2-135m gemma3-270m] [--repeats 7]
+
+Each model named (default: SmolLM2-135M and Gemma 3 270M, the zoo's two real checkpoints; Gemma 3's
+weights are de-quantised from Q4_K_M, lensutil/loading/zoo_gemma3.py) gets the same rows, one table.
 
 Four measurements, each against two HuggingFace references (its default attention
 implementation, "sdpa" in transformers 5, and "eager"), each timed against lensutil in the same
@@ -132,7 +135,7 @@ def machine_report(args) -> str:
         f"machine      : {platform.machine()} {cpu}; {os.cpu_count()} cores, {usable} usable by this process",
         f"torch threads: {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op (same for both)",
         f"versions     : python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
-        f"model        : {args.model}, float32, cpu, {'processed' if args.processed else 'no weight processing'}; "
+        f"models       : {args.model if isinstance(args.model, str) else ', '.join(args.model)}, float32, cpu, {'processed' if args.processed else 'no weight processing'}; "
         f"median of {args.repeats} runs after {args.warmup} warm-up",
     ])
 
@@ -145,7 +148,7 @@ def fmt_row(cells, widths) -> str:
 
 
 def print_table(rows: list[tuple]) -> None:
-    header = ("measurement", "reference", "lensutil", "HF", "ratio", "goal", "met?")
+    header = ("model", "measurement", "reference", "lensutil", "HF", "ratio", "goal", "met?")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(fmt_row(header, widths))
     print(fmt_row(["-" * w for w in widths], widths))
@@ -168,7 +171,7 @@ def rate_row(label, ref, ours: float, theirs: float, goal: float) -> tuple:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", nargs="+", default=["smollm2-135m", "gemma3-270m"], help="one or more models (zoo names, directories)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's choice)")
@@ -180,10 +183,20 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
 
     print(machine_report(args))
-    models, hfs, tokenizer = load_models(args.model, args.processed)
+    rows: list[tuple] = []
+    for name in args.model:
+        print(f"\n== {name}")
+        rows += [(name, *row) for row in measure(name, args)]
+    print()
+    print_table(rows)
+
+
+def measure(name: str, args) -> list[tuple]:
+    """The four measurements on one model (their rows), after printing its logit, generation and memory checks."""
+    torch.manual_seed(0)  # the same random tokens for a model whatever ran before it
+    models, hfs, tokenizer = load_models(name, args.processed)
     model = models["HF eager"]  # the default mode, used for everything not timed per mode
     tokens = torch.randint(100, model.cfg.d_vocab, (args.batch, args.seq))
     diffs = check_same_logits(models, hfs, tokens)
@@ -224,9 +237,6 @@ def main(argv: list[str] | None = None) -> None:
     t = interleaved_medians(fns, args.repeats, 1)
     for name in hfs:
         rows.append(rate_row(f"4 generate {len(BATCH_PROMPTS)} prompts x {n_new}", name, n_out / t[f"lens {name}"], n_out / t[name], 1.0))
-
-    print_table(rows)
-    print()
 
     # Do the generations agree token for token? Timed runs force 32 tokens (min_new_tokens suppresses
     # EOS in HF, stop_at_eos=False lets lensutil emit it), so compare the natural runs instead: both
@@ -274,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.profile:
         profile(model, hfs, tokens)
+    return rows
 
 
 def profile(model, hfs: dict, tokens: torch.Tensor, top: int = 15) -> None:

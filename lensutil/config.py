@@ -119,6 +119,19 @@ class HookedTransformerConfig:
     # (float64 in a float64 model); the router's weight is kept in it. HuggingFace's Mixtral runs
     # its router in the model's dtype: set router_dtype=torch.bfloat16 on a bfloat16 model to match it.
     router_dtype: torch.dtype | None = None
+    # Qwen2-MoE / Qwen3-MoE (HuggingFace's names in brackets; TransformerLens 2.18 has no such models):
+    # the layers whose MLP is the mixture of experts (decoder_sparse_step, mlp_only_layers), None: every
+    # layer; the others have a gated MLP of width d_mlp. d_mlp_expert: each routed expert's width
+    # (moe_intermediate_size), None: d_mlp (Mixtral). d_mlp_shared_expert: a gated MLP every token goes
+    # through beside its routed experts, scaled by sigmoid(x @ W) of a [d_model, 1] gate
+    # (shared_expert_intermediate_size), None: none. norm_topk_prob: the top-k probabilities are
+    # renormalised to sum to 1 (Mixtral always does). cast_routing_weights: they are cast to the router
+    # logits' dtype before scaling the experts' outputs (Qwen's routers do; Mixtral's keep float32).
+    moe_layers: tuple[int, ...] | None = None
+    d_mlp_expert: int | None = None
+    d_mlp_shared_expert: int | None = None
+    norm_topk_prob: bool = True
+    cast_routing_weights: bool = False
     tie_word_embeddings: bool = False
     original_architecture: str = ""
     model_name: str = "custom"
@@ -263,6 +276,23 @@ class HookedTransformerConfig:
                 f"mlp_type='moe' needs num_experts and experts_per_token with 1 <= experts_per_token <= num_experts; "
                 f"got num_experts={e!r}, experts_per_token={k!r} (Mixtral-8x7B: num_experts=8, experts_per_token=2)."
             )
+        if self.moe_layers is not None:
+            self.moe_layers = tuple(self.moe_layers)  # a list, from a saved config
+            if not all(isinstance(i, int) and 0 <= i < self.n_layers for i in self.moe_layers):
+                raise ConfigError(f"moe_layers must list layer indices in 0..{self.n_layers - 1}, got {self.moe_layers!r}.")
+        for name in ("d_mlp_expert", "d_mlp_shared_expert"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer or None, got {getattr(self, name)!r}.")
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block `layer`'s MLP is the mixture of experts (mlp_type 'moe' and, where set, listed in moe_layers)."""
+        return self.mlp_type == "moe" and (self.moe_layers is None or layer in self.moe_layers)
+
+    def layer_mlp_type(self, layer: int) -> MlpType:
+        """Block `layer`'s MLP: 'moe', or, in a model whose other layers are MoE, 'gated' (Qwen2-MoE's dense layers)."""
+        if self.is_moe_layer(layer):
+            return "moe"
+        return "gated" if self.mlp_type == "moe" else self.mlp_type
 
     def _check_attn_types(self) -> None:
         if self.attn_types is None:

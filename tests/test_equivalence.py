@@ -209,3 +209,19 @@ def test_bfloat16_logits_bit_exact_with_huggingface_where_norms_and_rotary_round
     tokens = model.to_tokens(PROMPTS[0])
     with torch.no_grad():
         assert torch.equal(model(tokens), ref(tokens).logits)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["eager", "sdpa"])
+def test_real_gemma3_270m_matches_huggingface_and_generates_its_tokens(mode):
+    # The real Gemma 3 270M (de-quantised from Q4_K_M: lensutil/loading/zoo_gemma3.py): 18 layers, sliding
+    # windows on 15 of them, q/k norms, two rotary bases, tied 262k-token unembedding.
+    model, ref = lens("gemma3-270m", attn_implementation=mode), hf("gemma3-270m", mode)
+    for prompt in PROMPTS:
+        tokens = model.to_tokens(prompt)
+        with torch.no_grad():
+            assert torch.equal(model(tokens), ref(tokens).logits), f"{mode} {prompt!r}"
+    tokens = model.to_tokens(PROMPTS[0])
+    ours = model.generate(tokens, max_new_tokens=12, do_sample=False, stop_at_eos=False)
+    theirs = ref.generate(tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert ours.tolist() == theirs.tolist() and "Paris" in model.to_string(ours[0, tokens.shape[1]:])

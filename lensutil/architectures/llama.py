@@ -96,7 +96,7 @@ def _bias(take, key: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.T
     return b.reshape(shape) if b is not None else torch.zeros(shape, dtype=like.dtype)
 
 
-def _convert_mlp(take, b: str, o: str, cfg: HookedTransformerConfig) -> dict:
+def convert_mlp(take, b: str, o: str, cfg: HookedTransformerConfig) -> dict:
     """One layer's SwiGLU MLP: HF keys under prefix b, lensutil keys under prefix o."""
     sd = {o + "mlp.W_gate": take(b + "mlp.gate_proj.weight").T}
     up = take(b + "mlp.up_proj.weight")
@@ -113,7 +113,7 @@ LLAMA_NORMS = {"input_layernorm": "ln1", "post_attention_layernorm": "ln2"}
 _QK_NORMS = {"self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm"}  # cfg.use_qk_norm
 
 
-def convert(hf_sd: dict, cfg: HookedTransformerConfig, convert_mlp=_convert_mlp, norms: dict[str, str] = LLAMA_NORMS) -> dict:
+def convert(hf_sd: dict, cfg: HookedTransformerConfig, convert_mlp=convert_mlp, norms: dict[str, str] = LLAMA_NORMS) -> dict:
     """The Llama family's weights; `convert_mlp(take, hf_prefix, lensutil_prefix, cfg)` does each
     layer's MLP (a Mixtral passes its mixture of experts, lensutil/architectures/mixtral.py), `norms`
     names each layer's norms."""
@@ -144,10 +144,15 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig, convert_mlp=_convert_mlp,
     return sd
 
 
-_MLP_NAMES = {"gate_proj": "W_gate", "up_proj": "W_in", "down_proj": "W_out"}
+MLP_NAMES = {"gate_proj": "W_gate", "up_proj": "W_in", "down_proj": "W_out"}  # HF's gated MLP -> lensutil's
 
 
-def module_names(cfg: HookedTransformerConfig, mlp_names=lambda b, o: {b + f"mlp.{k}": (o + f"mlp.{v}",) for k, v in _MLP_NAMES.items()}):
+def mlp_module_names(b: str, o: str) -> dict[str, tuple[str, ...]]:
+    """One layer's gated MLP: HF module under prefix b -> the lensutil weight under prefix o."""
+    return {b + f"mlp.{k}": (o + f"mlp.{v}",) for k, v in MLP_NAMES.items()}
+
+
+def module_names(cfg: HookedTransformerConfig, mlp_names=mlp_module_names):
     """HF linear module -> lensutil weights; `mlp_names(hf_prefix, lensutil_prefix)` names each layer's MLP."""
     names = {"lm_head": ("unembed.W_U",)}
     for i in range(cfg.n_layers):

@@ -21,22 +21,28 @@ def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
     return llama.config_from_hf(hf, **{**moe, **overrides})
 
 
-def _convert_moe(take, b: str, o: str, cfg: HookedTransformerConfig) -> dict:
-    fused = take.get(b + "mlp.experts.gate_up_proj")
+def convert_router_and_experts(take, router: str, experts: str, o: str, cfg: HookedTransformerConfig,
+                               per_expert: tuple[str, str, str] = ("w1", "w3", "w2")) -> dict:
+    """A router (HF key `router`, [expert_index, d_model]) and its experts under HF prefix `experts`:
+    fused (transformers 5) or one module per expert named `per_expert` (gate, up, down; transformers 4)."""
+    sd = {o + "mlp.W_gate": take(router).T}  # [d_model, expert_index]
+    fused = take.get(experts + "gate_up_proj")
     if fused is not None:
-        sd = {o + "mlp.W_gate": take(b + "mlp.gate.weight").T}  # [d_model, expert_index]
         gate, up = fused.chunk(2, dim=1)  # each [expert, d_mlp, d_model], as HF's forward splits it
-        down = take(b + "mlp.experts.down_proj")  # [expert, d_model, d_mlp]
+        down = take(experts + "down_proj")  # [expert, d_model, d_mlp]
         for e in range(cfg.num_experts):
             x = f"{o}mlp.experts.{e}."
             sd[x + "W_gate"], sd[x + "W_in"], sd[x + "W_out"] = gate[e].T, up[e].T, down[e].T
         return sd
-    m = b + "block_sparse_moe."
-    sd = {o + "mlp.W_gate": take(m + "gate.weight").T}
     for e in range(cfg.num_experts):
-        x, h = f"{o}mlp.experts.{e}.", f"{m}experts.{e}."
-        sd[x + "W_gate"], sd[x + "W_in"], sd[x + "W_out"] = (take(h + w + ".weight").T for w in ("w1", "w3", "w2"))
+        x, h = f"{o}mlp.experts.{e}.", f"{experts}{e}."
+        sd[x + "W_gate"], sd[x + "W_in"], sd[x + "W_out"] = (take(h + w + ".weight").T for w in per_expert)
     return sd
+
+
+def _convert_moe(take, b: str, o: str, cfg: HookedTransformerConfig) -> dict:
+    m = b + ("mlp." if b + "mlp.gate.weight" in take.sd else "block_sparse_moe.")  # transformers 5's names, else 4's
+    return convert_router_and_experts(take, m + "gate.weight", m + "experts.", o, cfg)
 
 
 def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:

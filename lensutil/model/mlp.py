@@ -32,12 +32,14 @@ ACTIVATIONS = {
 class MLP(QuantizableLinears):
     """Dense: W_out·act(W_in·x + b_in). Gated (SwiGLU): W_out·(act(W_gate·x) * (W_in·x + b_in))."""
 
-    def __init__(self, cfg: HookedTransformerConfig):
+    def __init__(self, cfg: HookedTransformerConfig, gated: bool | None = None):
         super().__init__()
         self.cfg = cfg
+        # gated: None follows cfg.mlp_type; a Qwen2-MoE's dense layers pass True (cfg.layer_mlp_type).
+        self.gated = cfg.gated_mlp if gated is None else gated
         dt = cfg.dtype
         self.W_in, self.b_in = _linear_param(cfg, "in_out", cfg.d_model, cfg.d_mlp), _param(cfg.d_mlp, dtype=dt)
-        if cfg.gated_mlp:
+        if self.gated:
             self.W_gate = _linear_param(cfg, "in_out", cfg.d_model, cfg.d_mlp)
             self.hook_pre_linear = HookPoint("batch pos d_mlp")
         self.W_out, self.b_out = _linear_param(cfg, "in_out", cfg.d_mlp, cfg.d_model), _param(cfg.d_model, dtype=dt)
@@ -46,7 +48,7 @@ class MLP(QuantizableLinears):
         self.act = ACTIVATIONS[cfg.act_fn]
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        if self.cfg.gated_mlp:
+        if self.gated:
             gate = self.hook_pre(self._linear(x, "W_gate"))
             linear = self.hook_pre_linear(self._linear(x, "W_in", self.b_in))
             act = self.act(gate)

@@ -136,17 +136,23 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
             if name != "Q":
                 W, b = key_value_param_name(cfg, W), key_value_param_name(cfg, b)
             fold(p + "ln1", f"{p}attn.{W}", f"{p}attn.{b}", 1)
-        if cfg.mlp_type == "moe":
-            # ln2 is read by the router ([d_model, expert_index], no bias) and by every expert. The
-            # router's logits are then rounded differently, and a near-tie between two experts may
-            # resolve the other way than in the unfolded model (lensutil/model/moe.py explains why).
+        kind = cfg.layer_mlp_type(i)  # a Qwen2-MoE has dense gated MLPs between its MoE layers
+        if kind == "moe":
+            # ln2 is read by the router ([d_model, expert_index], no bias), by every expert and by the
+            # shared expert and its gate (Qwen2-MoE; [d_model, 1]). The router's logits are then rounded
+            # differently, and a near-tie between two experts may resolve the other way than in the
+            # unfolded model (lensutil/model/moe.py explains why).
             fold(p + "ln2", f"{p}mlp.W_gate", None, 0)
-            for e in range(cfg.num_experts):
-                fold(p + "ln2", f"{p}mlp.experts.{e}.W_in", None, 0)
-                fold(p + "ln2", f"{p}mlp.experts.{e}.W_gate", None, 0)
+            experts = [f"{p}mlp.experts.{e}." for e in range(cfg.num_experts)]
+            if cfg.d_mlp_shared_expert:
+                experts.append(f"{p}mlp.shared_expert.")
+                fold(p + "ln2", f"{p}mlp.shared_expert_gate.W", None, 0)
+            for x in experts:
+                fold(p + "ln2", x + "W_in", None, 0)
+                fold(p + "ln2", x + "W_gate", None, 0)
         else:
             fold(p + "ln2", f"{p}mlp.W_in", f"{p}mlp.b_in", 0)  # [d_model, d_mlp]
-        if cfg.gated_mlp:
+        if kind == "gated":
             fold(p + "ln2", f"{p}mlp.W_gate", None, 0)  # the ln2.b == 0 check above makes b @ W_gate zero
         for norm in ("ln1", "ln2"):  # ln1_post / ln2_post keep their weights: nothing after them reads only them
             sd.pop(f"{p}{norm}.w", None)
@@ -177,8 +183,9 @@ def center_writing_weights(state_dict: StateDict, cfg: HookedTransformerConfig) 
     for i in range(cfg.n_layers):
         p = f"blocks.{i}."
         keys += [p + "attn.W_O", p + "attn.b_O"]
-        if cfg.mlp_type == "moe":  # experts have no output bias
+        if cfg.is_moe_layer(i):  # experts have no output bias
             keys += [f"{p}mlp.experts.{e}.W_out" for e in range(cfg.num_experts)]
+            keys += [f"{p}mlp.shared_expert.W_out"] if cfg.d_mlp_shared_expert else []
         else:
             keys += [p + "mlp.W_out", p + "mlp.b_out"]
     for k in keys:  # every one has d_model as its last axis
