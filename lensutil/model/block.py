@@ -12,12 +12,14 @@ from .attention import Attention, GroupedQueryAttention
 from .context import AttentionContext
 from .mlp import MLP
 from .moe import MoE
-from .norm import Norm
+from .norm import make_norm
 
 
 def check_hook_flags(cfg: HookedTransformerConfig) -> None:
     if cfg.use_split_qkv_input and cfg.use_attn_in:
         raise ConfigError("use_split_qkv_input and use_attn_in cannot both be on; turn one off first.")
+    if cfg.attn_only and cfg.norm_position == "post":
+        raise ConfigError("attn_only blocks are pre-norm (TransformerLens'); norm_position='post' needs an MLP after attention.")
     if cfg.use_attn_in and cfg.n_kv_heads != cfg.n_heads:
         raise ConfigError(
             "use_attn_in gives one attention input per query head, which grouped-query attention "
@@ -34,18 +36,21 @@ class TransformerBlock(nn.Module):
         super().__init__()
         check_hook_flags(cfg)
         self.cfg, self.index = cfg, index
-        self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
+        self.ln1 = make_norm(cfg)
         self.attn = GroupedQueryAttention(cfg) if cfg.n_key_value_heads is not None else Attention(cfg)
-        self.mlp = MLP(cfg) if cfg.mlp_type != "moe" else _moe(cfg)
+        if not cfg.attn_only:  # attention-only blocks have no second norm, MLP or MLP hooks (TransformerLens')
+            self.ln2 = make_norm(cfg)
+            self.mlp = MLP(cfg) if cfg.mlp_type != "moe" else _moe(cfg)
         self.hook_resid_pre = HookPoint("batch pos d_model")
         self.hook_attn_in = HookPoint("batch pos head_index d_model")  # needs use_attn_in
         self.hook_q_input = HookPoint("batch pos head_index d_model")  # needs use_split_qkv_input
         self.hook_k_input = HookPoint("batch pos kv_head_index d_model")  # needs use_split_qkv_input
         self.hook_v_input = HookPoint("batch pos kv_head_index d_model")  # needs use_split_qkv_input
         self.hook_attn_out = HookPoint("batch pos d_model")
-        self.hook_resid_mid = HookPoint("batch pos d_model")
-        self.hook_mlp_in = HookPoint("batch pos d_model")  # needs use_hook_mlp_in
-        self.hook_mlp_out = HookPoint("batch pos d_model")
+        if not cfg.attn_only:
+            self.hook_resid_mid = HookPoint("batch pos d_model")
+            self.hook_mlp_in = HookPoint("batch pos d_model")  # needs use_hook_mlp_in
+            self.hook_mlp_out = HookPoint("batch pos d_model")
         self.hook_resid_post = HookPoint("batch pos d_model")  # post-LN: before ln2 (TransformerLens' BertBlock)
         if cfg.norm_position == "post":
             self.hook_normalized_resid_post = HookPoint("batch pos d_model")  # ln2's output: the block's output
@@ -66,6 +71,8 @@ class TransformerBlock(nn.Module):
         else:
             q_in = k_in = v_in = norm_in(resid)
         attn_out = m["hook_attn_out"](m["attn"](q_in, k_in, v_in, ctx, kv_cache_entry))
+        if cfg.attn_only:
+            return m["hook_resid_post"](resid + attn_out)
         resid = m["hook_resid_mid"](resid + attn_out)
         mlp_in = m["hook_mlp_in"](resid.clone()) if cfg.use_hook_mlp_in else resid
         if cfg.norm_position == "post":  # BERT: LayerNorm after each residual addition, as HF's BertLayer

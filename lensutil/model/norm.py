@@ -23,15 +23,16 @@ class Norm(nn.Module):
     has folded into the next layer's weights.
     """
 
-    def __init__(self, cfg: HookedTransformerConfig, kind: str | None = None):
+    def __init__(self, cfg: HookedTransformerConfig, kind: str | None = None, length: int | None = None):
         super().__init__()
         self.kind = kind or cfg.normalization_type
+        length = length or cfg.d_model  # d_mlp for a solu_ln MLP's norm
         self.eps = cfg.eps
         self.center = self.kind in ("LN", "LNPre")
         if self.kind in ("LN", "RMS"):
-            self.w = _param(cfg.d_model, dtype=cfg.dtype)
+            self.w = _param(length, dtype=cfg.dtype)
         if self.kind == "LN":
-            self.b = _param(cfg.d_model, dtype=cfg.dtype)
+            self.b = _param(length, dtype=cfg.dtype)
         self.hook_scale = HookPoint("batch pos 1")  # sqrt(mean(x^2) + eps), after centring for LN
         self.hook_normalized = HookPoint("batch pos d_model")
 
@@ -80,6 +81,12 @@ class Norm(nn.Module):
         another tensor or changed its values (HookPoint.fire_and_tell; an edit through .data counts).
         """
         return self.hook_scale.fire_and_tell(mean_square.sqrt())
+
+
+def make_norm(cfg: HookedTransformerConfig) -> nn.Module:
+    """The model's norm as cfg says: a Norm, or for normalization_type=None the identity (TransformerLens':
+    no parameters and no hooks; the residual stream goes on as it is)."""
+    return nn.Identity() if cfg.normalization_type is None else Norm(cfg)
 
 
 def _grad_through(inverse: Tensor, scale: Tensor) -> Tensor:

@@ -103,7 +103,7 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
         )
     has_bias = kind == "LN"
     center = center_weights and kind == "LN"
-    if has_bias and cfg.mlp_type in ("gated", "moe"):
+    if has_bias and cfg.mlp_type in ("gated", "moe") and not cfg.attn_only:
         nonzero = [i for i in range(cfg.n_layers) if state_dict[f"blocks.{i}.ln2.b"].abs().max() > 0]
         if nonzero:
             raise ConfigError(
@@ -130,7 +130,9 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
             if name != "Q":
                 W, b = key_value_param_name(cfg, W), key_value_param_name(cfg, b)
             fold(p + "ln1", f"{p}attn.{W}", f"{p}attn.{b}", 1)
-        if cfg.mlp_type == "moe":
+        if cfg.attn_only:  # no ln2, no MLP
+            pass
+        elif cfg.mlp_type == "moe":
             # ln2 is read by the router ([d_model, expert_index], no bias) and by every expert. The
             # router's logits are then rounded differently, and a near-tie between two experts may
             # resolve the other way than in the unfolded model (lensutil/model/moe.py explains why).
@@ -140,9 +142,9 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
                 fold(p + "ln2", f"{p}mlp.experts.{e}.W_gate", None, 0)
         else:
             fold(p + "ln2", f"{p}mlp.W_in", f"{p}mlp.b_in", 0)  # [d_model, d_mlp]
-        if cfg.gated_mlp:
+        if cfg.gated_mlp and not cfg.attn_only:
             fold(p + "ln2", f"{p}mlp.W_gate", None, 0)  # the ln2.b == 0 check above makes b @ W_gate zero
-        for norm in ("ln1", "ln2"):
+        for norm in ("ln1",) if cfg.attn_only else ("ln1", "ln2"):
             sd.pop(f"{p}{norm}.w")
             sd.pop(f"{p}{norm}.b", None)
     fold("ln_final", "unembed.W_U", "unembed.b_U", 0)  # [d_model, d_vocab]
@@ -171,6 +173,8 @@ def center_writing_weights(state_dict: StateDict, cfg: HookedTransformerConfig) 
     for i in range(cfg.n_layers):
         p = f"blocks.{i}."
         keys += [p + "attn.W_O", p + "attn.b_O"]
+        if cfg.attn_only:
+            continue
         if cfg.mlp_type == "moe":  # experts have no output bias
             keys += [f"{p}mlp.experts.{e}.W_out" for e in range(cfg.num_experts)]
         else:
@@ -240,7 +244,9 @@ def rebuild_norms(model, kind: str) -> None:
         return new
 
     for block in model.blocks:
-        block.ln1, block.ln2 = rebuilt(block.ln1), rebuilt(block.ln2)
+        block.ln1 = rebuilt(block.ln1)
+        if not model.cfg.attn_only:
+            block.ln2 = rebuilt(block.ln2)
     model.ln_final = rebuilt(model.ln_final)
     model.setup()
 

@@ -23,7 +23,8 @@ from . import doors, initialization
 from .block import TransformerBlock, check_hook_flags
 from .context import AttentionContext
 from .embed import Embed, PosEmbed, Unembed
-from .norm import Norm
+from .input_to_embed import input_to_embed
+from .norm import make_norm
 from .processing import process_weights_
 
 ReturnType = Literal["logits", "loss", "both"] | None
@@ -37,6 +38,7 @@ class HookedTransformer(HookedRootModule):
                 f"HookedTransformer is a causal decoder; this config is an encoder (attention_dir={cfg.attention_dir!r}). "
                 "Build it with lensutil.HookedEncoder(cfg), or load with HookedEncoder.from_pretrained(name)."
             )
+        tok.take_vocab_size(cfg, tokenizer)  # d_vocab=-1: the tokenizer's, as TransformerLens
         self.cfg, self.tokenizer = cfg, tokenizer
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint("batch pos d_model")
@@ -44,7 +46,7 @@ class HookedTransformer(HookedRootModule):
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint("batch pos d_model")
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
-        self.ln_final = Norm(cfg)
+        self.ln_final = make_norm(cfg)
         self.unembed = Unembed(cfg)
         initialization.init_after_construction(self)  # TransformerLens' init_weights; skipped when loading
         self.setup()
@@ -92,6 +94,7 @@ class HookedTransformer(HookedRootModule):
         prepend_bos: bool | None = None,
         padding_side: tok.PaddingSide | None = None,
         loss_per_token: bool = False,
+        shortformer_pos_embed: None = None,  # TransformerLens' (input_to_embed gives None: no shortformer here)
     ):
         """Run the model. `input` is text, token ids, or (with start_at_layer) a residual stream.
 
@@ -99,6 +102,9 @@ class HookedTransformer(HookedRootModule):
         with stop_at_layer, the residual stream before that block. A list of strings is padded
         (padding_side) and masked automatically.
         """
+        if shortformer_pos_embed is not None:
+            raise InputError("shortformer_pos_embed: lensutil has no shortformer positions (TransformerLens' "
+                             "positional_embedding_type='shortformer'); pass None, as input_to_embed returns.")
         if return_type not in ("logits", "loss", "both", None):
             raise InputError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}.")
         if isinstance(input, (str, list)):
@@ -174,6 +180,9 @@ class HookedTransformer(HookedRootModule):
     def init_weights(self) -> None:
         """Fill every weight afresh as cfg.init_mode says (TransformerLens' init_weights; lensutil/model/initialization.py)."""
         initialization.init_weights(self)
+
+    def input_to_embed(self, input, prepend_bos=None, padding_side=None, attention_mask=None, past_kv_cache=None):
+        return input_to_embed(self, input, prepend_bos, padding_side, attention_mask, past_kv_cache)
 
     def to_tokens(self, input, prepend_bos=None, padding_side=None) -> Int[Tensor, "batch pos"]:
         return tok.tokenize(self, input, prepend_bos, padding_side)[0]
