@@ -13,12 +13,13 @@ STAMP := $(VENV)/.installed-$(HASH)
 # hand compares notebooks exactly as this does.
 PYTEST_ARGS := tests notebooks --nbval --durations=10
 
-.PHONY: help install doctor test test-fast book clean-book lab
+.PHONY: help install doctor test test-fast book clean-book lab tl-compat
 
 help:
 	@echo "make doctor   install if needed, then run 'lensutil doctor'"
 	@echo "make test     install if needed, then run every test (unit, notebooks, papermill, book)"
 	@echo "make book     build the Jupyter Book into book/_build/html"
+	@echo "make tl-compat TL_TESTS=<TransformerLens v2.18.0 tests folder>  run TL 2.18's offline tests against lensutil"
 	@echo "make lab      install if needed, then open the notebooks in JupyterLab (LAB_ARGS=... passes options)"
 
 $(STAMP): pyproject.toml scripts/install.sh
@@ -41,6 +42,11 @@ test-fast: $(STAMP)
 # .venv's kernelspecs before any in ~/.local/share/jupyter. Root (a container) needs --allow-root.
 lab: $(STAMP)
 	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# TransformerLens 2.18's own offline tests, unchanged, through lensutil.transformer_lens.use_as_transformer_lens();
+# not part of `make test` (it needs TL's tests: scripts/fetch-tl-tests.sh gets them). Prints the figures.
+tl-compat: $(STAMP)
+	scripts/tl-compat.sh "$(TL_TESTS)"
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build book -W -n --keep-going
