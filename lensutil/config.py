@@ -126,6 +126,7 @@ class HookedTransformerConfig:
     # Attention-only blocks (TransformerLens' attn_only, the classic toy models): no ln2, no MLP, no
     # hook_resid_mid; each block adds its attention output to the residual stream.
     attn_only: bool = False
+    use_hook_tokens: bool = False  # HookedTransformer.hook_tokens, on the token ids (TransformerLens')
     # TransformerLens' bookkeeping, carried for code that reads it; nothing in lensutil reads these.
     from_checkpoint: bool = False
     checkpoint_index: int | None = None

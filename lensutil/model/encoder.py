@@ -57,6 +57,8 @@ class HookedEncoder(HookedRootModule):
         super().__init__()
         if cfg.attention_dir != "bidirectional" or cfg.n_token_types < 1:
             cfg = as_encoder_config(cfg)
+        if tokenizer is None and cfg.tokenizer_name is not None:  # as TransformerLens (loading/hf_source.py)
+            tokenizer = doors.call("model.tokenizer_from_name", cfg.tokenizer_name)
         tok.take_vocab_size(cfg, tokenizer)  # d_vocab=-1: the tokenizer's, as TransformerLens
         self.cfg, self.tokenizer = cfg, tokenizer
         self.embed = EncoderEmbed(cfg)

@@ -38,8 +38,12 @@ class HookedTransformer(HookedRootModule):
                 f"HookedTransformer is a causal decoder; this config is an encoder (attention_dir={cfg.attention_dir!r}). "
                 "Build it with lensutil.HookedEncoder(cfg), or load with HookedEncoder.from_pretrained(name)."
             )
+        if tokenizer is None and cfg.tokenizer_name is not None:  # as TransformerLens (loading/hf_source.py)
+            tokenizer = doors.call("model.tokenizer_from_name", cfg.tokenizer_name)
         tok.take_vocab_size(cfg, tokenizer)  # d_vocab=-1: the tokenizer's, as TransformerLens
         self.cfg, self.tokenizer = cfg, tokenizer
+        if cfg.use_hook_tokens:
+            self.hook_tokens = HookPoint("batch pos")  # the token ids; a hook may return others
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint("batch pos d_model")
         if cfg.positional_embedding_type == "standard":
@@ -115,6 +119,8 @@ class HookedTransformer(HookedRootModule):
             if input.is_floating_point():
                 raise InputError("Got a float tensor without start_at_layer; token ids must be integers.")
             input = input[None] if input.ndim == 1 else input
+            if self.cfg.use_hook_tokens:
+                input = self.hook_tokens(input)
             tok.check_token_ids(input, self.cfg.d_vocab)
             tokens = input
         elif input.ndim != 3 or input.shape[-1] != self.cfg.d_model:
