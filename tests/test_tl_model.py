@@ -155,3 +155,19 @@ def test_next_sentence_prediction_is_the_pooled_encoder_output_through_the_nsp_h
 def test_next_sentence_prediction_on_ids_needs_token_types():
     with pytest.raises(InputError, match="token_type_ids"):
         BertNextSentencePrediction(_bert())(torch.tensor([[1, 2, 3]]))
+
+
+def test_nsp_run_with_cache_takes_the_encoders_options_and_gives_the_encoder_its_forward_back():
+    m = _bert()
+    nsp = BertNextSentencePrediction(m)
+    tokens, types = torch.tensor([[1, 2, 3]]), torch.tensor([[0, 0, 1]])
+    _, cache = nsp.run_with_cache(tokens, token_type_ids=types, names_filter="pooler.hook_pooler_out")
+    assert list(cache.keys()) == ["pooler.hook_pooler_out"]
+    with pytest.raises(InputError):
+        nsp.run_with_cache(tokens)  # no token types: refused inside the swapped forward
+    assert "forward" not in vars(m) and m(tokens, "embeddings", types).shape == (1, 3, 12)
+
+
+def test_input_errors_are_value_errors_as_transformerlens_code_expects():
+    with pytest.raises(ValueError):
+        BertNextSentencePrediction(_bert()).to_tokens(["only one"])

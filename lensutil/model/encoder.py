@@ -162,8 +162,11 @@ class HookedEncoder(HookedRootModule):
                               move_to_device=move_to_device, truncate=truncate)
 
     def encoder_output(self, tokens, token_type_ids=None, one_zero_attention_mask=None) -> Float[Tensor, "batch pos d_model"]:
-        """The final residual stream (TransformerLens' encoder_output; forward's return_type="embeddings")."""
-        return self(tokens, "embeddings", token_type_ids, one_zero_attention_mask)
+        """The final residual stream (TransformerLens' encoder_output; forward's return_type="embeddings").
+
+        The class's forward, named: BertNextSentencePrediction.run_with_cache runs the encoder with its
+        own forward in place of this one, and this is called inside it (TransformerLens' is no forward either)."""
+        return HookedEncoder.forward(self, tokens, "embeddings", token_type_ids, one_zero_attention_mask)
 
     def to_str_tokens(self, input) -> list:
         return etok.to_str_tokens(self, input)

@@ -13,7 +13,6 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import InputError
-from ..hooks.activation_cache import ActivationCache
 
 PREDICTIONS = ("The sentences are sequential", "The sentences are NOT sequential")  # TransformerLens' strings
 
@@ -30,7 +29,7 @@ class BertNextSentencePrediction:
     def to_tokens(self, input: list[str], move_to_device: bool = True, truncate: bool = True):
         """(tokens, token_type_ids, attention_mask) of the pair [sentence_a, sentence_b]."""
         if not isinstance(input, (list, tuple)) or len(input) != 2:
-            raise InputError("Next sentence prediction takes exactly two sentences: pass [sentence_a, sentence_b].")
+            raise InputError("Next sentence prediction task requires exactly two sentences: pass [sentence_a, sentence_b].")
         model = self.model
         enc = model.tokenizer(input[0], input[1], return_tensors="pt", padding=True, truncation=truncate,
                               max_length=model.cfg.n_ctx if truncate else None)
@@ -50,7 +49,7 @@ class BertNextSentencePrediction:
             one_zero_attention_mask = mask if one_zero_attention_mask is None else one_zero_attention_mask
         elif token_type_ids is None:
             raise InputError(
-                "Next sentence prediction on token ids needs token_type_ids (0 for sentence A's tokens, 1 for B's); "
+                "You are using the NSP task without specifying token_type_ids (0 for sentence A's tokens, 1 for B's): "
                 "without them the pair reads as one sentence. Pass token_type_ids=..., or the two sentences as a list."
             )
         else:
@@ -61,13 +60,13 @@ class BertNextSentencePrediction:
             return PREDICTIONS[logits.log_softmax(dim=-1).argmax(dim=-1).item()]
         return None if return_type is None else logits
 
-    def run_with_cache(self, *args, return_cache_object: bool = True, remove_batch_dim: bool = False,
-                       names_filter=None, **kwargs):
-        """(forward's output, the encoder's activations), as the encoder's run_with_cache."""
+    def run_with_cache(self, *args, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs):
+        """(forward's output, the encoder's activations): the encoder's own run_with_cache (names_filter,
+        incl_bwd, device, ...) around this forward instead of the encoder's."""
         model = self.model
-        cache_dict, fwd, _ = model.get_caching_hooks(names_filter, remove_batch_dim=remove_batch_dim)
-        with model.hooks(fwd_hooks=fwd):
-            out = self.forward(*args, **kwargs)
-        if not return_cache_object:
-            return out, cache_dict
-        return out, ActivationCache(cache_dict, model, has_batch_dim=not remove_batch_dim)
+        model.forward = self.forward  # for this call, the encoder runs as the NSP model (nn.Module calls self.forward)
+        try:
+            return model.run_with_cache(*args, return_cache_object=return_cache_object, remove_batch_dim=remove_batch_dim,
+                                        **kwargs)
+        finally:
+            del model.forward
