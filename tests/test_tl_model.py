@@ -171,3 +171,30 @@ def test_nsp_run_with_cache_takes_the_encoders_options_and_gives_the_encoder_its
 def test_input_errors_are_value_errors_as_transformerlens_code_expects():
     with pytest.raises(ValueError):
         BertNextSentencePrediction(_bert()).to_tokens(["only one"])
+
+
+def test_frozen_kv_cache_is_read_but_not_extended():
+    from lensutil.text.generation import KVCache
+
+    m = model()
+    cache = KVCache.init_cache(m.cfg, "cpu", 1)
+    m(TOKENS[:, :3], past_kv_cache=cache)
+    cache.freeze()
+    first = m(TOKENS[:, 3:4], past_kv_cache=cache)
+    again = m(TOKENS[:, 3:4], past_kv_cache=cache)  # the same continuation of the same prefix
+    assert cache.past_len == 3 and cache[0].k.shape[1] == 3 and torch.equal(first, again)
+    assert torch.allclose(first[:, -1], m(TOKENS[:, :4])[:, -1], atol=1e-5)
+    cache.unfreeze()
+    m(TOKENS[:, 3:4], past_kv_cache=cache)
+    assert cache.past_len == 4
+
+
+def test_tl_private_hook_steps_attach_at_the_current_context_level():
+    m = model()
+    seen = []
+    with m.hooks():
+        m._enable_hook("hook_embed", hook=lambda t, hook: seen.append(hook.name), dir="fwd")
+        m._enable_hook(lambda n: n == "hook_pos_embed", hook=lambda t, hook: seen.append(hook.name), dir="fwd")
+        m(TOKENS)
+    m(TOKENS)  # removed with the context that added them
+    assert seen == ["hook_embed", "hook_pos_embed"]
