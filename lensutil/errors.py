@@ -56,6 +56,16 @@ class AttentionMaskError(InputError):
     """An attention mask of the wrong shape or values."""
 
 
+class FactoredMatrixShapeError(InputError, AssertionError):
+    """FactoredMatrix factors or operands whose dimensions do not fit. An AssertionError too, because
+    TransformerLens 2.x raised that and code written for it catches it (lensutil/factored_matrix.py)."""
+
+
+class FactoredMatrixBroadcastError(InputError, RuntimeError):
+    """FactoredMatrix factors whose leading dimensions do not broadcast. A RuntimeError too, as torch's
+    broadcasting error that TransformerLens 2.x let through."""
+
+
 class ModelAccessError(LensError):
     """The hub refused or could not be reached (gated model, no token, offline)."""
 

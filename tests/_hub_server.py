@@ -6,6 +6,7 @@ from lensutil.loading.local_hub import (  # noqa: F401
     Repo,
     make_token,
     refusing_endpoint,
+    renamed_keys_repo,
     silent_endpoint,
     standard_repos,
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from _hub_server import HubServer, make_token, refusing_endpoint, silent_endpoint, standard_repos
+from _hub_server import HubServer, make_token, refusing_endpoint, renamed_keys_repo, silent_endpoint, standard_repos
 
 TESTS = Path(__file__).parent
 
@@ -247,3 +247,20 @@ def test_list_models_lists_the_zoo_then_transformerlens_names():
     assert gpt2.aliases == ("gpt2-small",) and gpt2.loads_from == "gpt2"
     assert [r.name for r in lensutil.list_models("mixtral")] == ["tiny-mixtral", "mistralai/Mixtral-8x7B-v0.1",
                                                                   "mistralai/Mixtral-8x7B-Instruct-v0.1"]
+
+
+def test_a_checkpoint_in_another_layout_is_refused_and_revision_pins_the_one_that_loads(tmp_path):
+    # main was re-saved with other weight names (another version's layout); the older commit loads.
+    repo = renamed_keys_repo("lensutil-demo/tiny-llama", "tiny-llama", "self_attn", "attention")
+    old_sha = next(iter(repo.commits))
+    assert old_sha != repo.sha
+    with HubServer([repo]) as server:
+        code = f"""
+attempt("main", lambda: HookedTransformer.from_pretrained("lensutil-demo/tiny-llama"))
+attempt("pinned", lambda: bool(torch.equal(HookedTransformer.from_pretrained("lensutil-demo/tiny-llama", revision={old_sha!r})("Pin it"),
+                                           HookedTransformer.from_pretrained("tiny-llama")("Pin it"))))
+"""
+        results = run_scenarios(code, tmp_path, server.url, tmp_path / "cache")
+    assert results["main"]["error"] == "WeightLoadError", results["main"]
+    assert "model.layers.0.attention.q_proj.weight" in results["main"]["message"]
+    assert results["pinned"]["ok"] and results["pinned"]["value"] is True, results["pinned"]

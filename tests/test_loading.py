@@ -98,3 +98,29 @@ def test_a_converted_hf_model_keeps_its_attention_mode_and_its_logits(mode):
     tokens = model.to_tokens("The Eiffel Tower is in the city of")
     with torch.no_grad():
         assert torch.equal(model(tokens), hf_model(tokens).logits)
+
+
+def _renamed_checkpoint(tmp_path, old: str, new: str):
+    """tiny-llama re-saved with `old` in its weight names replaced by `new` (another version's layout)."""
+    import shutil
+
+    import safetensors.torch as st
+
+    for f in zoo.resolve("tiny-llama").iterdir():
+        shutil.copy(f, tmp_path)
+    sd = st.load_file(tmp_path / "model.safetensors")
+    st.save_file({k.replace(old, new): v for k, v in sd.items()}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    return tmp_path
+
+
+def test_a_checkpoint_whose_keys_do_not_match_its_class_is_refused_not_filled_with_random_weights(tmp_path):
+    # HuggingFace loads such a checkpoint with a MISSING/UNEXPECTED report and fresh random weights in
+    # place of the missing ones; a hooked model converted from that would study noise.
+    from lensutil.errors import WeightLoadError
+
+    path = _renamed_checkpoint(tmp_path, "self_attn", "attention")
+    with pytest.raises(WeightLoadError) as e:
+        HookedTransformer.from_pretrained(str(path))
+    msg = str(e.value)
+    assert "model.layers.0.self_attn.q_proj.weight" in msg and "model.layers.0.attention.q_proj.weight" in msg
+    assert "revision=" in msg

@@ -7,7 +7,7 @@ import os
 import torch
 
 from ..architectures.registry import _registry
-from ..errors import ConfigError, ModelAccessError
+from ..errors import ConfigError, ModelAccessError, WeightLoadError
 from ..model import doors
 from .hub import explain, hub_kwargs, resolve_name
 from .progress_bars import quiet_local_loading
@@ -41,6 +41,28 @@ def _refuse_encoder(name: str, source: str, hub: dict) -> None:
         )
 
 
+def _refuse_incomplete(name: str, hf_class: str, info: dict) -> None:
+    """A checkpoint that lacks weights its class expects is an error, not a model with random weights.
+
+    transformers loads it anyway: it prints a LOAD REPORT (MISSING / UNEXPECTED) and fills each missing
+    weight with fresh initial values. That happens when the checkpoint's key names come from another
+    transformers version or architecture (SYMPTOMS item 2). Unexpected keys alone leave the model whole.
+    """
+    missing, mismatched = sorted(info.get("missing_keys") or ()), list(info.get("mismatched_keys") or ())
+    if not missing and not mismatched:
+        return
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    found = [f"{len(missing)} weights its class {hf_class} expects are missing, e.g. {missing[:3]}"] if missing else []
+    found += [f"{len(mismatched)} have another shape, e.g. {[m[0] for m in mismatched[:3]]}"] if mismatched else []
+    found += [f"it has {len(unexpected)} weights the class does not know, e.g. {unexpected[:3]}"] if unexpected else []
+    raise WeightLoadError(
+        f"The checkpoint {name!r} does not match its architecture: {'; '.join(found)}. HuggingFace would fill the "
+        "missing weights with random values. Its key names or sizes come from another transformers version or "
+        "architecture: pin revision= to a commit saved in this layout, load it with the transformers version it "
+        "was saved with, or correct config.architectures."
+    )
+
+
 def load_hf(name_or_path: str, *, revision=None, token=None, dtype=torch.float32, attn_implementation="eager", **kwargs):
     """The HuggingFace model and tokenizer behind a lensutil name (zoo name, directory or hub name)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,8 +78,9 @@ def load_hf(name_or_path: str, *, revision=None, token=None, dtype=torch.float32
         with quiet_local_loading(local or bool(hub.get("local_files_only"))):  # from disk: no bar (the cache, offline)
             tokenizer = AutoTokenizer.from_pretrained(source, **hub)
             _refuse_encoder(name_or_path, source, hub)
-            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation,
-                                                            **hub, **kwargs)
+            hf_model, info = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True, **hub, **kwargs)
+        _refuse_incomplete(name_or_path, type(hf_model).__name__, info)
         return hf_model.eval(), tokenizer
     except (OSError, ValueError) as err:
         if local and not isinstance(err, OSError):

@@ -11,7 +11,7 @@ Also two endpoints with no hub behind them: one that refuses connections and one
 them but never answers (what a dead proxy or a firewall that drops packets looks like).
 
 lensutil's own, for tests and teaching: tests/test_hub.py and notebooks/09_hf_tokens_and_gated_models.ipynb
-use it. Not a hub: one commit per repository, no uploads, no LFS redirects.
+use it. Not a hub: a repository's commits are given whole (no branches but main), no uploads, no LFS redirects.
 """
 
 from __future__ import annotations
@@ -37,11 +37,19 @@ def make_token() -> str:
 
 
 class Repo:
-    """A model repository: its files (name -> bytes), whether it is gated, its one commit."""
+    """A model repository: its files (name -> bytes) at its newest commit ("main"), whether it is gated,
+    and, optionally, older commits (`history`, oldest first: each a files dict) that `revision=` can pin."""
 
-    def __init__(self, repo_id: str, files: dict[str, bytes], gated: bool = False):
+    def __init__(self, repo_id: str, files: dict[str, bytes], gated: bool = False, history: list[dict[str, bytes]] = ()):
         self.repo_id, self.files, self.gated = repo_id, files, gated
         self.sha = hashlib.sha1(repo_id.encode()).hexdigest()
+        self.commits = {hashlib.sha1(f"{repo_id}@{i}".encode()).hexdigest(): old for i, old in enumerate(history)}
+        self.commits[self.sha] = files
+
+    def at(self, rev: str) -> tuple[str, dict[str, bytes]] | None:
+        """(commit sha, files) of a revision: "main", or a commit's full sha; None if there is no such revision."""
+        sha = self.sha if rev == "main" else rev
+        return (sha, self.commits[sha]) if sha in self.commits else None
 
     @classmethod
     def from_dir(cls, repo_id: str, directory, gated: bool = False) -> "Repo":
@@ -100,12 +108,12 @@ def _handler_for(hub: HubServer):
             if body:
                 self.wfile.write(payload)
 
-        def _error(self, status: int, code: str | None, message: str, body: bool, repo: Repo | None = None) -> None:
+        def _error(self, status: int, code: str | None, message: str, body: bool, commit: str | None = None) -> None:
             headers = {"Content-Type": "application/json", "X-Error-Message": message}
             if code:
                 headers["X-Error-Code"] = code
-            if repo is not None:
-                headers["X-Repo-Commit"] = repo.sha
+            if commit is not None:  # the commit the answer is about: huggingface_hub records it for the revision
+                headers["X-Repo-Commit"] = commit
             self._send(status, json.dumps({"error": message}).encode(), headers, body)
 
         def _answer(self, body: bool) -> None:
@@ -144,7 +152,7 @@ def _handler_for(hub: HubServer):
                 self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not in the "
                             f"authorized list. Visit {hub.url}/{repo_id} to ask for access.", body)
                 return None
-            if rev not in ("main", repo.sha):
+            if repo.at(rev) is None:
                 self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", body)
                 return None
             return repo
@@ -153,24 +161,26 @@ def _handler_for(hub: HubServer):
             repo = self._repo(repo_id, rev, token, body)
             if repo is None:
                 return
+            sha, files = repo.at(rev)
             if kind == "tree":
                 if sub:  # e.g. additional_chat_templates: no such folder
-                    return self._error(404, "EntryNotFound", f"{sub} does not exist on {rev}", body, repo)
+                    return self._error(404, "EntryNotFound", f"{sub} does not exist on {rev}", body, sha)
                 info = [{"type": "file", "path": n, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
-                        for n, b in repo.files.items()]
+                        for n, b in files.items()]
             else:
-                info = {"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False,
-                        "gated": "manual" if repo.gated else False, "siblings": [{"rfilename": n} for n in repo.files]}
+                info = {"id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
+                        "gated": "manual" if repo.gated else False, "siblings": [{"rfilename": n} for n in files]}
             self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
 
         def _file(self, repo_id, rev, filename, token, body) -> None:
             repo = self._repo(repo_id, rev, token, body)
             if repo is None:
                 return
-            data = repo.files.get(filename)
+            sha, files = repo.at(rev)
+            data = files.get(filename)
             if data is None:
-                return self._error(404, "EntryNotFound", f"{filename} does not exist on {rev}", body, repo)
-            headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": repo.sha,
+                return self._error(404, "EntryNotFound", f"{filename} does not exist on {rev}", body, sha)
+            headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": sha,
                        "Content-Type": "application/octet-stream"}
             self._send(200, data, headers, body)
 
@@ -205,3 +215,15 @@ def standard_repos() -> list[Repo]:
     """
     return [Repo.from_dir("gpt2", zoo.resolve("tiny-gpt2")),
             Repo.from_dir("mistralai/Mistral-7B-v0.1", zoo.resolve("tiny-mistral"), gated=True)]
+
+
+def renamed_keys_repo(repo_id: str, zoo_name: str, old: str, new: str) -> Repo:
+    """A repository whose newest commit re-saved the zoo model with `old` in its weight names replaced by
+    `new` (what a checkpoint saved by another transformers version or converter looks like), and whose
+    one older commit (repo.commits' first key) holds the original layout: what `revision=` pins."""
+    import safetensors.torch as st
+
+    original = Repo.from_dir(repo_id, zoo.resolve(zoo_name)).files
+    weights = st.load(original["model.safetensors"])
+    renamed = st.save({k.replace(old, new): v for k, v in weights.items()}, metadata={"format": "pt"})
+    return Repo(repo_id, {**original, "model.safetensors": renamed}, history=[original])

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from .init_functions import calc_fan_in_and_fan_out
+
 _LOADING = contextvars.ContextVar("lensutil_loading_weights", default=False)
 
 
@@ -70,7 +72,7 @@ def _init_matrix(p: Tensor, mode: str, gain: float, generator: torch.Generator |
     if mode == "gpt2":
         p.normal_(0.0, gain, generator=generator)
         return
-    fan_in, fan_out = _fans(p)
+    fan_in, fan_out = calc_fan_in_and_fan_out(p)  # TransformerLens' convention for its own shapes
     if mode.startswith("xavier"):
         scale = gain * math.sqrt(2.0 / (fan_in + fan_out))  # the normal's std; the uniform's bound is sqrt(3) times it
     else:  # kaiming, as TransformerLens calls it: nonlinearity "relu", mode "fan_in"
@@ -80,15 +82,6 @@ def _init_matrix(p: Tensor, mode: str, gain: float, generator: torch.Generator |
         p.uniform_(-bound, bound, generator=generator)
     else:
         p.normal_(0.0, scale, generator=generator)
-
-
-def _fans(p: Tensor) -> tuple[int, int]:
-    # TransformerLens' convention for its own shapes: [in, out] matrices, [head, d_model, d_head] heads.
-    if p.ndim == 2:
-        return p.shape[0], p.shape[1]
-    if p.ndim == 3:
-        return p.shape[1], p.shape[0] * p.shape[2]
-    return 1, p.shape[0]
 
 
 class _Generators(dict):

@@ -21,6 +21,7 @@ from ..text import tokens as tok
 from ..text.generation import generate
 from . import doors, initialization
 from .block import TransformerBlock, check_hook_flags
+from .circuit_weights import CircuitWeights
 from .context import AttentionContext
 from .embed import Embed, PosEmbed, Unembed
 from .input_to_embed import input_to_embed
@@ -30,7 +31,7 @@ from .processing import process_weights_
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
-class HookedTransformer(HookedRootModule):
+class HookedTransformer(CircuitWeights, HookedRootModule):
     def __init__(self, cfg: HookedTransformerConfig, tokenizer=None):
         super().__init__()
         if cfg.attention_dir != "causal":
@@ -262,18 +263,6 @@ class HookedTransformer(HookedRootModule):
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         return self.embed.W_E
-
-    def _stacked(self, path: str) -> Tensor:
-        part, name = path.split(".")
-        # On cfg.device: a model placed over several devices holds each block's weights on its own.
-        return torch.stack([getattr(getattr(b, part), name).to(self.cfg.device) for b in self.blocks])
-
-    W_Q = property(lambda self: self._stacked("attn.W_Q"))  # [n_layers, n_heads, d_model, d_head]
-    W_K = property(lambda self: self._stacked("attn.W_K"))  # per query head, GQA's repeated (TransformerLens)
-    W_V = property(lambda self: self._stacked("attn.W_V"))  # [n_layers, n_heads, d_model, d_head]
-    W_O = property(lambda self: self._stacked("attn.W_O"))
-    W_in = property(lambda self: self._stacked("mlp.W_in"))
-    W_out = property(lambda self: self._stacked("mlp.W_out"))
 
 
 def lm_cross_entropy_loss(
