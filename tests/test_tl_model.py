@@ -198,3 +198,11 @@ def test_tl_private_hook_steps_attach_at_the_current_context_level():
         m(TOKENS)
     m(TOKENS)  # removed with the context that added them
     assert seen == ["hook_embed", "hook_pos_embed"]
+
+
+def test_from_pretrained_takes_tls_default_padding_side():
+    m = HookedTransformer.from_pretrained("tiny-gpt2", default_padding_side="left")
+    tokens = m.to_tokens(["a b c d", "a"])
+    assert m.cfg.default_padding_side == "left" and tokens[1, -1] != m.tokenizer.pad_token_id
+    with pytest.raises(Exception, match="default_padding_side"):
+        HookedTransformer.from_pretrained("tiny-gpt2", default_padding_side="middle")
