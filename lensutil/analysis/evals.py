@@ -160,7 +160,7 @@ def make_mmlu_data_loader(subjects: str | list[str] | None = None, split: str = 
     chosen = MMLU_SUBJECTS if subjects is None else [subjects] if isinstance(subjects, str) else list(subjects)
     unknown = sorted(set(chosen) - set(MMLU_SUBJECTS))
     if unknown:
-        raise InputError(f"Unknown MMLU subject(s) {unknown}; the subjects are lensutil.analysis.evals.MMLU_SUBJECTS.")
+        raise InputError(f"Invalid subject(s) {unknown}: MMLU has no such subject; the subjects are lensutil.analysis.evals.MMLU_SUBJECTS.")
     try:
         from datasets import load_dataset  # optional: only MMLU needs it
     except ImportError:
