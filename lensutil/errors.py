@@ -45,8 +45,11 @@ class WeightLoadError(LensError):
     """Weights that are missing, unexpected, or of the wrong shape (loading is strict)."""
 
 
-class InputError(LensError):
-    """Input to forward/generate of the wrong type, size or content."""
+class InputError(LensError, ValueError):
+    """Input to forward/generate of the wrong type, size or content.
+
+    Also a ValueError, which is what TransformerLens and torch raise for bad input, so code written
+    for them that catches ValueError catches this too."""
 
 
 class AttentionMaskError(InputError):

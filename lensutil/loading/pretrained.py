@@ -35,6 +35,7 @@ def from_pretrained(
     token: str | None = None,
     n_ctx: int | None = None,
     default_prepend_bos: bool | None = None,
+    default_padding_side: str | None = None,
     attn_implementation: str | None = None,
     fold_ln: bool = True,
     center_writing_weights: bool | None = None,
@@ -93,6 +94,10 @@ def from_pretrained(
         overrides["n_ctx"] = n_ctx
     if default_prepend_bos is not None:
         overrides["default_prepend_bos"] = default_prepend_bos
+    if default_padding_side is not None:  # TransformerLens': the side a list of strings is padded on
+        if default_padding_side not in ("left", "right"):
+            raise ConfigError(f"default_padding_side must be 'left' or 'right', got {default_padding_side!r}.")
+        overrides["default_padding_side"] = default_padding_side
     if pl.requested(**placement):  # over GPUs, CPU and disk: weights loaded straight to where they live
         if device is not None:
             raise ConfigError(f"Pass device={device!r} or a device_map/n_devices, not both (a device map says where every block goes).")

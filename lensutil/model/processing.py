@@ -107,7 +107,7 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
         )
     has_bias = kind == "LN"
     center = center_weights and kind == "LN"
-    if has_bias and cfg.mlp_type in ("gated", "moe"):
+    if has_bias and cfg.mlp_type in ("gated", "moe") and not cfg.attn_only:
         nonzero = [i for i in range(cfg.n_layers) if state_dict[f"blocks.{i}.ln2.b"].abs().max() > 0]
         if nonzero:
             raise ConfigError(
@@ -137,7 +137,9 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
                 W, b = key_value_param_name(cfg, W), key_value_param_name(cfg, b)
             fold(p + "ln1", f"{p}attn.{W}", f"{p}attn.{b}", 1)
         kind = cfg.layer_mlp_type(i)  # a Qwen2-MoE has dense gated MLPs between its MoE layers
-        if kind == "moe":
+        if cfg.attn_only:  # no ln2, no MLP
+            pass
+        elif kind == "moe":
             # ln2 is read by the router ([d_model, expert_index], no bias), by every expert and by the
             # shared expert and its gate (Qwen2-MoE; [d_model, 1]). The router's logits are then rounded
             # differently, and a near-tie between two experts may resolve the other way than in the
@@ -152,9 +154,9 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
                 fold(p + "ln2", x + "W_gate", None, 0)
         else:
             fold(p + "ln2", f"{p}mlp.W_in", f"{p}mlp.b_in", 0)  # [d_model, d_mlp]
-        if kind == "gated":
+        if kind == "gated" and not cfg.attn_only:
             fold(p + "ln2", f"{p}mlp.W_gate", None, 0)  # the ln2.b == 0 check above makes b @ W_gate zero
-        for norm in ("ln1", "ln2"):  # ln1_post / ln2_post keep their weights: nothing after them reads only them
+        for norm in ("ln1",) if cfg.attn_only else ("ln1", "ln2"):  # ln1_post / ln2_post keep their weights
             sd.pop(f"{p}{norm}.w", None)
             sd.pop(f"{p}{norm}.b", None)
     fold("ln_final", "unembed.W_U", "unembed.b_U", 0)  # [d_model, d_vocab]
@@ -183,6 +185,8 @@ def center_writing_weights(state_dict: StateDict, cfg: HookedTransformerConfig) 
     for i in range(cfg.n_layers):
         p = f"blocks.{i}."
         keys += [p + "attn.W_O", p + "attn.b_O"]
+        if cfg.attn_only:
+            continue
         if cfg.is_moe_layer(i):  # experts have no output bias
             keys += [f"{p}mlp.experts.{e}.W_out" for e in range(cfg.num_experts)]
             keys += [f"{p}mlp.shared_expert.W_out"] if cfg.d_mlp_shared_expert else []
@@ -253,8 +257,9 @@ def rebuild_norms(model, kind: str) -> None:
         return new
 
     for block in model.blocks:  # (ln1_post, ln2_post keep their weights, POST_NORM_KIND)
-        if "ln1" in block._modules:  # none with norm_position "output" (OLMo 2)
-            block.ln1, block.ln2 = rebuilt(block.ln1), rebuilt(block.ln2)
+        for name in ("ln1", "ln2"):  # none with norm_position "output" (OLMo 2); no ln2 when attn_only
+            if name in block._modules:
+                setattr(block, name, rebuilt(block._modules[name]))
     model.ln_final = rebuilt(model.ln_final)
     model.setup()
 

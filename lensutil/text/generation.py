@@ -24,11 +24,14 @@ class KVCacheEntry:
     def __init__(self):
         self.k: Tensor | None = None
         self.v: Tensor | None = None
+        self.frozen = False  # TransformerLens': a frozen entry is read but keeps nothing new
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=1)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=1)
-        return self.k, self.v
+        full_k = k if self.k is None else torch.cat([self.k, k], dim=1)
+        full_v = v if self.v is None else torch.cat([self.v, v], dim=1)
+        if not self.frozen:
+            self.k, self.v = full_k, full_v
+        return full_k, full_v
 
 
 class KVCache:
@@ -44,8 +47,29 @@ class KVCache:
 
     def extend_mask(self, full_mask: Bool[Tensor, "batch key_pos"] | None, new: int) -> None:
         # Called by forward once all layers have appended; full_mask covers past and new keys.
+        if self.frozen:
+            return
         self.mask = full_mask
         self.past_len += new
+
+    @property
+    def frozen(self) -> bool:
+        return self.entries[0].frozen if self.entries else False
+
+    def freeze(self) -> None:
+        """Forwards read the cache but add nothing to it (TransformerLens': run several continuations of one prefix)."""
+        for entry in self.entries:
+            entry.frozen = True
+
+    def unfreeze(self) -> None:
+        for entry in self.entries:
+            entry.frozen = False
+
+    @classmethod
+    def init_cache(cls, cfg, device=None, batch_size: int = 1) -> "KVCache":
+        """An empty cache for a model of `cfg` (TransformerLens' constructor; device and batch size are taken
+        from the first forward)."""
+        return cls(cfg.n_layers)
 
 
 def filter_logits(

@@ -14,10 +14,13 @@ Where lensutil deliberately differs from TransformerLens, docs/tl_compat.md list
 from . import hook_points as hook_points
 from . import utils as utils
 from . import components as components
+from . import factories as factories
+from . import utilities as utilities
 from . import patching as patching
 from . import loading_from_pretrained as loading_from_pretrained
 from . import loading_from_pretrained as loading
 from .ActivationCache import ActivationCache as ActivationCache
+from .BertNextSentencePrediction import BertNextSentencePrediction as BertNextSentencePrediction
 from .FactoredMatrix import FactoredMatrix as FactoredMatrix
 from .HookedEncoder import HookedEncoder as HookedEncoder
 from .HookedTransformer import HookedTransformer as HookedTransformer
