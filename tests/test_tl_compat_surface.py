@@ -1,0 +1,73 @@
+"""TransformerLens 2.18 surface beyond the module paths: from_pretrained's TL arguments, TL's name tables,
+head_detector, the key-value cache class and other names TL's tests and tutorials call.
+
+(Split from test_tl_compat.py to keep files small.)
+"""
+
+import pytest
+import torch
+
+import lensutil
+from lensutil.errors import ConfigError
+
+# TransformerLens' own logit comparisons after weight processing use atol 1e-4 (e.g. its
+# test_hooked_transformer's processed-vs-unprocessed checks); the refactoring is held to that too.
+TL_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def gpt2_pair():
+    plain = lensutil.HookedTransformer.from_pretrained("tiny-gpt2")
+    refactored = lensutil.HookedTransformer.from_pretrained("tiny-gpt2", refactor_factored_attn_matrices=True)
+    return plain, refactored
+
+
+def test_refactor_factored_attn_matrices_keeps_logits_and_circuits(gpt2_pair):
+    plain, refactored = gpt2_pair
+    tokens = torch.randint(0, plain.cfg.d_vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(refactored(tokens), plain(tokens), atol=TL_ATOL, rtol=0)
+        torch.testing.assert_close(refactored.OV.AB, plain.OV.AB, atol=1e-6, rtol=0)
+        torch.testing.assert_close(refactored.QK.AB, plain.QK.AB, atol=1e-6, rtol=0)
+
+
+def test_refactor_factored_attn_matrices_changes_the_factors_as_tl_describes(gpt2_pair):
+    plain, refactored = gpt2_pair
+    attn, before = refactored.blocks[0].attn, plain.blocks[0].attn
+    assert not torch.allclose(attn.W_V, before.W_V)  # the weights did change
+    assert torch.count_nonzero(attn.b_V) == 0  # b_V moved into b_O
+    eye = torch.eye(attn.W_O.shape[1])
+    with torch.no_grad():
+        # W_O has orthonormal rows (a rotation onto its image); W_V's columns are orthogonal
+        torch.testing.assert_close(attn.W_O @ attn.W_O.transpose(-1, -2), eye.expand_as(attn.W_O @ attn.W_O.transpose(-1, -2)), atol=1e-5, rtol=0)
+        gram = attn.W_V.transpose(-1, -2) @ attn.W_V
+        off_diagonal = gram - torch.diag_embed(torch.diagonal(gram, dim1=-2, dim2=-1))
+        assert off_diagonal.abs().max() < 1e-5 * gram.abs().max()
+        # W_Q and W_K (with the bias row) share the singular values evenly: equal column norms
+        q = torch.cat([attn.W_Q, attn.b_Q[:, None, :]], dim=1).norm(dim=1)
+        k = torch.cat([attn.W_K, attn.b_K[:, None, :]], dim=1).norm(dim=1)
+        torch.testing.assert_close(q, k, atol=1e-5, rtol=1e-4)
+
+
+def test_refactor_is_refused_for_rotary_models():
+    model = lensutil.HookedTransformer.from_pretrained("tiny-llama")
+    w_q = model.blocks[0].attn.W_Q.detach().clone()
+    with pytest.raises(ConfigError, match="rotary"):
+        model.process_weights_(refactor_factored_attn_matrices=True)
+    assert torch.equal(model.blocks[0].attn.W_Q, w_q)  # refused before anything changed
+
+
+@pytest.mark.parametrize("kwargs", [{"checkpoint_index": 3}, {"checkpoint_value": 1000}, {"first_n_layers": 1}])
+def test_tl_arguments_resting_on_tl_tables_are_refused_clearly(kwargs):
+    with pytest.raises(ConfigError, match="not supported"):
+        lensutil.HookedTransformer.from_pretrained("tiny-gpt2", **kwargs)
+
+
+def test_default_padding_side_and_move_to_device():
+    model = lensutil.HookedTransformer.from_pretrained("tiny-gpt2", default_padding_side="left", move_to_device=False)
+    assert model.cfg.default_padding_side == "left"
+    tokens = model.to_tokens(["a", "a b c d"])
+    assert tokens[0, 0] == model.tokenizer.pad_token_id  # the short row is padded on the left
+    assert next(model.parameters()).device.type == "cpu"
+    with pytest.raises(ConfigError, match="default_padding_side"):
+        lensutil.HookedTransformer.from_pretrained("tiny-gpt2", default_padding_side="middle")
