@@ -71,3 +71,28 @@ def test_default_padding_side_and_move_to_device():
     assert next(model.parameters()).device.type == "cpu"
     with pytest.raises(ConfigError, match="default_padding_side"):
         lensutil.HookedTransformer.from_pretrained("tiny-gpt2", default_padding_side="middle")
+
+
+def test_official_model_names_are_transformer_lens_tables_in_full():
+    from lensutil.transformer_lens import loading_from_pretrained as loading
+
+    # families lensutil has no adapter for are still TransformerLens names (as TL answers them)
+    assert loading.get_official_model_name("pythia-14m") == "EleutherAI/pythia-14m"
+    assert loading.get_official_model_name("facebook/opt-125m") == "facebook/opt-125m"
+    assert loading.get_official_model_name("GPT2-SMALL") == "gpt2"  # any case, as TL
+    assert "llama-7b-hf" in loading.NON_HF_HOSTED_MODEL_NAMES
+    assert loading.DEFAULT_MODEL_ALIASES[loading.OFFICIAL_MODEL_NAMES.index("gpt2")] == "gpt2-small"
+    with pytest.raises(ValueError, match="not-a-model not found"):
+        loading.get_official_model_name("not-a-model")
+
+
+def test_get_pretrained_model_config_reads_the_hf_config_through_the_adapter():
+    from lensutil.transformer_lens import loading_from_pretrained as loading
+
+    model = lensutil.HookedTransformer.from_pretrained("tiny-gpt2", fold_ln=False)
+    cfg = loading.get_pretrained_model_config("tiny-gpt2", n_ctx=64)
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_vocab) == (model.cfg.n_layers, model.cfg.d_model, model.cfg.n_heads, model.cfg.d_vocab)
+    assert cfg.n_ctx == 64 and cfg.normalization_type == "LN"
+    assert loading.get_pretrained_model_config("tiny-gpt2", fold_ln=True).normalization_type == "LNPre"
+    with pytest.raises(ConfigError, match="revision"):
+        loading.get_pretrained_model_config("tiny-gpt2", checkpoint_index=1)
