@@ -96,3 +96,72 @@ def test_get_pretrained_model_config_reads_the_hf_config_through_the_adapter():
     assert loading.get_pretrained_model_config("tiny-gpt2", fold_ln=True).normalization_type == "LNPre"
     with pytest.raises(ConfigError, match="revision"):
         loading.get_pretrained_model_config("tiny-gpt2", checkpoint_index=1)
+
+
+def test_detection_patterns_by_hand():
+    from lensutil.transformer_lens.head_detector import (
+        get_duplicate_token_head_detection_pattern as dup,
+        get_induction_head_detection_pattern as ind,
+        get_previous_token_head_detection_pattern as prev,
+    )
+
+    tokens = torch.tensor([[7, 1, 2, 1, 2]])
+    assert prev(tokens).tolist()[2] == [0, 1, 0, 0, 0]
+    # position 3 (token 1) duplicates position 1; position 4 (token 2) duplicates position 2
+    assert dup(tokens).nonzero().tolist() == [[3, 1], [4, 2]]
+    # induction: attend to the token after the earlier copy
+    assert ind(tokens).nonzero().tolist() == [[3, 2], [4, 3]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return lensutil.HookedTransformer.from_pretrained("tiny-gpt2")
+
+
+def test_detect_head_scores_a_head_forced_to_the_pattern_as_perfect(tiny):
+    from lensutil.transformer_lens.head_detector import detect_head, get_previous_token_head_detection_pattern
+
+    text = " one two three four five"
+    target = get_previous_token_head_detection_pattern(tiny.to_tokens(text))
+    target[0, 0] = 1  # the first query has only itself to attend to
+
+    def force(pattern, hook):
+        pattern[:] = target
+        return pattern
+
+    with tiny.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", force)]):
+        for measure in ("mul", "abs"):
+            scores = detect_head(tiny, text, "previous_token_head", error_measure=measure, exclude_bos=True)
+            assert torch.allclose(scores[0], torch.ones(tiny.cfg.n_heads)), (measure, scores)
+            assert (scores[1:] < 1).all()
+
+
+def test_detect_head_mul_score_is_the_share_of_attention_and_keeps_the_cache(tiny):
+    from lensutil.transformer_lens.head_detector import detect_head, get_induction_head_detection_pattern
+
+    text = " red green blue red green blue"
+    _, cache = tiny.run_with_cache(text, remove_batch_dim=True)
+    before = cache["pattern", 1].clone()
+    scores = detect_head(tiny, text, "induction_head", heads=[(1, 2)], cache=cache, exclude_bos=True)
+    pattern = before[2].clone()
+    pattern[:, 0] = 0
+    detection = get_induction_head_detection_pattern(tiny.to_tokens(text))
+    assert scores[1, 2].item() == pytest.approx(((pattern * detection).sum() / pattern.sum()).item(), abs=1e-6)
+    assert (scores[0] == -1).all() and scores[1, 0] == -1  # heads not asked for
+    assert torch.equal(cache["pattern", 1], before)  # the cache's patterns are not written to
+
+
+def test_detect_head_on_a_list_averages_and_refusals_are_assertion_errors(tiny):
+    from lensutil.errors import HeadDetectionError
+    from lensutil.transformer_lens.head_detector import detect_head
+
+    a, b = " a b c", " one two three one two three"
+    both = detect_head(tiny, [a, b], "duplicate_token_head")
+    torch.testing.assert_close(both, (detect_head(tiny, a, "duplicate_token_head") + detect_head(tiny, b, "duplicate_token_head")) / 2)
+    for bad in [dict(seq="", detection_pattern="previous_token_head"),
+                dict(seq=" a b c", detection_pattern=torch.ones(4, 4)),
+                dict(seq=" a b c", detection_pattern="no_such_head"),
+                dict(seq=" a b c", detection_pattern="induction_head", error_measure="l2")]:
+        with pytest.raises(HeadDetectionError) as err:
+            detect_head(tiny, **bad)
+        assert isinstance(err.value, AssertionError)

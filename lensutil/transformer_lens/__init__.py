@@ -15,6 +15,7 @@ from . import hook_points as hook_points
 from . import utils as utils
 from . import components as components
 from . import patching as patching
+from . import head_detector as head_detector
 from . import loading_from_pretrained as loading_from_pretrained
 from . import loading_from_pretrained as loading
 from .ActivationCache import ActivationCache as ActivationCache
