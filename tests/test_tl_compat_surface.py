@@ -165,3 +165,23 @@ def test_detect_head_on_a_list_averages_and_refusals_are_assertion_errors(tiny):
         with pytest.raises(HeadDetectionError) as err:
             detect_head(tiny, **bad)
         assert isinstance(err.value, AssertionError)
+
+
+def test_key_value_cache_at_tl_path_matches_a_full_forward_and_freezes(tiny):
+    from lensutil.transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache
+
+    prefix = tiny.to_tokens(" I went to the island,")
+    one, two = tiny.to_tokens(" and then home", prepend_bos=False), tiny.to_tokens(" by boat", prepend_bos=False)
+    cache = HookedTransformerKeyValueCache.init_cache(tiny.cfg, tiny.cfg.device, 1)
+    with torch.no_grad():
+        tiny(prefix, past_kv_cache=cache)
+        cache.freeze()
+        kept = cache[0].past_keys.clone()
+        for cont in (one, two):  # both continue from the prefix only: the frozen cache keeps nothing new
+            cached = tiny(cont, past_kv_cache=cache)
+            full = tiny(torch.cat([prefix, cont], dim=1))[:, -cont.shape[1]:]
+            torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+        assert torch.equal(cache[0].past_keys, kept) and cache.past_len == prefix.shape[1]
+        cache.unfreeze()
+        tiny(one, past_kv_cache=cache)
+    assert cache[0].past_keys.shape[1] == prefix.shape[1] + one.shape[1]

@@ -16,6 +16,9 @@ from . import utils as utils
 from . import components as components
 from . import patching as patching
 from . import head_detector as head_detector
+from . import past_key_value_caching as past_key_value_caching
+from .past_key_value_caching import HookedTransformerKeyValueCache as HookedTransformerKeyValueCache
+from .past_key_value_caching import HookedTransformerKeyValueCacheEntry as HookedTransformerKeyValueCacheEntry
 from . import loading_from_pretrained as loading_from_pretrained
 from . import loading_from_pretrained as loading
 from .ActivationCache import ActivationCache as ActivationCache
@@ -29,3 +32,5 @@ from ._opt_in import use_as_transformer_lens as use_as_transformer_lens
 # TransformerLens' old names for the same classes, kept by 2.x for EasyTransformer-era code.
 EasyTransformer = HookedTransformer
 EasyTransformerConfig = HookedTransformerConfig
+EasyTransformerKeyValueCache = HookedTransformerKeyValueCache
+EasyTransformerKeyValueCacheEntry = HookedTransformerKeyValueCacheEntry
