@@ -64,6 +64,11 @@ class HeadDetectionError(InputError, AssertionError):
     An AssertionError too, because TransformerLens 2.x raised that and code written for it catches it."""
 
 
+class SVDInterpreterError(InputError, AssertionError):
+    """SVDInterpreter asked for a vector type it does not know, a layer or head the model does not have, or
+    OV without a head. An AssertionError too, because TransformerLens 2.x raised that."""
+
+
 class FactoredMatrixBroadcastError(InputError, RuntimeError):
     """FactoredMatrix factors whose leading dimensions do not broadcast. A RuntimeError too, as torch's
     broadcasting error that TransformerLens 2.x let through."""

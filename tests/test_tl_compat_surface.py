@@ -185,3 +185,27 @@ def test_key_value_cache_at_tl_path_matches_a_full_forward_and_freezes(tiny):
         cache.unfreeze()
         tiny(one, past_kv_cache=cache)
     assert cache[0].past_keys.shape[1] == prefix.shape[1] + one.shape[1]
+
+
+def test_svd_interpreter_projects_the_top_singular_vectors_onto_the_vocabulary(tiny):
+    from lensutil.errors import SVDInterpreterError
+    from lensutil.transformer_lens import SVDInterpreter
+
+    svd = SVDInterpreter(tiny)
+    ov = svd.get_singular_vectors("OV", layer_index=1, num_vectors=3, head_index=2)
+    assert ov.shape == (tiny.cfg.d_vocab, 1, 3)
+    W_OV = (tiny.blocks[1].attn.W_V[2] @ tiny.blocks[1].attn.W_O[2]).detach().double()
+    _, S, Vh = torch.linalg.svd(W_OV)
+    for i in range(3):  # each column is ± (the i-th right singular vector of W_OV) @ W_U
+        expected = (Vh[i] @ tiny.W_U.detach().double()).float()
+        got = ov[:, 0, i]
+        sign = torch.sign((got * expected).sum())
+        torch.testing.assert_close(sign * got, expected, atol=1e-4, rtol=1e-3)
+    w_out = svd.get_singular_vectors("w_out", layer_index=0, num_vectors=2)
+    top = torch.linalg.svd(tiny.blocks[0].mlp.W_out.detach())[2][0] @ tiny.W_U.detach()
+    assert torch.allclose(w_out[:, 0, 0].abs(), top.abs(), atol=1e-4)
+    assert svd.get_singular_vectors("w_in", layer_index=0, num_vectors=1).shape == (tiny.cfg.d_vocab, 1, 1)
+    for args, kwargs, message in [(("OV", 0), {}, "Head index optional"), (("w_in", 9), {}, "Layer index must be between 0 and 1"),
+                                  (("OV", 0), {"head_index": 99}, "Head index must be between"), (("QK", 0), {"head_index": 0}, "Vector type")]:
+        with pytest.raises(SVDInterpreterError, match=message):
+            svd.get_singular_vectors(*args, **kwargs)

@@ -26,6 +26,7 @@ from .FactoredMatrix import FactoredMatrix as FactoredMatrix
 from .HookedEncoder import HookedEncoder as HookedEncoder
 from .HookedTransformer import HookedTransformer as HookedTransformer
 from .HookedTransformerConfig import HookedTransformerConfig as HookedTransformerConfig
+from .SVDInterpreter import SVDInterpreter as SVDInterpreter
 from ._opt_in import stop_using_as_transformer_lens as stop_using_as_transformer_lens
 from ._opt_in import use_as_transformer_lens as use_as_transformer_lens
 
