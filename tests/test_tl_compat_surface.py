@@ -209,3 +209,14 @@ def test_svd_interpreter_projects_the_top_singular_vectors_onto_the_vocabulary(t
                                   (("OV", 0), {"head_index": 99}, "Head index must be between"), (("QK", 0), {"head_index": 0}, "Vector type")]:
         with pytest.raises(SVDInterpreterError, match=message):
             svd.get_singular_vectors(*args, **kwargs)
+
+
+def test_tl_private_enable_hook_attaches_at_the_context_level(tiny):
+    seen = []
+    with tiny.hooks():  # context level 1: leaving it removes what _enable_hook attached at that level
+        tiny._enable_hook("blocks.0.hook_resid_pre", lambda x, hook: seen.append(hook.name), "fwd")
+        tiny._enable_hook(lambda n: n.endswith("hook_resid_post"), lambda x, hook: seen.append(hook.name), "fwd")
+        tiny(torch.tensor([[1, 2, 3]]))
+    assert seen == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    tiny(torch.tensor([[1, 2, 3]]))
+    assert len(seen) == 3  # removed with the context
