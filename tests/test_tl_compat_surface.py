@@ -220,3 +220,18 @@ def test_tl_private_enable_hook_attaches_at_the_context_level(tiny):
     assert seen == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     tiny(torch.tensor([[1, 2, 3]]))
     assert len(seen) == 3  # removed with the context
+
+
+def test_d_vocab_minus_one_is_taken_from_the_tokenizer(tiny):
+    from lensutil.loading.hf_source import resolve_source
+
+    def cfg(**kw):
+        return lensutil.HookedTransformerConfig(n_layers=1, d_model=10, d_head=5, n_heads=2, d_mlp=10, n_ctx=20, act_fn="relu", **kw)
+
+    size = max(tiny.tokenizer.get_vocab().values()) + 1
+    model = lensutil.HookedTransformer(cfg(), tokenizer=tiny.tokenizer)
+    assert model.cfg.d_vocab == model.cfg.d_vocab_out == size and model.W_U.shape == (10, size)
+    named = lensutil.HookedTransformer(cfg(tokenizer_name=resolve_source("tiny-gpt2"), d_vocab_out=90))
+    assert (named.cfg.d_vocab, named.cfg.d_vocab_out) == (size, 90) and named.tokenizer is not None
+    with pytest.raises(ConfigError, match="d_vocab=-1"):
+        lensutil.HookedTransformer(cfg())

@@ -19,6 +19,7 @@ from ..hooks.hook_points import HookPoint
 from ..hooks.root_module import HookedRootModule
 from ..text import tokens as tok
 from ..text.generation import generate
+from ..text.vocab import fill_vocab_size
 from . import doors, initialization
 from .block import TransformerBlock, check_hook_flags
 from .circuit_weights import CircuitWeights
@@ -38,6 +39,7 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
                 f"HookedTransformer is a causal decoder; this config is an encoder (attention_dir={cfg.attention_dir!r}). "
                 "Build it with lensutil.HookedEncoder(cfg), or load with HookedEncoder.from_pretrained(name)."
             )
+        tokenizer = fill_vocab_size(cfg, tokenizer)  # d_vocab=-1: from the tokenizer, as TransformerLens
         self.cfg, self.tokenizer = cfg, tokenizer
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint("batch pos d_model")
