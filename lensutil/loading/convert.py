@@ -15,8 +15,7 @@ from .strict import _load_strict
 
 # On by default, as in TransformerLens. center_writing_weights=None: "where valid" (LayerNorm
 # models); on RMSNorm models it is skipped quietly, and recorded in the ProcessingReport.
-DEFAULT_PROCESSING = {"fold_ln": True, "center_writing_weights": None, "center_unembed": True, "fold_value_biases": True,
-                      "refactor_factored_attn_matrices": False}
+DEFAULT_PROCESSING = {"fold_ln": True, "center_writing_weights": None, "center_unembed": True, "fold_value_biases": True}
 
 
 PROCESSING_OPTIONS = tuple(DEFAULT_PROCESSING)
