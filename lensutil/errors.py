@@ -61,6 +61,17 @@ class FactoredMatrixShapeError(InputError, AssertionError):
     TransformerLens 2.x raised that and code written for it catches it (lensutil/factored_matrix.py)."""
 
 
+class HeadDetectionError(InputError, AssertionError):
+    """detect_head input that cannot be scored: a sequence that is empty or longer than the context, a
+    detection pattern of the wrong shape or not lower triangular, an unknown head name or error measure.
+    An AssertionError too, because TransformerLens 2.x raised that and code written for it catches it."""
+
+
+class SVDInterpreterError(InputError, AssertionError):
+    """SVDInterpreter asked for a vector type it does not know, a layer or head the model does not have, or
+    OV without a head. An AssertionError too, because TransformerLens 2.x raised that."""
+
+
 class FactoredMatrixBroadcastError(InputError, RuntimeError):
     """FactoredMatrix factors whose leading dimensions do not broadcast. A RuntimeError too, as torch's
     broadcasting error that TransformerLens 2.x let through."""

@@ -33,6 +33,7 @@ from ..errors import ConfigError, LensError
 from .attention import key_value_param_name
 from .linear import refuse_if_quantized
 from .norm import Norm
+from .refactor_attn import refactor_factored_attn_matrices
 
 OPTIONS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
 _FOLDED_KIND = {"LN": "LNPre", "RMS": "RMSPre"}
@@ -271,6 +272,7 @@ def process_weights_(
     center_writing_weights: bool | None = True,
     center_unembed: bool = True,
     fold_value_biases: bool = True,
+    refactor_factored_attn_matrices: bool = False,
 ) -> ProcessingReport:
     """Process a HookedTransformer's weights in place (in float32, or float64 for a float64 model), keeping its function.
 
@@ -284,12 +286,14 @@ def process_weights_(
 
     Safe to call twice: fold_ln on a model whose norms have no weights does nothing (reported); the
     other three are projections (centring a centred tensor, zeroing a zero b_V), so re-applying them
-    leaves the weights as they are.
+    leaves the weights as they are. refactor_factored_attn_matrices (off by default, as in
+    TransformerLens) runs last: lensutil/model/refactor_attn.py; a ConfigError where it is not valid.
     """
     dtype = next(model.parameters()).dtype
     sd = {k: v.detach().to(compute_dtype(dtype)) for k, v in model.state_dict().items()}
     return process_into_(model, sd, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                         center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+                         center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                         refactor_factored_attn_matrices=refactor_factored_attn_matrices)
 
 
 def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
@@ -336,6 +340,10 @@ def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
         sd = _fold_value_biases(sd, cfg)
         report.applied.append("fold_value_biases")
 
+    if wanted.get("refactor_factored_attn_matrices"):  # off by default, as in TransformerLens; last, as there
+        sd = refactor_factored_attn_matrices(sd, cfg)  # a ConfigError (before anything changed) where not valid
+        report.applied.append("refactor_factored_attn_matrices")
+
     if new_kind is not None:
         rebuild_norms(model, new_kind)
     # load_state_dict copies into the existing Parameters (optimisers holding them stay valid).
@@ -343,7 +351,8 @@ def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
     own = model.state_dict()
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
     for option in report.applied:
-        setattr(cfg, _CFG_FLAG[option], True)
+        if option in _CFG_FLAG:  # refactor_factored_attn_matrices has no flag in TransformerLens' config either
+            setattr(cfg, _CFG_FLAG[option], True)
 
     not_applicable = {k: v for k, v in report.skipped.items() if not v.endswith(_NOTHING_TO_DO) and wanted[k] is True}
     if not_applicable:

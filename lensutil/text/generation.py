@@ -19,7 +19,11 @@ from . import tokens as tok
 
 
 class KVCacheEntry:
-    """One layer's keys (after rotary) and values so far: [batch, key_pos, kv_head_index, d_head]."""
+    """One layer's keys (after rotary) and values so far: [batch, key_pos, kv_head_index, d_head].
+
+    A frozen entry hands back the cached keys and values with the new ones appended, but keeps only
+    the cached ones: many continuations can then be run from one shared prefix (KVCache.freeze).
+    """
 
     def __init__(self):
         self.k: Tensor | None = None
@@ -35,15 +39,30 @@ class KVCacheEntry:
 
 
 class KVCache:
-    """Every layer's cache entry, plus which cached keys are padding (None: none are)."""
+    """Every layer's cache entry, plus which cached keys are padding (None: none are).
+
+    freeze() keeps the cache as it is now: later forwards read it but add nothing (each continuation
+    of a shared prefix sees only the prefix); unfreeze() lets forwards append again.
+    """
 
     def __init__(self, n_layers: int):
         self.entries = [KVCacheEntry() for _ in range(n_layers)]
         self.mask: Bool[Tensor, "batch key_pos"] | None = None
         self.past_len = 0
+        self.frozen = False
 
     def __getitem__(self, layer: int) -> KVCacheEntry:
         return self.entries[layer]
+
+    def freeze(self) -> None:
+        self.frozen = True
+        for entry in self.entries:
+            entry.frozen = True
+
+    def unfreeze(self) -> None:
+        self.frozen = False
+        for entry in self.entries:
+            entry.frozen = False
 
     def extend_mask(self, full_mask: Bool[Tensor, "batch key_pos"] | None, new: int) -> None:
         # Called by forward once all layers have appended; full_mask covers past and new keys.
