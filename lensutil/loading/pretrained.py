@@ -43,7 +43,6 @@ def from_pretrained(
     fold_value_biases: bool = True,
     refactor_factored_attn_matrices: bool = False,
     # TransformerLens 2.18's other from_pretrained arguments (tl_options below says what each does here).
-    default_padding_side: str | None = None,
     move_to_device: bool = True,
     checkpoint_index: int | None = None,
     checkpoint_value: int | None = None,

@@ -55,6 +55,7 @@ class KVCache:
         return self.entries[layer]
 
     def freeze(self) -> None:
+        """Forwards read the cache but add nothing to it (TransformerLens': run several continuations of one prefix)."""
         self.frozen = True
         for entry in self.entries:
             entry.frozen = True
@@ -70,19 +71,6 @@ class KVCache:
             return
         self.mask = full_mask
         self.past_len += new
-
-    @property
-    def frozen(self) -> bool:
-        return self.entries[0].frozen if self.entries else False
-
-    def freeze(self) -> None:
-        """Forwards read the cache but add nothing to it (TransformerLens': run several continuations of one prefix)."""
-        for entry in self.entries:
-            entry.frozen = True
-
-    def unfreeze(self) -> None:
-        for entry in self.entries:
-            entry.frozen = False
 
     @classmethod
     def init_cache(cls, cfg, device=None, batch_size: int = 1) -> "KVCache":
