@@ -456,3 +456,15 @@ def test_double_quantised_hf_model_loads_as_it_is(name, ran_first):
     model = from_pretrained_no_processing(name, hf_model=ref, tokenizer=tokenizer, attn_implementation="eager")
     assert torch.equal(_run(model, tokens), expected)
     assert torch.equal(_run(ref, tokens, hf_side=True), expected)  # the HF model is left as it was
+
+
+def test_support_table_markdown_escapes_pipes_in_the_header_as_in_the_body():
+    """`max|Δ|` in the header once split it into extra columns: a wall of pipes in JupyterLab and the book."""
+    import re
+
+    from lensutil.checks.quantization_support import SupportRow, SupportTable
+
+    table = SupportTable([SupportRow("tiny-llama", "LlamaForCausalLM", "4-bit nf4", True, max_dlogit=0.5, top1=1.0)], "cpu")
+    lines = table.to_markdown().splitlines()[:3]
+    columns = [len(re.split(r"(?<!\\)\|", line)) for line in lines]  # cells between unescaped pipes
+    assert len(set(columns)) == 1, lines

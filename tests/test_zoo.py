@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lensutil.loading import wheels, zoo, zoo_gemma3
 from lensutil.errors import ZooError
 
-TINY = [name for name in zoo.ZOO_NAMES if name.startswith("tiny-") and name not in zoo.ENCODER_NAMES]
+TINY = [name for name in zoo.ZOO_NAMES if name.startswith("tiny-") and name not in zoo.ENCODER_NAMES + zoo.TRAINED_NAMES]
 ARCH = {
     "tiny-gpt2": "GPT2LMHeadModel",
     "tiny-llama": "LlamaForCausalLM",

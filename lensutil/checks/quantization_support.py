@@ -98,9 +98,10 @@ class SupportTable:
     __repr__ = __str__
 
     def to_markdown(self) -> str:
+        # Every cell escapes "|", the header's too ("max|Δ|"): an unescaped one splits a column in two.
+        row = lambda cells: "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"  # noqa: E731
         head = [h for _, h in _COLUMNS]
-        rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        rows += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in self._cells()]
+        rows = [row(head), "|" + "---|" * len(head), *map(row, self._cells())]
         errors = [f"- {r.architecture} {r.mode}: {r.error}" for r in self.rows if r.error]
         return "\n".join(rows + ([""] + errors if errors else []) + ([""] + [f"- {n}" for n in self.notes] if self.notes else []))
 

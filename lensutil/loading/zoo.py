@@ -19,6 +19,8 @@ Where the weights come from:
   random kernels round the last bits differently on another CPU, as its matmuls do), with SmolLM2's real tokenizer. Parameters HF
   initialises to constants (norm weights, biases) get seeded noise, so a converter that drops one
   changes the logits and is caught.
+- ``tiny-moe-trained`` (zoo_trained.py): a tiny Mixtral trained at build time to continue lists
+  (months, weekdays, ...), so that what half precision breaks can be seen.
 
 Entries live in ``cache_home()/<name>-v1/``. They are built in a temporary directory beside it and
 moved into place only when complete; a file lock keeps two processes from building one at once.
@@ -46,6 +48,7 @@ from .zoo_rotary import TINY as _ROTARY_TINY
 from .zoo_bert import BUILDERS as _ENCODER_BUILDERS, ENCODER_NAMES as ENCODER_NAMES
 from .zoo_decoders import TINY as _TINY_DECODERS
 from .zoo_gemma3 import BUILDERS as _GEMMA3_BUILDERS
+from .zoo_trained import BUILDERS as _TRAINED_BUILDERS, TRAINED_NAMES as TRAINED_NAMES
 
 
 # Bump when a builder changes what it writes, so stale cache entries are not reused.
@@ -215,6 +218,8 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     **{name: (lambda out, name=name: _build_tiny(name, out)) for name in _TINY},
     # minilm-l6, tiny-bert (zoo_bert.py): load with HookedEncoder. tiny-bert takes minilm-l6's tokenizer, from resolve.
     **{name: (lambda out, build=build: build(out, resolve)) for name, build in _ENCODER_BUILDERS.items()},
+    # tiny-moe-trained (zoo_trained.py): trained for seconds at build time, with its own word-level tokenizer.
+    **_TRAINED_BUILDERS,
 }
 ZOO_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
