@@ -17,6 +17,7 @@ from .hooks.activation_cache import ActivationCache as ActivationCache
 from .hooks.hook_points import HookPoint as HookPoint
 from .hooks.root_module import HookedRootModule as HookedRootModule
 from .model.encoder import HookedEncoder as HookedEncoder
+from .model.next_sentence import BertNextSentencePrediction as BertNextSentencePrediction
 from .model.transformer import HookedTransformer as HookedTransformer
 
 # Loading, placing, quantising, saving

@@ -12,16 +12,18 @@ from typing import Literal
 
 import torch
 
+from .config_names import set_seed_everywhere, with_tl_names
 from .errors import ConfigError
 
 
-Normalization = Literal["LN", "LNPre", "RMS", "RMSPre"]
+Normalization = Literal["LN", "LNPre", "RMS", "RMSPre"] | None  # None: no norms at all (TransformerLens')
 Positional = Literal["standard", "rotary"]
 DEFAULT_ATTN_IMPLEMENTATION = "sdpa"  # from_pretrained's and the config's; the checks load HuggingFace in it too
 MlpType = Literal["dense", "gated", "moe"]  # "moe": a router and num_experts gated experts (lensutil/model/moe.py)
 InitMode = Literal["gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
 BIAS_NAMES = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U")  # the biases a layer may lack in HuggingFace
-ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "silu", "relu"]
+ActFn = Literal["gelu_new", "gelu_fast", "gelu", "gelu_pytorch_tanh", "silu", "relu", "solu", "solu_ln", "xielu"]
+ACT_FNS: tuple[str, ...] = ActFn.__args__  # lensutil/model/activations.py computes each
 
 # Hooks that exist on every block but only fire when a flag is on (they cost memory or a copy).
 FLAG_GATED_HOOKS: dict[str, str] = {
@@ -34,6 +36,7 @@ FLAG_GATED_HOOKS: dict[str, str] = {
 }
 
 
+@with_tl_names  # also takes TransformerLens 2.x's names (gated_mlp=, use_attn_scale=, ...): config_names.py
 @dataclasses.dataclass
 class HookedTransformerConfig:
     n_layers: int
@@ -112,6 +115,7 @@ class HookedTransformerConfig:
     n_token_types: int = 0
     mlm_head: bool = False  # BertForMaskedLM's transform, LayerNorm and decoder before the unembedding
     pooler: bool = False  # BertModel's pooler (tanh of a linear map of the first token's hidden state)
+    nsp_head: bool = False  # BertForNextSentencePrediction's head: the pooled state -> 2 logits (is B next?)
     # Mixture of experts (mlp_type="moe"), TransformerLens' names: experts per layer, experts each token uses.
     num_experts: int | None = None
     experts_per_token: int | None = None
@@ -182,6 +186,18 @@ class HookedTransformerConfig:
     # call), its layer runs as HuggingFace's bias-free layer does: a plain product (lensutil/model/zero_bias.py).
     # Set by the adapter; () for a model built from a config (every bias is passed, as in TransformerLens).
     absent_biases: tuple[str, ...] = ()
+    # Attention-only blocks (TransformerLens' attn_only, the classic toy models): no ln2, no MLP, no
+    # hook_resid_mid; each block adds its attention output to the residual stream.
+    attn_only: bool = False
+    use_hook_tokens: bool = False  # HookedTransformer.hook_tokens, on the token ids (TransformerLens')
+    # TransformerLens' bookkeeping, carried for code that reads it; nothing in lensutil reads these.
+    from_checkpoint: bool = False
+    checkpoint_index: int | None = None
+    checkpoint_label_type: str | None = None
+    checkpoint_value: int | None = None
+    tokenizer_prepends_bos: bool | None = None
+    trust_remote_code: bool = False
+    decoder_start_token_id: int | None = None
 
     def __post_init__(self) -> None:
         self._default_sizes()
@@ -206,6 +222,7 @@ class HookedTransformerConfig:
                               "adds norms before them too (Gemma 2). Set one of the two.")
         if self.fused_qkv and self.n_key_value_heads is not None:
             raise ConfigError("fused_qkv needs one key/value head per query head; set n_key_value_heads=None or fused_qkv=False.")
+        self._check_names()
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
         self._check_rope()
@@ -264,6 +281,15 @@ class HookedTransformerConfig:
         missing = [k for k in kinds[kind] if self.rope_scaling.get(k) is None and not (kind == "yarn" and k == "factor")]
         if missing:
             raise ConfigError(f"rope_scaling of type {kind!r} needs {missing}; got {self.rope_scaling!r}.")
+
+    def _check_names(self) -> None:
+        for name, allowed in (("act_fn", ACT_FNS), ("normalization_type", Normalization.__args__[0].__args__ + (None,)),
+                              ("positional_embedding_type", Positional.__args__)):
+            if getattr(self, name) not in allowed:
+                hint = ""
+                if name == "positional_embedding_type" and self.positional_embedding_type in ("shortformer", "alibi"):
+                    hint = " (TransformerLens' shortformer and alibi positions are not implemented in lensutil)"
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}{hint}.")
 
     def _check_moe(self) -> None:
         if isinstance(self.router_dtype, str):  # from a saved config: "float32"
@@ -344,7 +370,40 @@ class HookedTransformerConfig:
 
     @property
     def gated_mlp(self) -> bool:
+        """TransformerLens' name for mlp_type == "gated" (an MoE's experts are gated, but mlp_type is "moe")."""
         return self.mlp_type == "gated"
+
+    @gated_mlp.setter
+    def gated_mlp(self, value: bool) -> None:
+        if self.mlp_type != "moe":
+            self.mlp_type = "gated" if value else "dense"
+
+    @property
+    def use_attn_scale(self) -> bool:
+        """TransformerLens': whether scores are scaled (use_attn_scale=False sets attn_scale=1.0)."""
+        return self.attn_scale != 1.0
+
+    @property
+    def n_params(self) -> int:
+        """TransformerLens' count: the attention and MLP matrices (no biases, norms or embeddings)."""
+        n = self.n_layers * self.d_model * self.d_head * self.n_heads * 4
+        if not self.attn_only:
+            per_layer = self.d_model * self.d_mlp * (2 + (self.mlp_type != "dense"))
+            if self.mlp_type == "moe":
+                per_layer = (per_layer + self.d_model) * self.num_experts
+            n += self.n_layers * per_layer
+        return n
+
+    def is_layer_norm_activation(self) -> bool:
+        """TransformerLens': the activation ends in a LayerNorm ("solu_ln")."""
+        return self.act_fn.endswith("_ln")
+
+    @classmethod
+    def unwrap(cls, config: "dict | HookedTransformerConfig") -> "HookedTransformerConfig":
+        """A config as it is, or one built from a dict of fields (TransformerLens' unwrap)."""
+        return cls.from_dict(config) if isinstance(config, dict) else config
+
+    set_seed_everywhere = staticmethod(set_seed_everywhere)  # TransformerLens'; config_names.py says when it runs
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -358,10 +417,7 @@ class HookedTransformerConfig:
         d = dict(d)
         if isinstance(d.get("dtype"), str):
             d["dtype"] = getattr(torch, d["dtype"])
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"Unknown config fields {sorted(unknown)}; lensutil does not know what they mean.")
-        return cls(**d)
+        return cls(**d)  # unknown names: a ConfigError from config_names.translate
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

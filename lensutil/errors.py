@@ -45,8 +45,11 @@ class WeightLoadError(LensError):
     """Weights that are missing, unexpected, or of the wrong shape (loading is strict)."""
 
 
-class InputError(LensError):
-    """Input to forward/generate of the wrong type, size or content."""
+class InputError(LensError, ValueError):
+    """Input to forward/generate of the wrong type, size or content.
+
+    Also a ValueError, which is what TransformerLens and torch raise for bad input, so code written
+    for them that catches ValueError catches this too."""
 
 
 class AttentionMaskError(InputError):
@@ -56,6 +59,17 @@ class AttentionMaskError(InputError):
 class FactoredMatrixShapeError(InputError, AssertionError):
     """FactoredMatrix factors or operands whose dimensions do not fit. An AssertionError too, because
     TransformerLens 2.x raised that and code written for it catches it (lensutil/factored_matrix.py)."""
+
+
+class HeadDetectionError(InputError, AssertionError):
+    """detect_head input that cannot be scored: a sequence that is empty or longer than the context, a
+    detection pattern of the wrong shape or not lower triangular, an unknown head name or error measure.
+    An AssertionError too, because TransformerLens 2.x raised that and code written for it catches it."""
+
+
+class SVDInterpreterError(InputError, AssertionError):
+    """SVDInterpreter asked for a vector type it does not know, a layer or head the model does not have, or
+    OV without a head. An AssertionError too, because TransformerLens 2.x raised that."""
 
 
 class FactoredMatrixBroadcastError(InputError, RuntimeError):

@@ -125,7 +125,7 @@ class HookPoint(nn.Module):
 
             handle = self.register_forward_hook(fwd_wrapper, prepend=prepend)
             lens_handle = LensHandle(handle, is_permanent, level, user_hook=hook)
-            self.fwd_hooks.append(lens_handle)
+            self._record(self.fwd_hooks, lens_handle, prepend)
         elif dir == "bwd":
 
             def bwd_wrapper(module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple | None:
@@ -136,10 +136,19 @@ class HookPoint(nn.Module):
 
             handle = self.register_full_backward_hook(bwd_wrapper, prepend=prepend)
             lens_handle = LensHandle(handle, is_permanent, level, user_hook=hook)
-            self.bwd_hooks.append(lens_handle)
+            self._record(self.bwd_hooks, lens_handle, prepend)
         else:
             raise LensError(f"Hook direction must be 'fwd' or 'bwd', not {dir!r}.")
         return lens_handle
+
+    @staticmethod
+    def _record(handles: list[LensHandle], handle: LensHandle, prepend: bool) -> None:
+        # fwd_hooks / bwd_hooks list the hooks in the order they run, as TransformerLens' do: a
+        # prepended hook runs first (torch's prepend=True), so it is listed first.
+        if prepend:
+            handles.insert(0, handle)
+        else:
+            handles.append(handle)
 
     def _unwrap_grad(self, hook: HookFn, result: Any) -> Any:
         """A backward hook may return None, a tensor, or torch's own form, a 1-tuple (grad,)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -122,6 +122,22 @@ class HookedRootModule(nn.Module):
             raise LensError(f"add_hook takes a hook name or a filter function of the name; got {name!r}.")
         for target in targets:
             self.hook_dict[target].add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    # TransformerLens 2.x's private steps of hooks(), for code (and tests) that call them directly; hooks()
+    # itself checks every name first and attaches through _attach.
+    def _enable_hook_with_name(self, name: str, hook: HookFn, dir: Direction) -> None:
+        self.mod_dict[name].add_hook(hook, dir=dir, level=self.context_level)
+
+    def _enable_hooks_for_points(self, hook_points, enabled, hook: HookFn, dir: Direction) -> None:
+        for name, point in hook_points:
+            if enabled(name):
+                point.add_hook(hook, dir=dir, level=self.context_level)
+
+    def _enable_hook(self, name: NameOrFilter, hook: HookFn, dir: Direction) -> None:
+        if isinstance(name, str):
+            self._enable_hook_with_name(name, hook=hook, dir=dir)
+        else:
+            self._enable_hooks_for_points(self.hook_dict.items(), enabled=name, hook=hook, dir=dir)
 
     def reset_hooks(
         self,

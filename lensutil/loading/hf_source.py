@@ -8,6 +8,7 @@ import torch
 
 from ..architectures.registry import get_adapter
 from ..errors import ConfigError, ModelAccessError, WeightLoadError
+from ..model import doors
 from .hub import explain, hub_kwargs, resolve_name
 from .progress_bars import quiet_local_loading
 
@@ -105,3 +106,24 @@ def load_hf(name_or_path: str, *, revision=None, token=None, dtype=torch.float32
             raise
         failure = _explain_hub_error(name_or_path, err, repo=source, revision=revision, token=token, local=local)
     raise failure  # outside the except block: the hub's exception is quoted, not chained (no token can ride along)
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer behind a name (zoo name, directory or hub name): a config's tokenizer_name, which
+    HookedTransformer(cfg) and HookedEncoder(cfg) load when no tokenizer is passed (as TransformerLens)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_source(name_or_path)
+    local = os.path.isdir(source)
+    hub = hub_kwargs(str(name_or_path), source, None, None) if not local else {}
+    try:
+        with quiet_local_loading(local or bool(hub.get("local_files_only"))):
+            return AutoTokenizer.from_pretrained(source, **hub)
+    except (OSError, ValueError) as err:
+        if local and not isinstance(err, OSError):
+            raise
+        failure = _explain_hub_error(name_or_path, err, repo=source, local=local)
+    raise failure
+
+
+doors.provide("model.tokenizer_from_name", load_tokenizer)  # the model's constructors (model/doors.py says why)

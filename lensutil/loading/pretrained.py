@@ -35,11 +35,18 @@ def from_pretrained(
     token: str | None = None,
     n_ctx: int | None = None,
     default_prepend_bos: bool | None = None,
+    default_padding_side: str | None = None,
     attn_implementation: str | None = None,
     fold_ln: bool = True,
     center_writing_weights: bool | None = None,
     center_unembed: bool | None = None,
     fold_value_biases: bool = True,
+    refactor_factored_attn_matrices: bool = False,
+    # TransformerLens 2.18's other from_pretrained arguments (tl_options below says what each does here).
+    move_to_device: bool = True,
+    checkpoint_index: int | None = None,
+    checkpoint_value: int | None = None,
+    first_n_layers: int | None = None,
     # Quantisation (lensutil/loading/quantization.py): HuggingFace's from_pretrained arguments.
     load_in_8bit: bool = False,
     load_in_4bit: bool = False,
@@ -69,9 +76,13 @@ def from_pretrained(
     bits. attn_implementation="eager" always writes attention out (bit-exact with HF eager).
     With hf_model= and no attn_implementation, the model follows hf_model's own mode (eager or sdpa),
     so converting a HuggingFace model keeps its maths, and the two compare bit for bit.
-    max_seq_len is read as n_ctx (the name a widely shared guide uses).
+    max_seq_len is read as n_ctx (the name a widely shared guide uses). TransformerLens 2.18's
+    refactor_factored_attn_matrices (lensutil/model/refactor_attn.py), default_padding_side and
+    move_to_device do what they do there; checkpoint_index, checkpoint_value and first_n_layers raise
+    a ConfigError saying what to pass instead.
     """
     refuse_unknown_kwargs(unknown, from_pretrained)
+    refuse_tl_only(checkpoint_index=checkpoint_index, checkpoint_value=checkpoint_value, first_n_layers=first_n_layers)
     attn_implementation = attn_implementation or attention_mode_of(hf_model)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if max_seq_len is not None:
@@ -79,7 +90,8 @@ def from_pretrained(
             raise ConfigError(f"max_seq_len={max_seq_len} and n_ctx={n_ctx} disagree; max_seq_len means n_ctx, pass only n_ctx.")
         n_ctx = max_seq_len
     options = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                   center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+                   center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                   refactor_factored_attn_matrices=refactor_factored_attn_matrices)
     quant = dict(load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, quantization_config=quantization_config,
                  bnb_4bit_quant_type=bnb_4bit_quant_type, bnb_4bit_compute_dtype=bnb_4bit_compute_dtype,
                  bnb_4bit_use_double_quant=bnb_4bit_use_double_quant)
@@ -93,7 +105,14 @@ def from_pretrained(
         overrides["n_ctx"] = n_ctx
     if default_prepend_bos is not None:
         overrides["default_prepend_bos"] = default_prepend_bos
+    if default_padding_side is not None:  # TransformerLens': the side a list of strings is padded on
+        if default_padding_side not in ("left", "right"):
+            raise ConfigError(f"default_padding_side must be 'left' or 'right', got {default_padding_side!r}.")
+        overrides["default_padding_side"] = default_padding_side
     if pl.requested(**placement):  # over GPUs, CPU and disk: weights loaded straight to where they live
+        if refactor_factored_attn_matrices:
+            raise ConfigError("refactor_factored_attn_matrices is not available with a device_map/n_devices (it decomposes "
+                              "every head's weights at once); load on one device, or without it.")
         if device is not None:
             raise ConfigError(f"Pass device={device!r} or a device_map/n_devices, not both (a device map says where every block goes).")
         return load_placed(name_or_path, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, revision=revision, token=token,
@@ -106,10 +125,26 @@ def from_pretrained(
     model = convert_into(HookedTransformer, hf_model, tokenizer, dtype, overrides, hf_state_dict)
     if any(v is not False for v in options.values()):
         process_weights_(model, **options)
-    model = place(model, device, dtype)
+    # move_to_device=False (TransformerLens'): the model stays on the CPU, where it was converted.
+    model = place(model, device if move_to_device else "cpu", dtype)
     # Quantised last: weights processed in full precision, then quantised on their device (quantization.py).
     copies = hf_linears(hf_model, model) if hf_state_dict is not None else None  # HF's quantised modules, as they are
     return qz.quantize_(model, bnb_config, copies) if bnb_config is not None else model
+
+
+def refuse_tl_only(**given) -> None:
+    """A ConfigError for TransformerLens arguments that rest on its per-model tables, each with what to do instead."""
+    what = {
+        "checkpoint_index": "TransformerLens maps it to a training checkpoint through its per-model checkpoint tables, "
+                            "which lensutil does not have; pass revision='<the hub branch or commit of that checkpoint>'",
+        "checkpoint_value": "TransformerLens maps it to a training checkpoint through its per-model checkpoint tables, "
+                            "which lensutil does not have; pass revision='<the hub branch or commit of that checkpoint>'",
+        "first_n_layers": "lensutil loads every layer (loading is strict: every checkpoint weight is used); load the model "
+                          "and run model(tokens, stop_at_layer=n) for the first n layers' output",
+    }
+    for name, value in given.items():
+        if value is not None:
+            raise ConfigError(f"from_pretrained({name}={value!r}) is not supported: {what[name]}.")
 
 
 def attention_mode_of(hf_model) -> str:

@@ -29,9 +29,10 @@ def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **op
     says so (normalization_type LNPre/RMSPre, e.g. HookedTransformer(processed_model.cfg)); pass
     the options off (re-applying them would be a no-op anyway).
     """
-    unknown = set(options) - set(PROCESSING_OPTIONS)
+    unknown = set(options) - set(PROCESSING_OPTIONS) - {"refactor_factored_attn_matrices"}  # that one: off unless asked
     if unknown:
-        raise LensError(f"Unknown options {sorted(unknown)}; the processing options are {PROCESSING_OPTIONS}.")
+        raise LensError(f"Unknown options {sorted(unknown)}; the processing options are {PROCESSING_OPTIONS} "
+                        "and refactor_factored_attn_matrices.")
     if isinstance(state_dict, (str, os.PathLike)):  # a .safetensors or .pt file
         state_dict = load_torch_file(state_dict)
     state_dict = drop_transformerlens_buffers(state_dict, model.cfg)  # TransformerLens 2.x's attn.mask, attn.IGNORE, ...
@@ -47,6 +48,7 @@ def load_and_process_state_dict(model: HookedTransformer, state_dict: dict, **op
     state_dict = {k: torch.as_tensor(v).to(work) for k, v in state_dict.items()}
     _prepare_norms_for(model, state_dict)
     settings = {o: options.get(o, default) for o, default in DEFAULT_PROCESSING.items()}
+    settings["refactor_factored_attn_matrices"] = options.get("refactor_factored_attn_matrices", False)
     if not any(v is not False for v in settings.values()):
         _load_strict(model, state_dict)
         return None

@@ -12,12 +12,14 @@ from .attention import Attention, GroupedQueryAttention
 from .context import AttentionContext
 from .mlp import MLP
 from .moe import MoE
-from .norm import Norm
+from .norm import Norm, make_norm
 
 
 def check_hook_flags(cfg: HookedTransformerConfig) -> None:
     if cfg.use_split_qkv_input and cfg.use_attn_in:
         raise ConfigError("use_split_qkv_input and use_attn_in cannot both be on; turn one off first.")
+    if cfg.attn_only and cfg.norm_position == "post":
+        raise ConfigError("attn_only blocks are pre-norm (TransformerLens'); norm_position='post' needs an MLP after attention.")
     if cfg.use_attn_in and cfg.n_kv_heads != cfg.n_heads:
         raise ConfigError(
             "use_attn_in gives one attention input per query head, which grouped-query attention "
@@ -34,26 +36,32 @@ class TransformerBlock(nn.Module):
         check_hook_flags(cfg)
         self.cfg, self.index = cfg, index
         if cfg.norm_position != "output":  # OLMo 2 has no norm before attention and the MLP
-            self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
+            self.ln1 = make_norm(cfg)
+            if not cfg.attn_only:  # attention-only blocks have no second norm, MLP or MLP hooks (TransformerLens')
+                self.ln2 = make_norm(cfg)
         if cfg.use_normalization_before_and_after or cfg.norm_position == "output":
             # Norms of attention's and the MLP's outputs (TransformerLens' ln1_post, ln2_post) keep their
             # weights after fold_ln, as in TransformerLens: no later weight reads only their output.
             kind = POST_NORM_KIND[cfg.normalization_type]
-            self.ln1_post, self.ln2_post = Norm(cfg, kind), Norm(cfg, kind)
+            self.ln1_post = Norm(cfg, kind)
+            if not cfg.attn_only:
+                self.ln2_post = Norm(cfg, kind)
         attention = GroupedQueryAttention if cfg.n_key_value_heads is not None else Attention
         self.attn = attention(cfg, cfg.attn_type(index))
-        kind = cfg.layer_mlp_type(index)  # a Qwen2-MoE has dense (gated) MLPs on some layers
-        self.mlp = MoE(cfg) if kind == "moe" else MLP(cfg, gated=kind == "gated")
+        if not cfg.attn_only:
+            kind = cfg.layer_mlp_type(index)  # a Qwen2-MoE has dense (gated) MLPs on some layers
+            self.mlp = MoE(cfg) if kind == "moe" else MLP(cfg, gated=kind == "gated")
         self.hook_resid_pre = HookPoint("batch pos d_model")
         self.hook_attn_in = HookPoint("batch pos head_index d_model")  # needs use_attn_in
         self.hook_q_input = HookPoint("batch pos head_index d_model")  # needs use_split_qkv_input
         self.hook_k_input = HookPoint("batch pos kv_head_index d_model")  # needs use_split_qkv_input
         self.hook_v_input = HookPoint("batch pos kv_head_index d_model")  # needs use_split_qkv_input
         self.hook_attn_out = HookPoint("batch pos d_model")
-        if not cfg.parallel_attn_mlp:  # parallel: no residual stream between attention and MLP (TransformerLens)
+        if not cfg.parallel_attn_mlp and not cfg.attn_only:  # parallel: no residual stream between attention and MLP (TransformerLens)
             self.hook_resid_mid = HookPoint("batch pos d_model")
-        self.hook_mlp_in = HookPoint("batch pos d_model")  # needs use_hook_mlp_in
-        self.hook_mlp_out = HookPoint("batch pos d_model")
+        if not cfg.attn_only:
+            self.hook_mlp_in = HookPoint("batch pos d_model")  # needs use_hook_mlp_in
+            self.hook_mlp_out = HookPoint("batch pos d_model")
         self.hook_resid_post = HookPoint("batch pos d_model")  # post-LN: before ln2 (TransformerLens' BertBlock)
         if cfg.norm_position == "post":
             self.hook_normalized_resid_post = HookPoint("batch pos d_model")  # ln2's output: the block's output
@@ -77,6 +85,8 @@ class TransformerBlock(nn.Module):
         if "ln1_post" in m:  # Gemma 2/3, OLMo 2: hook_attn_out is what joins the residual stream
             attn_out = m["ln1_post"](attn_out)
         attn_out = m["hook_attn_out"](attn_out)
+        if cfg.attn_only:
+            return m["hook_resid_post"](resid + attn_out)
         if cfg.parallel_attn_mlp:  # GPT-NeoX: both read the block's input
             mlp_in = m["hook_mlp_in"](resid.clone()) if cfg.use_hook_mlp_in else resid
             mlp_out = m["hook_mlp_out"](m["mlp"](m["ln2"](mlp_in)))

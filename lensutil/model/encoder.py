@@ -27,7 +27,7 @@ from . import doors, initialization
 from .block import TransformerBlock
 from .context import AttentionContext
 from .embed import Unembed
-from .encoder_parts import EncoderEmbed, MLMHead, Pooler
+from .encoder_parts import EncoderEmbed, MLMHead, NSPHead, Pooler
 from .transformer import HookedTransformer
 
 EncoderReturn = Literal["logits", "embeddings", "pooled"] | None
@@ -42,11 +42,12 @@ def as_encoder_config(cfg: HookedTransformerConfig) -> HookedTransformerConfig:
     """A copy of a decoder-style config (TransformerLens' defaults) read as TransformerLens' HookedEncoder reads it.
 
     TransformerLens' HookedEncoder accepts any config and builds BERT's structure from it: post-LN
-    blocks, two token types, the MLM head (it also keeps the config's causal mask, which an encoder
-    does not use: here every token sees every other, as in BERT).
+    blocks, two token types, and all of BERT's heads: the MLM head, the pooler and the
+    next-sentence head (it also keeps the config's causal mask, which an encoder does not use: here
+    every token sees every other, as in BERT).
     """
     return dataclasses.replace(cfg, attention_dir="bidirectional", norm_position="post",
-                               n_token_types=cfg.n_token_types or 2, mlm_head=cfg.mlm_head or not cfg.pooler)
+                               n_token_types=cfg.n_token_types or 2, mlm_head=True, pooler=True, nsp_head=True)
 
 
 class HookedEncoder(HookedRootModule):
@@ -56,6 +57,9 @@ class HookedEncoder(HookedRootModule):
         super().__init__()
         if cfg.attention_dir != "bidirectional" or cfg.n_token_types < 1:
             cfg = as_encoder_config(cfg)
+        if tokenizer is None and cfg.tokenizer_name is not None:  # as TransformerLens (loading/hf_source.py)
+            tokenizer = doors.call("model.tokenizer_from_name", cfg.tokenizer_name)
+        tok.take_vocab_size(cfg, tokenizer)  # d_vocab=-1: the tokenizer's, as TransformerLens
         self.cfg, self.tokenizer = cfg, tokenizer
         self.embed = EncoderEmbed(cfg)
         self.hook_full_embed = HookPoint("batch pos d_model")  # after the embedding LayerNorm
@@ -64,6 +68,8 @@ class HookedEncoder(HookedRootModule):
             self.mlm_head, self.unembed = MLMHead(cfg), Unembed(cfg)
         if cfg.pooler:
             self.pooler = Pooler(cfg)
+        if cfg.nsp_head:
+            self.nsp_head = NSPHead(cfg)
         initialization.init_after_construction(self)  # skipped when loading (lensutil/model/initialization.py)
         self.setup()
         self.to(cfg.device)
@@ -154,6 +160,13 @@ class HookedEncoder(HookedRootModule):
                   truncate: bool = True):
         return etok.to_tokens(self, input, text_pair, return_token_type_ids=return_token_type_ids,
                               move_to_device=move_to_device, truncate=truncate)
+
+    def encoder_output(self, tokens, token_type_ids=None, one_zero_attention_mask=None) -> Float[Tensor, "batch pos d_model"]:
+        """The final residual stream (TransformerLens' encoder_output; forward's return_type="embeddings").
+
+        The class's forward, named: BertNextSentencePrediction.run_with_cache runs the encoder with its
+        own forward in place of this one, and this is called inside it (TransformerLens' is no forward either)."""
+        return HookedEncoder.forward(self, tokens, "embeddings", token_type_ids, one_zero_attention_mask)
 
     def to_str_tokens(self, input) -> list:
         return etok.to_str_tokens(self, input)

@@ -17,7 +17,7 @@ from ..config import HookedTransformerConfig
 from ..hooks.hook_points import HookPoint
 from .embed import Embed, PosEmbed
 from .linear import QuantizableLinears
-from .mlp import ACTIVATIONS
+from .activations import ACTIVATIONS
 from .norm import Norm
 from .weight_layout import _OUT_IN, _param
 
@@ -80,3 +80,16 @@ class Pooler(QuantizableLinears):
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
         return self.hook_pooler_out(torch.tanh(self._linear(resid[:, 0], "W", self.b)))
+
+
+class NSPHead(QuantizableLinears):
+    """BertForNextSentencePrediction's head: 2 logits (B follows A, B does not) from the pooled state."""
+
+    def __init__(self, cfg: HookedTransformerConfig):
+        super().__init__()
+        self.W = _param(cfg.d_model, 2, dtype=cfg.dtype, memory_order=_OUT_IN)  # [d_model, 2], TransformerLens' shape
+        self.b = _param(2, dtype=cfg.dtype)
+        self.hook_nsp_out = HookPoint("batch 2")
+
+    def forward(self, pooled: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch 2"]:
+        return self.hook_nsp_out(self._linear(pooled, "W", self.b))

@@ -62,6 +62,8 @@ def init_weights(model: nn.Module) -> None:
                 p.fill_(1.0 - cfg.norm_weight_offset)
             elif leaf.startswith("b"):
                 p.zero_()
+            elif leaf in ("alpha_p", "alpha_n"):  # xIELU's: they keep their constructor's values (TransformerLens')
+                continue
             else:  # a new kind of parameter must say how it starts, not keep torch.empty's garbage
                 raise NotImplementedError(f"lensutil.model.initialization does not know how to initialise {name!r}.")
 

@@ -1,36 +1,27 @@
-"""The dense and gated MLPs, and the activation functions by config name."""
+"""The dense and gated MLPs (the activation functions are in activations.py)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
 from ..config import HookedTransformerConfig
 from ..hooks.hook_points import HookPoint
+from .activations import make_activation
+from .norm import Norm
 from .linear import QuantizableLinears
 from .weight_layout import _linear_param, _param
 
 
-def gelu_new(x: Tensor) -> Tensor:
-    # GPT-2's tanh approximation, written as HuggingFace writes it so rounding matches.
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-
-
-ACTIVATIONS = {
-    "gelu_new": gelu_new,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-    "silu": F.silu,
-    "relu": F.relu,
-}
-
-
 class MLP(QuantizableLinears):
-    """Dense: W_out·act(W_in·x + b_in). Gated (SwiGLU): W_out·(act(W_gate·x) * (W_in·x + b_in))."""
+    """Dense: W_out·act(W_in·x + b_in). Gated (SwiGLU): W_out·(act(W_gate·x) * (W_in·x + b_in)).
+
+    act_fn="solu_ln" (TransformerLens' SoLU models): act is SoLU followed by a LayerNorm over d_mlp
+    (`ln`: "LN" with weights when the model's norms are "LN", else "LNPre"), hooked between the two
+    at hook_mid. A gated MLP uses the normalised activation as its gate (TransformerLens 2.18's
+    GatedMLP drops the linear branch there instead: docs/tl_compat_model.md).
+    """
 
     def __init__(self, cfg: HookedTransformerConfig, gated: bool | None = None):
         super().__init__()
@@ -45,16 +36,26 @@ class MLP(QuantizableLinears):
         self.W_out, self.b_out = _linear_param(cfg, "in_out", cfg.d_mlp, cfg.d_model), _param(cfg.d_model, dtype=dt)
         self.hook_pre = HookPoint("batch pos d_mlp")  # gated: the gate's pre-activation
         self.hook_post = HookPoint("batch pos d_mlp")
-        self.act = ACTIVATIONS[cfg.act_fn]
+        # act_fn, TransformerLens' name: xIELU's is a module whose parameters are in the state dict.
+        self.act_fn = make_activation(cfg.act_fn)
+        if cfg.is_layer_norm_activation():
+            self.hook_mid = HookPoint("batch pos d_mlp")  # the activation before its LayerNorm
+            self.ln = Norm(cfg, "LN" if cfg.normalization_type == "LN" else "LNPre", length=cfg.d_mlp)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         if self.gated:
             gate = self.hook_pre(self._linear(x, "W_gate"))
             linear = self.hook_pre_linear(self._linear(x, "W_in", self.b_in))
-            act = self.act(gate)
+            act = self._activation(gate)
             # In place into the fresh activation when no gradient is recorded (the same product, one
             # [batch, pos, d_mlp] tensor fewer); with autograd the product must keep act for the backward.
-            post = self.hook_post(act * linear if torch.is_grad_enabled() else act.mul_(linear))
+            in_place = not torch.is_grad_enabled() and not self.cfg.is_layer_norm_activation()  # ln.hook_normalized may hold act
+            post = self.hook_post(act.mul_(linear) if in_place else act * linear)
         else:
-            post = self.hook_post(self.act(self.hook_pre(self._linear(x, "W_in", self.b_in))))
+            post = self.hook_post(self._activation(self.hook_pre(self._linear(x, "W_in", self.b_in))))
         return self._linear(post, "W_out", self.b_out)
+
+    def _activation(self, pre: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch pos d_mlp"]:
+        if self.cfg.is_layer_norm_activation():
+            return self.ln(self.hook_mid(self.act_fn(pre)))
+        return self.act_fn(pre)

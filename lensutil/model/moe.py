@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..config import HookedTransformerConfig, compute_dtype
 from ..hooks.hook_points import HookPoint
 from .linear import QuantizableLinears
-from .mlp import ACTIVATIONS
+from .activations import ACTIVATIONS
 from .weight_layout import _OUT_IN, _param
 
 

@@ -29,6 +29,7 @@ class Norm(nn.Module):
         # d_head over "batch pos head_index d_head" (cfg.use_qk_norm).
         super().__init__()
         self.kind = kind or cfg.normalization_type
+        length = length or cfg.d_model  # d_mlp for a solu_ln MLP's norm
         self.eps = cfg.eps
         self.center = self.kind in ("LN", "LNPre")
         self.offset, self.upcast_weight = cfg.norm_weight_offset, cfg.norm_upcast_weight
@@ -101,6 +102,12 @@ class Norm(nn.Module):
         another tensor or changed its values (HookPoint.fire_and_tell; an edit through .data counts).
         """
         return self.hook_scale.fire_and_tell(mean_square.sqrt())
+
+
+def make_norm(cfg: HookedTransformerConfig) -> nn.Module:
+    """The model's norm as cfg says: a Norm, or for normalization_type=None the identity (TransformerLens':
+    no parameters and no hooks; the residual stream goes on as it is)."""
+    return nn.Identity() if cfg.normalization_type is None else Norm(cfg)
 
 
 def _grad_through(inverse: Tensor, scale: Tensor) -> Tensor:

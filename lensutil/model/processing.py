@@ -33,6 +33,7 @@ from ..errors import ConfigError, LensError
 from .attention import key_value_param_name
 from .linear import refuse_if_quantized
 from .norm import Norm
+from .refactor_attn import refactor_factored_attn_matrices
 
 OPTIONS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
 _FOLDED_KIND = {"LN": "LNPre", "RMS": "RMSPre"}
@@ -107,7 +108,7 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
         )
     has_bias = kind == "LN"
     center = center_weights and kind == "LN"
-    if has_bias and cfg.mlp_type in ("gated", "moe"):
+    if has_bias and cfg.mlp_type in ("gated", "moe") and not cfg.attn_only:
         nonzero = [i for i in range(cfg.n_layers) if state_dict[f"blocks.{i}.ln2.b"].abs().max() > 0]
         if nonzero:
             raise ConfigError(
@@ -137,7 +138,9 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
                 W, b = key_value_param_name(cfg, W), key_value_param_name(cfg, b)
             fold(p + "ln1", f"{p}attn.{W}", f"{p}attn.{b}", 1)
         kind = cfg.layer_mlp_type(i)  # a Qwen2-MoE has dense gated MLPs between its MoE layers
-        if kind == "moe":
+        if cfg.attn_only:  # no ln2, no MLP
+            pass
+        elif kind == "moe":
             # ln2 is read by the router ([d_model, expert_index], no bias), by every expert and by the
             # shared expert and its gate (Qwen2-MoE; [d_model, 1]). The router's logits are then rounded
             # differently, and a near-tie between two experts may resolve the other way than in the
@@ -152,9 +155,9 @@ def fold_layer_norm(state_dict: StateDict, cfg: HookedTransformerConfig, *, cent
                 fold(p + "ln2", x + "W_gate", None, 0)
         else:
             fold(p + "ln2", f"{p}mlp.W_in", f"{p}mlp.b_in", 0)  # [d_model, d_mlp]
-        if kind == "gated":
+        if kind == "gated" and not cfg.attn_only:
             fold(p + "ln2", f"{p}mlp.W_gate", None, 0)  # the ln2.b == 0 check above makes b @ W_gate zero
-        for norm in ("ln1", "ln2"):  # ln1_post / ln2_post keep their weights: nothing after them reads only them
+        for norm in ("ln1",) if cfg.attn_only else ("ln1", "ln2"):  # ln1_post / ln2_post keep their weights
             sd.pop(f"{p}{norm}.w", None)
             sd.pop(f"{p}{norm}.b", None)
     fold("ln_final", "unembed.W_U", "unembed.b_U", 0)  # [d_model, d_vocab]
@@ -183,6 +186,8 @@ def center_writing_weights(state_dict: StateDict, cfg: HookedTransformerConfig) 
     for i in range(cfg.n_layers):
         p = f"blocks.{i}."
         keys += [p + "attn.W_O", p + "attn.b_O"]
+        if cfg.attn_only:
+            continue
         if cfg.is_moe_layer(i):  # experts have no output bias
             keys += [f"{p}mlp.experts.{e}.W_out" for e in range(cfg.num_experts)]
             keys += [f"{p}mlp.shared_expert.W_out"] if cfg.d_mlp_shared_expert else []
@@ -253,8 +258,9 @@ def rebuild_norms(model, kind: str) -> None:
         return new
 
     for block in model.blocks:  # (ln1_post, ln2_post keep their weights, POST_NORM_KIND)
-        if "ln1" in block._modules:  # none with norm_position "output" (OLMo 2)
-            block.ln1, block.ln2 = rebuilt(block.ln1), rebuilt(block.ln2)
+        for name in ("ln1", "ln2"):  # none with norm_position "output" (OLMo 2); no ln2 when attn_only
+            if name in block._modules:
+                setattr(block, name, rebuilt(block._modules[name]))
     model.ln_final = rebuilt(model.ln_final)
     model.setup()
 
@@ -266,6 +272,7 @@ def process_weights_(
     center_writing_weights: bool | None = True,
     center_unembed: bool = True,
     fold_value_biases: bool = True,
+    refactor_factored_attn_matrices: bool = False,
 ) -> ProcessingReport:
     """Process a HookedTransformer's weights in place (in float32, or float64 for a float64 model), keeping its function.
 
@@ -279,12 +286,14 @@ def process_weights_(
 
     Safe to call twice: fold_ln on a model whose norms have no weights does nothing (reported); the
     other three are projections (centring a centred tensor, zeroing a zero b_V), so re-applying them
-    leaves the weights as they are.
+    leaves the weights as they are. refactor_factored_attn_matrices (off by default, as in
+    TransformerLens) runs last: lensutil/model/refactor_attn.py; a ConfigError where it is not valid.
     """
     dtype = next(model.parameters()).dtype
     sd = {k: v.detach().to(compute_dtype(dtype)) for k, v in model.state_dict().items()}
     return process_into_(model, sd, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                         center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+                         center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                         refactor_factored_attn_matrices=refactor_factored_attn_matrices)
 
 
 def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
@@ -331,6 +340,10 @@ def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
         sd = _fold_value_biases(sd, cfg)
         report.applied.append("fold_value_biases")
 
+    if wanted.get("refactor_factored_attn_matrices"):  # off by default, as in TransformerLens; last, as there
+        sd = refactor_factored_attn_matrices(sd, cfg)  # a ConfigError (before anything changed) where not valid
+        report.applied.append("refactor_factored_attn_matrices")
+
     if new_kind is not None:
         rebuild_norms(model, new_kind)
     # load_state_dict copies into the existing Parameters (optimisers holding them stay valid).
@@ -338,7 +351,8 @@ def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
     own = model.state_dict()
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
     for option in report.applied:
-        setattr(cfg, _CFG_FLAG[option], True)
+        if option in _CFG_FLAG:  # refactor_factored_attn_matrices has no flag in TransformerLens' config either
+            setattr(cfg, _CFG_FLAG[option], True)
 
     not_applicable = {k: v for k, v in report.skipped.items() if not v.endswith(_NOTHING_TO_DO) and wanted[k] is True}
     if not_applicable:

@@ -24,7 +24,8 @@ from .block import TransformerBlock, check_hook_flags
 from .circuit_weights import CircuitWeights
 from .context import AttentionContext
 from .embed import Embed, PosEmbed, Unembed
-from .norm import Norm
+from .input_to_embed import input_to_embed
+from .norm import make_norm
 from .processing import process_weights_
 from .rotary_scaling import RopeState
 
@@ -39,14 +40,19 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
                 f"HookedTransformer is a causal decoder; this config is an encoder (attention_dir={cfg.attention_dir!r}). "
                 "Build it with lensutil.HookedEncoder(cfg), or load with HookedEncoder.from_pretrained(name)."
             )
+        if tokenizer is None and cfg.tokenizer_name is not None:  # as TransformerLens (loading/hf_source.py)
+            tokenizer = doors.call("model.tokenizer_from_name", cfg.tokenizer_name)
+        tok.take_vocab_size(cfg, tokenizer)  # d_vocab=-1: the tokenizer's, as TransformerLens
         self.cfg, self.tokenizer = cfg, tokenizer
+        if cfg.use_hook_tokens:
+            self.hook_tokens = HookPoint("batch pos")  # the token ids; a hook may return others
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint("batch pos d_model")
         if cfg.positional_embedding_type == "standard":
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint("batch pos d_model")
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
-        self.ln_final = Norm(cfg)
+        self.ln_final = make_norm(cfg)
         self.unembed = Unembed(cfg)
         self._rope_state = RopeState()  # dynamic / longrope RoPE: what HF's rotary module keeps between forwards
         initialization.init_after_construction(self)  # TransformerLens' init_weights; skipped when loading
@@ -95,6 +101,7 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
         prepend_bos: bool | None = None,
         padding_side: tok.PaddingSide | None = None,
         loss_per_token: bool = False,
+        shortformer_pos_embed: None = None,  # TransformerLens' (input_to_embed gives None: no shortformer here)
     ):
         """Run the model. `input` is text, token ids, or (with start_at_layer) a residual stream.
 
@@ -102,6 +109,9 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
         with stop_at_layer, the residual stream before that block. A list of strings is padded
         (padding_side) and masked automatically.
         """
+        if shortformer_pos_embed is not None:
+            raise InputError("shortformer_pos_embed: lensutil has no shortformer positions (TransformerLens' "
+                             "positional_embedding_type='shortformer'); pass None, as input_to_embed returns.")
         if return_type not in ("logits", "loss", "both", None):
             raise InputError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}.")
         if isinstance(input, (str, list)):
@@ -112,6 +122,8 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
             if input.is_floating_point():
                 raise InputError("Got a float tensor without start_at_layer; token ids must be integers.")
             input = input[None] if input.ndim == 1 else input
+            if self.cfg.use_hook_tokens:
+                input = self.hook_tokens(input)
             tok.check_token_ids(input, self.cfg.d_vocab)
             tokens = input
         elif input.ndim != 3 or input.shape[-1] != self.cfg.d_model:
@@ -178,6 +190,9 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
     def init_weights(self) -> None:
         """Fill every weight afresh as cfg.init_mode says (TransformerLens' init_weights; lensutil/model/initialization.py)."""
         initialization.init_weights(self)
+
+    def input_to_embed(self, input, prepend_bos=None, padding_side=None, attention_mask=None, past_kv_cache=None):
+        return input_to_embed(self, input, prepend_bos, padding_side, attention_mask, past_kv_cache)
 
     def to_tokens(self, input, prepend_bos=None, padding_side=None) -> Int[Tensor, "batch pos"]:
         return tok.tokenize(self, input, prepend_bos, padding_side)[0]

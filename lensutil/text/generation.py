@@ -19,33 +19,64 @@ from . import tokens as tok
 
 
 class KVCacheEntry:
-    """One layer's keys (after rotary) and values so far: [batch, key_pos, kv_head_index, d_head]."""
+    """One layer's keys (after rotary) and values so far: [batch, key_pos, kv_head_index, d_head].
+
+    A frozen entry hands back the cached keys and values with the new ones appended, but keeps only
+    the cached ones: many continuations can then be run from one shared prefix (KVCache.freeze).
+    """
 
     def __init__(self):
         self.k: Tensor | None = None
         self.v: Tensor | None = None
+        self.frozen = False  # TransformerLens': a frozen entry is read but keeps nothing new
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=1)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=1)
-        return self.k, self.v
+        full_k = k if self.k is None else torch.cat([self.k, k], dim=1)
+        full_v = v if self.v is None else torch.cat([self.v, v], dim=1)
+        if not self.frozen:
+            self.k, self.v = full_k, full_v
+        return full_k, full_v
 
 
 class KVCache:
-    """Every layer's cache entry, plus which cached keys are padding (None: none are)."""
+    """Every layer's cache entry, plus which cached keys are padding (None: none are).
+
+    freeze() keeps the cache as it is now: later forwards read it but add nothing (each continuation
+    of a shared prefix sees only the prefix); unfreeze() lets forwards append again.
+    """
 
     def __init__(self, n_layers: int):
         self.entries = [KVCacheEntry() for _ in range(n_layers)]
         self.mask: Bool[Tensor, "batch key_pos"] | None = None
         self.past_len = 0
+        self.frozen = False
 
     def __getitem__(self, layer: int) -> KVCacheEntry:
         return self.entries[layer]
 
+    def freeze(self) -> None:
+        """Forwards read the cache but add nothing to it (TransformerLens': run several continuations of one prefix)."""
+        self.frozen = True
+        for entry in self.entries:
+            entry.frozen = True
+
+    def unfreeze(self) -> None:
+        self.frozen = False
+        for entry in self.entries:
+            entry.frozen = False
+
     def extend_mask(self, full_mask: Bool[Tensor, "batch key_pos"] | None, new: int) -> None:
         # Called by forward once all layers have appended; full_mask covers past and new keys.
+        if self.frozen:
+            return
         self.mask = full_mask
         self.past_len += new
+
+    @classmethod
+    def init_cache(cls, cfg, device=None, batch_size: int = 1) -> "KVCache":
+        """An empty cache for a model of `cfg` (TransformerLens' constructor; device and batch size are taken
+        from the first forward)."""
+        return cls(cfg.n_layers)
 
 
 def filter_logits(

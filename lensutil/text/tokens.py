@@ -28,6 +28,13 @@ def _tokenizer(model: "HookedTransformer"):
     return model.tokenizer
 
 
+def take_vocab_size(cfg, tokenizer) -> None:
+    """d_vocab (and d_vocab_out) from `tokenizer` where the config leaves them unset (-1), as TransformerLens."""
+    if tokenizer is not None and cfg.d_vocab == -1:
+        cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
+        cfg.d_vocab_out = cfg.d_vocab if cfg.d_vocab_out == -1 else cfg.d_vocab_out
+
+
 def pad_id(model: "HookedTransformer") -> int:
     tok = _tokenizer(model)
     for candidate in (tok.pad_token_id, tok.eos_token_id, 0):

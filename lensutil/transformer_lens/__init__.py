@@ -14,17 +14,27 @@ Where lensutil deliberately differs from TransformerLens, docs/tl_compat.md list
 from . import hook_points as hook_points
 from . import utils as utils
 from . import components as components
+from . import factories as factories
+from . import utilities as utilities
 from . import patching as patching
+from . import head_detector as head_detector
+from . import past_key_value_caching as past_key_value_caching
+from .past_key_value_caching import HookedTransformerKeyValueCache as HookedTransformerKeyValueCache
+from .past_key_value_caching import HookedTransformerKeyValueCacheEntry as HookedTransformerKeyValueCacheEntry
 from . import loading_from_pretrained as loading_from_pretrained
 from . import loading_from_pretrained as loading
 from .ActivationCache import ActivationCache as ActivationCache
+from .BertNextSentencePrediction import BertNextSentencePrediction as BertNextSentencePrediction
 from .FactoredMatrix import FactoredMatrix as FactoredMatrix
 from .HookedEncoder import HookedEncoder as HookedEncoder
 from .HookedTransformer import HookedTransformer as HookedTransformer
 from .HookedTransformerConfig import HookedTransformerConfig as HookedTransformerConfig
+from .SVDInterpreter import SVDInterpreter as SVDInterpreter
 from ._opt_in import stop_using_as_transformer_lens as stop_using_as_transformer_lens
 from ._opt_in import use_as_transformer_lens as use_as_transformer_lens
 
 # TransformerLens' old names for the same classes, kept by 2.x for EasyTransformer-era code.
 EasyTransformer = HookedTransformer
 EasyTransformerConfig = HookedTransformerConfig
+EasyTransformerKeyValueCache = HookedTransformerKeyValueCache
+EasyTransformerKeyValueCacheEntry = HookedTransformerKeyValueCacheEntry

@@ -10,8 +10,12 @@ from ..model.init_functions import init_kaiming_normal_ as init_kaiming_normal_
 from ..model.init_functions import init_kaiming_uniform_ as init_kaiming_uniform_
 from ..model.init_functions import init_xavier_normal_ as init_xavier_normal_
 from ..model.init_functions import init_xavier_uniform_ as init_xavier_uniform_
-from ..model.mlp import ACTIVATIONS as ACTIVATION_FN_DICT
-from ..model.mlp import gelu_new as gelu_new
+from ..model.activations import ACTIVATIONS as ACTIVATION_FN_DICT
+from ..model.activations import XIELU as XIELU
+from ..model.activations import gelu_fast as gelu_fast
+from ..model.activations import gelu_new as gelu_new
+from ..model.activations import solu as solu
+from ..model.activations import xielu as xielu
 from ..model.transformer import lm_cross_entropy_loss as _lm_cross_entropy_loss
 from ..tensor_helpers import Slice as Slice
 from ..tensor_helpers import get_corner as get_corner
