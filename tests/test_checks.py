@@ -27,7 +27,8 @@ def test_all_processing_preserves_log_probs_but_not_logits(name):
     assert checks.compare_with_hf(model, hf(name), on="logits").max > 1e-4  # centre_unembed shifts logits
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+# Gemma 2/3 and OLMo 2 norm attention's and the MLP's outputs (ln1_post, ln2_post) before the residual add.
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma", "tiny-gemma2", "tiny-gemma3", "tiny-olmo2"])
 def test_locate_divergence_names_the_corrupted_mlp_first(name):
     model = from_pretrained_no_processing(name)
     assert checks.locate_divergence(model, hf(name), input="The cat sat on the mat", atol=1e-4).first is None

@@ -20,6 +20,12 @@ class HFLayout:
     attn: str
     mlp: str
     final_norm: str
+    # Families that norm attention's and the MLP's outputs before the residual add (lensutil's ln1_post,
+    # ln2_post; Gemma 2/3, OLMo 2): the HF modules inside a layer whose outputs are hook_attn_out and
+    # hook_mlp_out. Read only for a model whose blocks have ln1_post (Gemma 1 shares Gemma's layout and
+    # has none: its post_attention_layernorm is the norm before the MLP).
+    post_attn_norm: str | None = None
+    post_mlp_norm: str | None = None
 
 
 @dataclass(frozen=True)

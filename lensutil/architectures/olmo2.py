@@ -30,5 +30,6 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
     return llama.convert(hf_sd, cfg, norms=_NORMS)
 
 
-ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm",
+                                                    "post_attention_layernorm", "post_feedforward_layernorm"),
                   module_names=llama.module_names)

@@ -92,13 +92,16 @@ def locate_divergence(
     plan = [("embeddings", "hook_embed", layout.embed)]
     for i in range(model.cfg.n_layers):
         layer = f"{layout.layers}.{i}"
-        plan.append((f"blocks.{i} attention output", f"blocks.{i}.hook_attn_out", f"{layer}.{layout.attn}"))
+        # hook_attn_out / hook_mlp_out are what joins the residual stream: after ln1_post / ln2_post where there are such norms
+        post = hasattr(model.blocks[i], "ln1_post") and layout.post_attn_norm is not None
+        attn, mlp = (layout.post_attn_norm, layout.post_mlp_norm) if post else (layout.attn, layout.mlp)
+        plan.append((f"blocks.{i} attention output", f"blocks.{i}.hook_attn_out", f"{layer}.{attn}"))
         if model.cfg.is_moe_layer(i):  # the router's logits, then its discrete choice (share of tokens routed differently)
             router = f"{layer}.{layout.mlp}.gate"
             plan += [(f"blocks.{i} MoE router logits", f"blocks.{i}.mlp.hook_router_logits", router),
                      (f"blocks.{i} MoE expert choice", f"blocks.{i}.mlp.hook_expert_indices", router + _INDICES)]
         plan += [
-            (f"blocks.{i} MLP output", f"blocks.{i}.hook_mlp_out", f"{layer}.{layout.mlp}"),
+            (f"blocks.{i} MLP output", f"blocks.{i}.hook_mlp_out", f"{layer}.{mlp}"),
             (f"blocks.{i} residual stream after the block", f"blocks.{i}.hook_resid_post", layer),
         ]
     plan += [("final norm", "ln_final.hook_normalized", layout.final_norm), ("logits", "logits", "logits")]
@@ -114,14 +117,17 @@ def locate_divergence(
     finally:
         for h in handles:
             h.remove()
-    logits, cache = model.run_with_cache(tokens, names_filter=[hook for _, hook, _ in plan[:-1]])
+    # The final norm's output with its weight applied, as HF's module returns it: hook_normalized is before the
+    # weight in an RMSNorm (TransformerLens), and the weight is (offset + w), in float32, in Gemma's norms.
+    final = model.ln_final.register_forward_hook(lambda module, args, output: captured.__setitem__("ln_final", output.detach()))
+    try:
+        logits, cache = model.run_with_cache(tokens, names_filter=[hook for _, hook, _ in plan[:-2]])
+    finally:
+        final.remove()
 
     rows = []
     for component, hook, path in plan:
-        ours = logits if hook == "logits" else cache[hook]
-        if hook == "ln_final.hook_normalized" and model.cfg.normalization_type == "RMS":
-            # RMSNorm's hook_normalized is before the weight (TransformerLens); HF's module output is after it.
-            ours = model.ln_final.w * ours
+        ours = logits if hook == "logits" else captured["ln_final"] if hook == "ln_final.hook_normalized" else cache[hook]
         theirs = captured[path].to(ours.device)
         if path.endswith(_INDICES):  # 1 where a token's set of experts differs, 0 where it is the same
             diff = _expert_sets_differ(ours, theirs).double()
