@@ -24,6 +24,7 @@ from ..config import HookedTransformerConfig
 from ..errors import ConfigError
 from . import llama
 from .adapter import Adapter, HFLayout
+from .attributes import READ
 from .rope import rope_fields
 
 _GEMMA2_NORMS = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post",
@@ -79,5 +80,11 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
     return sd
 
 
+# Gemma 1-3's attributes; attn_logit_softcapping is read by Gemma 2 and ignored by Gemma 3, as HF does.
+# use_bidirectional_attention and the activation are refused by config_from_hf where not implemented.
+UNDERSTANDS = {**llama.CORE, **{k: READ for k in (
+    "hidden_activation", "attention_bias", "sliding_window", "layer_types", "query_pre_attn_scalar",
+    "final_logit_softcapping", "attn_logit_softcapping", "use_bidirectional_attention")}}
+
 ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
-                  module_names=llama.module_names)
+                  module_names=llama.module_names, understands=UNDERSTANDS)
