@@ -70,8 +70,51 @@ def test_qwen2_sliding_window_on_no_layer_is_no_window():
     hf = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, vocab_size=64,
                      use_sliding_window=True, sliding_window=4, max_window_layers=2, architectures=["Qwen2ForCausalLM"])
     assert _config(hf).window_size is None
-    hf.layer_types = ["full_attention", "sliding_attention"]
+    hf.layer_types = ["full_attention", "sliding_attention"]  # a window on the second layer only, as HF's Qwen2Attention
+    assert (_config(hf).window_size, _config(hf).attn_types) == (4, ["global", "local"])
+    hf.layer_types = ["full_attention", "chunked_attention"]
     with pytest.raises(ConfigError, match="layer_types"):
         _config(hf)
     hf.layer_types = ["sliding_attention"] * 2
     assert _config(hf).window_size == 4
+
+
+_SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+              vocab_size=64)
+_NEW_FAMILIES = {  # config class, architecture, its own extra sizes
+    "GemmaConfig": ("GemmaForCausalLM", dict(head_dim=16)),
+    "Gemma2Config": ("Gemma2ForCausalLM", dict(head_dim=16, sliding_window=4)),
+    "Gemma3TextConfig": ("Gemma3ForCausalLM", dict(head_dim=16, sliding_window=4)),
+    "Qwen3Config": ("Qwen3ForCausalLM", dict(head_dim=16)),
+    "Olmo2Config": ("Olmo2ForCausalLM", {}),
+    "Qwen2MoeConfig": ("Qwen2MoeForCausalLM", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                                   shared_expert_intermediate_size=24)),
+    "Qwen3MoeConfig": ("Qwen3MoeForCausalLM", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)),
+}
+
+
+@pytest.mark.parametrize("cls", _NEW_FAMILIES)
+def test_each_new_family_reads_its_own_sizes_and_refuses_an_attribute_it_does_not_implement(cls):
+    import transformers
+
+    arch, extra = _NEW_FAMILIES[cls]
+    make = lambda **more: getattr(transformers, cls)(architectures=[arch], **_SMALL, **extra, **more)  # noqa: E731
+    assert _config(make()).d_model == 32  # every size and setting it reads is declared: nothing refused
+    with pytest.raises(ConfigError, match="some_new_switch=True"):
+        _config(make(some_new_switch=True))
+
+
+@pytest.mark.parametrize("cls, attribute", [
+    ("Olmo2Config", dict(sliding_window=4)),  # HF's OLMo 2 has no sliding window; lensutil's Llama code would apply one
+    ("Qwen3MoeConfig", dict(layer_types=["sliding_attention", "full_attention"])),  # Qwen3-MoE ignores layer_types
+    ("Qwen2MoeConfig", dict(attention_bias=True)),  # its biases are qkv_bias
+])
+def test_an_attribute_a_family_does_not_read_is_refused_off_its_default(cls, attribute):
+    import transformers
+
+    arch, extra = _NEW_FAMILIES[cls]
+    hf = getattr(transformers, cls)(architectures=[arch], **_SMALL, **extra)
+    for name, value in attribute.items():
+        setattr(hf, name, value)
+    with pytest.raises(ConfigError, match=next(iter(attribute))):
+        _config(hf)

@@ -14,6 +14,7 @@ from lensutil.errors import LensError
 from lensutil.loading.pretrained import from_pretrained_no_processing
 from lensutil.loading.hf_source import load_hf
 from lensutil.loading.quantization import config_for_mode, make_bnb_linear, quantize_, weight_memory
+from lensutil.model.linear import _cpu_packable
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "inputs will be cast to float16", once per 8-bit matmul
 
@@ -40,7 +41,14 @@ def _lens_q(name, mode, like_hf):
 
 @functools.lru_cache(maxsize=None)
 def hf_q(name, mode):
-    return load_hf(name, quantization_config=_config(name, mode))[0]
+    model = load_hf(name, quantization_config=_config(name, mode))[0]
+    # HF's 4-bit linears get the guard lensutil's QuantizedLinear applies (a weight bitsandbytes cannot repack
+    # for its AVX512-BF16 CPU kernel keeps the plain CPU path), or tiny-qwen2-moe's 96-wide shared expert
+    # dies in bitsandbytes on such CPUs: like for like, the same kernels on both sides.
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False) and not _cpu_packable(module):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def _tokens(name):
@@ -468,3 +476,18 @@ def test_support_table_markdown_escapes_pipes_in_the_header_as_in_the_body():
     lines = table.to_markdown().splitlines()[:3]
     columns = [len(re.split(r"(?<!\\)\|", line)) for line in lines]  # cells between unescaped pipes
     assert len(set(columns)) == 1, lines
+
+
+def test_a_4bit_matrix_bitsandbytes_cannot_pack_for_its_cpu_kernel_still_runs_under_no_grad():
+    # bitsandbytes 0.50 repacks each 4-bit weight for its AVX512-BF16 CPU kernel on the first no-grad
+    # call, which needs in_features a multiple of the quantisation block (64): tiny-qwen2-moe's shared
+    # expert is 96 wide, and its W_out died in a reshape there (HuggingFace's own quantised model too).
+    model = _lens_q.__wrapped__("tiny-qwen2-moe", "4-bit nf4", True)  # a fresh one: no earlier call has repacked it
+    w_out = model.blocks[0].mlp.shared_expert.quantized["W_out"].linear
+    assert w_out.in_features % w_out.weight.blocksize != 0  # the case itself, else this proves nothing
+    tokens = model.to_tokens("The Eiffel Tower is in the city of")
+    with torch.enable_grad():
+        unpacked = model(tokens)  # no repacking with grad on: bitsandbytes' plain CPU path everywhere
+    with torch.no_grad():
+        logits = model(tokens)
+    assert torch.equal(logits.argmax(-1), unpacked.argmax(-1)) and (logits - unpacked).abs().max() < 0.1

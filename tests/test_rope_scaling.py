@@ -134,3 +134,44 @@ def test_longrope_generation_recomputes_the_cache_where_huggingface_does():
     assert ours.tolist() == theirs.tolist()
     assert ours.tolist() == model.generate(tokens, max_new_tokens=20, do_sample=False, stop_at_eos=False,
                                            use_past_kv_cache=False).tolist()
+
+
+def _hf_gemma3(full: dict, local_theta: float = 10000.0):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=16, vocab_size=256, max_position_embeddings=64,
+                              sliding_window=8, layer_types=["sliding_attention", "full_attention"] * 2,
+                              rope_parameters={"full_attention": {"rope_theta": 1e6, **full},
+                                               "sliding_attention": {"rope_type": "default", "rope_theta": local_theta}},
+                              attn_implementation="eager", architectures=["Gemma3ForCausalLM"], initializer_range=0.08)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Gemma3ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("local_theta", [10000.0, 1e6])  # 1e6: the local layers share the base, yet stay unscaled
+def test_gemma3_linear_scaling_of_its_global_layers_is_huggingfaces_bit_for_bit(local_theta):
+    # Gemma 3 4B and larger: "linear" factor 8 on the full_attention layers only; the sliding ones keep their own base.
+    ref = _hf_gemma3({"rope_type": "linear", "factor": 8.0}, local_theta)
+    model = from_pretrained_no_processing("gemma3-linear", hf_model=ref, attn_implementation="eager")
+    tokens = torch.randint(1, 256, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model(tokens), ref(tokens).logits
+    assert (ours - theirs).abs().max().item() == 0
+    unscaled = _hf_gemma3({"rope_type": "default"}, local_theta)
+    unscaled.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        assert not torch.equal(unscaled(tokens).logits, theirs)  # the scaling changes the logits: ignoring it would show
+
+
+def test_gemma3_scaling_on_its_sliding_layers_or_of_an_unimplemented_kind_is_refused():
+    from lensutil.errors import ConfigError
+
+    ref = _hf_gemma3({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 16})
+    with pytest.raises(ConfigError, match="full_attention.*'yarn'"):
+        from_pretrained_no_processing("gemma3-yarn", hf_model=ref)
+    ref.config.rope_parameters["sliding_attention"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
+    ref.config.rope_parameters["full_attention"] = {"rope_type": "default", "rope_theta": 1e6}
+    with pytest.raises(ConfigError, match="sliding_attention"):
+        from_pretrained_no_processing("gemma3-local-linear", hf_model=ref)

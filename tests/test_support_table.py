@@ -72,6 +72,30 @@ def test_a_hook_with_another_shape_than_documented_is_reported():
     assert "has no size" in st._shape_problem((2, 5, 3), "batch pos n_widgets", axes, 2, 5)
 
 
+def test_an_axis_written_as_a_product_has_the_product_of_its_sizes():
+    # OLMo 2 normalises q and k over the whole projection, heads side by side: [batch pos head_index*d_head]
+    axes = {"batch": 2, "pos": 5, "head_index": 4, "d_head": 3}
+    assert st._shape_problem((2, 5, 12), "batch pos head_index*d_head", axes, 2, 5) is None
+    assert "documented" in st._shape_problem((2, 5, 4, 3), "batch pos head_index*d_head", axes, 2, 5)
+    assert "documented" in st._shape_problem((2, 5, 4), "batch pos head_index*d_head", axes, 2, 5)
+    assert "has no size" in st._shape_problem((2, 5, 12), "batch pos head_index*n_widgets", axes, 2, 5)
+
+
+def test_moe_expert_hooks_are_sized_by_the_experts_width_not_the_dense_mlps():
+    from lensutil.loading.pretrained import from_pretrained_no_processing
+
+    model = from_pretrained_no_processing("tiny-qwen2-moe")
+    cfg = model.cfg
+    assert cfg.d_mlp_expert != cfg.d_mlp and cfg.d_mlp_shared_expert not in (None, cfg.d_mlp)  # else this proves nothing
+    axes = st._axes(model, 2, 5)
+    assert (axes["d_mlp_expert"], axes["d_mlp_shared_expert"]) == (cfg.d_mlp_expert, cfg.d_mlp_shared_expert)
+    hooks = model.hook_dict
+    assert hooks["blocks.0.mlp.experts.0.hook_gate"].shape_comment == "routed d_mlp_expert"
+    assert hooks["blocks.0.mlp.shared_expert.hook_post"].shape_comment == "batch pos d_mlp_shared_expert"
+    assert st._shape_problem((7, cfg.d_mlp_expert), "routed d_mlp_expert", axes, 2, 5) is None
+    assert st._hooks(model).problems == []
+
+
 def test_an_unknown_family_is_refused_with_the_list():
     with pytest.raises(LensError, match="Families: GPT-2"):
         st.support_table(["gpt-5"])

@@ -13,10 +13,12 @@ layout and weight names (lensutil/architectures/llama.py, reused), with what Gem
 - Gemma 2: norms before and after attention and the MLP (use_normalization_before_and_after, ln1_post,
   ln2_post), soft caps on the scores and the logits, sliding windows on every other layer (layer_types);
 - Gemma 3: q/k RMSNorm per head (use_qk_norm), layer_types windows, the local layers' own rotary base
-  (rotary_base_local). Its attn_logit_softcapping is ignored, as HF's Gemma3Attention ignores it.
+  (rotary_base_local), "linear" RoPE scaling on the global layers only (4B and larger). Its attn_logit_softcapping is ignored, as HF's Gemma3Attention ignores it.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 
@@ -24,8 +26,10 @@ from ..config import HookedTransformerConfig
 from ..errors import ConfigError
 from . import llama
 from .adapter import Adapter, HFLayout
+from .attributes import READ
 from .rope import rope_fields
 
+_GEMMA3_ROPE = {"full_attention": ("default", "linear"), "sliding_attention": ("default",)}  # tested bit for bit vs HF
 _GEMMA2_NORMS = {"input_layernorm": "ln1", "post_attention_layernorm": "ln1_post",
                  "pre_feedforward_layernorm": "ln2", "post_feedforward_layernorm": "ln2_post"}
 
@@ -34,15 +38,21 @@ def _rope_bases(hf) -> dict:
     params = getattr(hf, "rope_parameters", None) or {}
     if "full_attention" not in params:  # Gemma 1 and 2: one rotary setting for every layer
         return {k: v for k, v in rope_fields(hf, hf.head_dim, partial_rotary=False).items() if k != "rotary_dim"}
-    for kind, p in params.items():  # Gemma 3: one per layer type
-        if (p or {}).get("rope_type", "default") != "default":
+    # Gemma 3: one per layer type. The global (full_attention) layers' scaling is the model's (rope.py, read as a
+    # transformers 4 rope_scaling dict); the local layers are built unscaled with their own base
+    # (lensutil/model/context.py), so a scaling there, or a kind not tested against HF's Gemma 3, is refused.
+    for kind, p in params.items():
+        rope_type = (p or {}).get("rope_type", "default")
+        if rope_type not in _GEMMA3_ROPE.get(kind, ("default",)):
             raise ConfigError(
-                f"This Gemma 3 checkpoint scales the rotary embedding of its {kind} layers ({p['rope_type']!r}, "
-                f"factor {p.get('factor')}): Gemma 3 4B and larger do. lensutil implements unscaled rotary "
-                "embeddings here and will not approximate it; the 270M and 1B text models load."
+                f"This Gemma 3 checkpoint scales the rotary embedding of its {kind} layers ({rope_type!r}, "
+                f"factor {p.get('factor')}). lensutil implements {_GEMMA3_ROPE['full_attention']} on the "
+                "full_attention layers (Gemma 3 4B and larger use 'linear') and unscaled sliding_attention layers, "
+                "and will not approximate another."
             )
-    return dict(rotary_base=float(params["full_attention"]["rope_theta"]),
-                rotary_base_local=float(params["sliding_attention"]["rope_theta"]))
+    full = SimpleNamespace(rope_scaling=dict(params["full_attention"]), max_position_embeddings=hf.max_position_embeddings)
+    fields = {k: v for k, v in rope_fields(full, hf.head_dim, partial_rotary=False).items() if k != "rotary_dim"}
+    return dict(fields, rotary_base_local=float(params["sliding_attention"]["rope_theta"]))
 
 
 def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
@@ -79,6 +89,12 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
     return sd
 
 
+# Gemma 1-3's attributes; attn_logit_softcapping is read by Gemma 2 and ignored by Gemma 3, as HF does.
+# use_bidirectional_attention and the activation are refused by config_from_hf where not implemented.
+UNDERSTANDS = {**llama.CORE, **{k: READ for k in (
+    "hidden_activation", "attention_bias", "sliding_window", "layer_types", "query_pre_attn_scalar",
+    "final_logit_softcapping", "attn_logit_softcapping", "use_bidirectional_attention")}}
+
 ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm",
                                                     "post_attention_layernorm", "post_feedforward_layernorm"),
-                  module_names=llama.module_names)
+                  module_names=llama.module_names, understands=UNDERSTANDS)

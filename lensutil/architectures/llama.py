@@ -75,6 +75,11 @@ UNDERSTANDS = {
                          "rope_parameters", "rope_theta", "rope_scaling", "attention_bias", "mlp_bias",
                          "tie_word_embeddings", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types")},
 }
+# What a family built on Llama's config_from_hf reads beyond its own attributes: the sizes, norms and rotary
+# settings. Sliding windows and biases are declared per family, as each HF family reads them.
+CORE = {k: READ for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                          "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "hidden_act",
+                          "rope_parameters", "rope_theta", "rope_scaling", "tie_word_embeddings")}
 
 
 def _absent_biases(hf) -> tuple[str, ...]:

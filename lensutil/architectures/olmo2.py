@@ -17,6 +17,7 @@ from __future__ import annotations
 from ..config import HookedTransformerConfig
 from . import llama
 from .adapter import Adapter, HFLayout
+from .attributes import READ
 
 _NORMS = {"post_attention_layernorm": "ln1_post", "post_feedforward_layernorm": "ln2_post"}
 
@@ -30,6 +31,9 @@ def convert(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:
     return llama.convert(hf_sd, cfg, norms=_NORMS)
 
 
+# HF's Olmo2 reads no sliding window and no MLP bias: set, they are refused (Llama's code would apply a window).
+UNDERSTANDS = {**llama.CORE, "attention_bias": READ}
+
 ADAPTER = Adapter(config_from_hf, convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm",
                                                     "post_attention_layernorm", "post_feedforward_layernorm"),
-                  module_names=llama.module_names)
+                  module_names=llama.module_names, understands=UNDERSTANDS)

@@ -12,11 +12,16 @@ from __future__ import annotations
 from ..config import HookedTransformerConfig
 from . import llama
 from .adapter import Adapter, HFLayout
+from .attributes import READ
 
 
 def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
     return llama.config_from_hf(hf, **{"use_qk_norm": True, "qk_norm_scope": "head", **overrides})
 
 
+# Llama's attributes less mlp_bias (HF's Qwen3MLP has no bias); its windows come from layer_types, as Qwen2's.
+UNDERSTANDS = {**llama.CORE, **{k: READ for k in ("attention_bias", "sliding_window", "use_sliding_window", "max_window_layers",
+                                                  "layer_types")}}
+
 ADAPTER = Adapter(config_from_hf, llama.convert, HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
-                  module_names=llama.module_names)
+                  module_names=llama.module_names, understands=UNDERSTANDS)

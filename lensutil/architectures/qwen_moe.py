@@ -17,6 +17,7 @@ from __future__ import annotations
 from ..config import HookedTransformerConfig
 from . import llama, mixtral, qwen3
 from .adapter import Adapter, HFLayout
+from .attributes import READ
 
 _QWEN_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")  # one module per expert (transformers 4's checkpoints)
 
@@ -84,6 +85,15 @@ def module_names(cfg: HookedTransformerConfig) -> dict[str, tuple[str, ...]]:
     return llama.module_names(cfg, mlp_names=mlp_names)
 
 
+_MOE = {k: READ for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step",
+                          "mlp_only_layers", "norm_topk_prob")}
+# Qwen2-MoE: q/k/v biases from qkv_bias (attention_bias and mlp_bias are not its attributes), windows from layer_types.
+UNDERSTANDS = {**llama.CORE, **_MOE, **{k: READ for k in (
+    "qkv_bias", "shared_expert_intermediate_size", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types")}}
+# Qwen3-MoE: num_local_experts (its num_experts), attention_bias; a window on every layer, so no layer_types.
+UNDERSTANDS_QWEN3 = {**llama.CORE, **_MOE, **{k: READ for k in (
+    "num_local_experts", "attention_bias", "sliding_window", "use_sliding_window")}}
+
 _LAYOUT = HFLayout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm")
-ADAPTER = Adapter(config_from_hf, convert, _LAYOUT, module_names=module_names)
-ADAPTER_QWEN3 = Adapter(config_from_hf_qwen3, convert, _LAYOUT, module_names=module_names)
+ADAPTER = Adapter(config_from_hf, convert, _LAYOUT, module_names=module_names, understands=UNDERSTANDS)
+ADAPTER_QWEN3 = Adapter(config_from_hf_qwen3, convert, _LAYOUT, module_names=module_names, understands=UNDERSTANDS_QWEN3)

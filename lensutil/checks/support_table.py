@@ -18,6 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import io
+import math
 import re
 import warnings
 
@@ -205,17 +206,21 @@ def _axes(model, batch: int, pos: int) -> dict[str, int | None]:
     return {"batch": batch, "pos": pos, "key_pos": pos, "d_model": cfg.d_model, "d_head": cfg.d_head,
             "head_index": cfg.n_heads, "kv_head_index": cfg.n_key_value_heads or cfg.n_heads, "d_mlp": cfg.d_mlp,
             "d_vocab": cfg.d_vocab, "expert_index": cfg.num_experts, "top_k": cfg.experts_per_token, "1": 1,
+            # an MoE expert's width (Qwen MoE's moe_intermediate_size; Mixtral's is d_mlp), and a shared expert's
+            "d_mlp_expert": cfg.d_mlp_expert or cfg.d_mlp, "d_mlp_shared_expert": cfg.d_mlp_shared_expert,
             "routed": None}  # an expert sees the tokens routed to it: any number up to batch * pos
 
 
 def _shape_problem(shape: tuple[int, ...], comment: str, axes: dict, batch: int, pos: int) -> str | None:
+    """None if `shape` is what `comment` documents; an axis "a*b" is one axis of size a times b (OLMo 2's q/k norms)."""
     names = comment.split()
     if len(names) != len(shape):
         return f"shape {shape}, documented [{comment}]"
     for axis, size in zip(names, shape):
-        if axis not in axes:
-            return f"axis {axis!r} of [{comment}] has no size in lensutil/checks/support_table.py _axes"
-        want = axes[axis]
+        if missing := [part for part in axis.split("*") if part not in axes]:
+            return f"axis {missing[0]!r} of [{comment}] has no size in lensutil/checks/support_table.py _axes"
+        parts = [axes[part] for part in axis.split("*")]
+        want = None if None in parts else math.prod(parts)
         if (want is None and not 0 <= size <= batch * pos) or (want is not None and size != want):
             return f"shape {shape}, documented [{comment}]"
     return None

@@ -81,7 +81,7 @@ class HookPoint(nn.Module):
 
     @property
     def has_batch_axis(self) -> bool:
-        # What remove_batch_dim squeezes: an MoE expert's hooks are "routed d_mlp" (tokens over batch and pos).
+        # What remove_batch_dim squeezes: an MoE expert's hooks are "routed d_mlp_expert" (tokens over batch and pos).
         return self.shape_comment is None or self.shape_comment.split()[0] == "batch"
 
     @property

@@ -37,13 +37,15 @@ class AttentionContext:
         ctx = cls._build(cfg, positions, key_mask, query_is_pad, past_len, None, cfg.rotary_base, rope_state=rope_state)
         if "local" in types:
             base = cfg.rotary_base if cfg.rotary_base_local is None else cfg.rotary_base_local
+            # Gemma 3's local layers: their own base, unscaled (HF scales only its global layers' angles)
+            same = base == cfg.rotary_base and rope_type(cfg) == "default"
             ctx.local = cls._build(cfg, positions, key_mask, query_is_pad, past_len, cfg.window_size, base,
-                                   ctx.rotary if base == cfg.rotary_base else None, rope_state)
+                                   ctx.rotary if same else None, rope_state, scaled=False)
         return ctx
 
     @classmethod
     def _build(cls, cfg, positions, key_mask, query_is_pad, past_len: int, window, base, rotary=None,
-               rope_state: RopeState | None = None) -> "AttentionContext":
+               rope_state: RopeState | None = None, scaled: bool = True) -> "AttentionContext":
         q_len, device = positions.shape[1], positions.device
         # Causal: query i (at absolute index past_len + i) sees keys 0..past_len + i, and with a
         # sliding window only the last `window` of them (HF's sliding mask: query - key < window).
@@ -58,8 +60,7 @@ class AttentionContext:
             allowed = allowed & key_mask[:, None, None, :]
         if rotary is None and cfg.positional_embedding_type == "rotary":
             dtype = compute_dtype(cfg.dtype) if cfg.rotary_upcast else cfg.dtype
-            if rope_type(cfg) == "default" or base != cfg.rotary_base:
-                # Gemma 3's local layers: their own base, unscaled (HF scales only its global layers' angles)
+            if rope_type(cfg) == "default" or not scaled:
                 rotary = rotary_cos_sin(positions, cfg.rotary_dim, base, dtype)
             else:  # scaled (lensutil/model/rotary_scaling.py); the model's rope_state remembers what HF's would
                 rotary = scaled_cos_sin(cfg, positions, rope_state)

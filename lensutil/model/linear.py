@@ -58,6 +58,11 @@ FROM_OUT_IN = {
 FUSED_QKV = ("W_Q", "W_K", "W_V")
 
 
+def _cpu_packable(lin: nn.Module) -> bool:
+    """What bitsandbytes' _convert_weight_packed_for_cpu needs: [out, in] in 32-row groups, whole blocks along in."""
+    return lin.out_features % 32 == 0 and lin.in_features % lin.weight.blocksize == 0
+
+
 class QuantizedLinear(nn.Module):
     """One bitsandbytes linear (Linear4bit or Linear8bitLt, built as HuggingFace builds it), bias-free.
 
@@ -68,6 +73,12 @@ class QuantizedLinear(nn.Module):
     def __init__(self, bnb_linear: nn.Module, layout: str, shape: tuple[int, ...]):
         super().__init__()
         self.linear, self.layout, self.shape = bnb_linear, layout, tuple(shape)
+        # bitsandbytes (0.50) repacks a 4-bit weight for its AVX512-BF16 CPU kernel on the first no-grad call, and
+        # dies in a reshape or an assert where it cannot: in_features not a multiple of the quantisation block,
+        # out_features not a multiple of 32 (tiny-qwen2-moe's 96-wide shared expert; HF's quantised model dies too).
+        # Such a weight keeps bitsandbytes' plain CPU path, the one every CPU without AVX512-BF16 runs.
+        if getattr(bnb_linear, "support_avx512bf16_for_cpu", False) and not _cpu_packable(bnb_linear):
+            bnb_linear.support_avx512bf16_for_cpu = False
 
     def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         lin = self.linear

@@ -1,7 +1,8 @@
 """Mixture of experts: the MLP variant of `mlp_type="moe"` (Mixtral, Qwen2-MoE, Qwen3-MoE), routed as HuggingFace routes it.
 
 Axis glossary (as lensutil/model/), plus: expert_index (0..num_experts-1), top_k
-(experts_per_token), routed (the tokens sent to one expert, flattened over batch and pos).
+(experts_per_token), routed (the tokens sent to one expert, flattened over batch and pos),
+d_mlp_expert (a routed expert's width: cfg.d_mlp_expert, else cfg.d_mlp) and d_mlp_shared_expert.
 
 A router (W_gate) scores each token against every expert; the token goes to its top-k experts,
 whose outputs are summed with the softmax weights (renormalised over the top k unless
@@ -20,11 +21,11 @@ Hook names are TransformerLens 2.x's (components/mlps/moe.py, v2.18): `mlp.hook_
 `mlp.experts.{e}.hook_gate` (W_gate·x, before the activation), `hook_pre` (W_in·x, the linear
 part) and `hook_post`. Differences: lensutil's router hooks are [batch, pos, ...] where
 TransformerLens' are flattened to [batch * pos, ...]; lensutil adds `mlp.hook_router_logits`; an
-expert's hooks see only the tokens routed to it ([routed, d_mlp]), as in TransformerLens, and
+expert's hooks see only the tokens routed to it ([routed, d_mlp_expert]), as in TransformerLens, and
 `remove_batch_dim` leaves them so (TransformerLens 2.18 takes [0] of them: the first routed token). Note that
 TransformerLens' dense gated MLP calls the gate `hook_pre` and the linear part `hook_pre_linear`;
 its MoE experts (and so lensutil's) call them `hook_gate` and `hook_pre`. TransformerLens 2.18 has no
-shared expert; lensutil's are `mlp.shared_expert.hook_gate/hook_pre/hook_post` ([batch, pos, d_mlp]: every
+shared expert; lensutil's are `mlp.shared_expert.hook_gate/hook_pre/hook_post` ([batch, pos, d_mlp_shared_expert]: every
 token) and `mlp.hook_shared_expert_gate` (the sigmoid, [batch, pos, 1]); TransformerLens 4's bridge calls
 the modules `mlp.shared_expert` and `mlp.shared_expert_gate` too.
 """
@@ -46,8 +47,9 @@ from .weight_layout import _OUT_IN, _param
 class Expert(QuantizableLinears):
     """One gated (SwiGLU) expert without biases: W_out·(act(W_gate·x) * W_in·x).
 
-    A routed expert sees the tokens routed to it ("routed d_mlp"); a shared expert (Qwen2-MoE) every
-    token ("batch pos d_mlp"). Its width d_mlp is cfg.d_mlp_expert or cfg.d_mlp_shared_expert where set.
+    A routed expert sees the tokens routed to it ("routed d_mlp_expert"); a shared expert (Qwen2-MoE) every
+    token ("batch pos d_mlp_shared_expert"). The width axis is cfg.d_mlp_expert (None: cfg.d_mlp, as
+    Mixtral's) or cfg.d_mlp_shared_expert, named apart from d_mlp, which a Qwen MoE's dense layers keep.
     """
 
     def __init__(self, cfg: HookedTransformerConfig, d_mlp: int | None = None, tokens: str = "routed"):
@@ -56,9 +58,11 @@ class Expert(QuantizableLinears):
         self.W_gate = _param(m, f, dtype=dt, memory_order=_OUT_IN)  # [d_model, d_mlp]
         self.W_in = _param(m, f, dtype=dt, memory_order=_OUT_IN)  # [d_model, d_mlp]
         self.W_out = _param(f, m, dtype=dt, memory_order=_OUT_IN)  # [d_mlp, d_model]
-        self.hook_gate = HookPoint(f"{tokens} d_mlp")  # W_gate·x, before the activation
-        self.hook_pre = HookPoint(f"{tokens} d_mlp")  # W_in·x, the linear part
-        self.hook_post = HookPoint(f"{tokens} d_mlp")
+        # Their last axis is the expert's own width, not cfg.d_mlp (a Qwen MoE's dense layers' width)
+        width = "d_mlp_expert" if tokens == "routed" else "d_mlp_shared_expert"
+        self.hook_gate = HookPoint(f"{tokens} {width}")  # W_gate·x, before the activation
+        self.hook_pre = HookPoint(f"{tokens} {width}")  # W_in·x, the linear part
+        self.hook_post = HookPoint(f"{tokens} {width}")
         self.act = ACTIVATIONS[cfg.act_fn]
         # HF's fused experts compute gate and up as one [routed, 2 * d_mlp] product and split it, so the
         # activation and the product read two strided halves. torch's vectorised kernels round a row's
