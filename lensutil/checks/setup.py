@@ -113,6 +113,8 @@ def validate_model_setup(
         keys = STANDARD_CACHE_KEYS if not cfg.is_moe_layer(0) else tuple(_MOE_CACHE_KEYS.get(k, k) for k in STANDARD_CACHE_KEYS)
         if cfg.parallel_attn_mlp:  # attention and MLP both read resid_pre: no resid_mid (TransformerLens' rule too)
             keys = tuple(k for k in keys if k != "blocks.0.hook_resid_mid")
+        if cfg.norm_position == "output":  # OLMo 2: no norm before attention; the one after it stands in
+            keys = tuple("blocks.0.ln1_post.hook_normalized" if k == "blocks.0.ln1.hook_normalized" else k for k in keys)
         missing = [k for k in keys if k not in cache.keys()]
         return not missing, (f"missing {missing}" if missing else f"{len(keys)} standard keys present, incl. blocks.0.attn.hook_pattern")
 
