@@ -75,11 +75,36 @@ def _close_network() -> None:
     socket.socket.connect = connect
 
 
+class _NoWaitTime:
+    """huggingface_hub's `time`, less the waits between retries (every retry meets the closed network)."""
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds) -> None:
+        return None
+
+
+def _skip_hub_retry_waits() -> None:
+    # huggingface_hub retries a refused connection 5 times with waits of 1+2+4+8+8 s: ~23 s per test
+    # that reaches for the hub, ~18 min a run. The retries still happen (so a test reaches for the hub
+    # exactly as before and is classified the same); only the waits between them are dropped.
+    try:
+        from huggingface_hub.utils import _http
+    except ImportError:
+        return
+    _http.time = _NoWaitTime()
+
+
 def pytest_configure(config) -> None:
     import lensutil.transformer_lens
 
     lensutil.transformer_lens.use_as_transformer_lens()
     _close_network()
+    _skip_hub_retry_waits()
 
 
 @pytest.hookimpl(hookwrapper=True)
