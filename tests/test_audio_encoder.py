@@ -100,3 +100,11 @@ def test_a_batch_tensor_is_one_waveform_per_row(pair):
     assert both.shape == (2, 39, 16)
     # (the same values up to the batch's matmul rounding; TransformerLens would flatten the batch into one waveform)
     torch.testing.assert_close(both[1:], model(waves[1]), rtol=1e-5, atol=1e-5)
+
+
+def test_weight_views_are_the_blocks(pair):
+    model, hf, _ = pair
+    q = hf.encoder.layers[1].attention.q_proj.weight  # [n_heads * d_head, d_model]
+    assert torch.equal(model.W_Q[1], q.reshape(2, 8, 16).transpose(1, 2))
+    assert model.OV.shape == (2, 2, 16, 16) and model.W_in.shape == (2, 16, 32)
+    assert model.all_head_labels()[:2] == ["L0H0", "L0H1"]

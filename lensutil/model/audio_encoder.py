@@ -25,6 +25,7 @@ from ..hooks.root_module import HookedRootModule
 from ..text import tokens as tok
 from . import doors, initialization
 from .block import TransformerBlock
+from .circuit_weights import CircuitWeights
 from .context import AttentionContext
 from .transformer import HookedTransformer
 
@@ -63,6 +64,12 @@ class HookedAudioEncoder(HookedRootModule):
     set_use_split_qkv_input = HookedTransformer.set_use_split_qkv_input
     set_use_attn_in = HookedTransformer.set_use_attn_in
     set_use_hook_mlp_in = HookedTransformer.set_use_hook_mlp_in
+    # TransformerLens' HookedAudioEncoder's weight views: the blocks' weights stacked over layers, QK / OV circuits
+    _stacked, all_head_labels = CircuitWeights._stacked, CircuitWeights.all_head_labels
+    W_Q, W_K, W_V, W_O = CircuitWeights.W_Q, CircuitWeights.W_K, CircuitWeights.W_V, CircuitWeights.W_O
+    b_Q, b_K, b_V, b_O = CircuitWeights.b_Q, CircuitWeights.b_K, CircuitWeights.b_V, CircuitWeights.b_O
+    W_in, W_out, b_in, b_out = CircuitWeights.W_in, CircuitWeights.W_out, CircuitWeights.b_in, CircuitWeights.b_out
+    QK, OV = CircuitWeights.QK, CircuitWeights.OV
 
     def _need_front_end(self) -> nn.Module:
         if self.front_end is None:
