@@ -39,6 +39,7 @@ from .notebook.widgets import HookExplorer as HookExplorer
 
 # The modules behind the model's doors (from_pretrained, load_and_process_state_dict, ...; lensutil/model/doors.py):
 # importing them opens the doors, so they are imported here whether or not anything above needs them.
+from .loading import audio as _audio_loading  # noqa: F401
 from .loading import encoder as _encoder_loading  # noqa: F401
 from .loading import pretrained as _pretrained  # noqa: F401
 from .loading import saving as _saving  # noqa: F401

@@ -17,7 +17,7 @@ from .errors import ConfigError
 
 
 Normalization = Literal["LN", "LNPre", "RMS", "RMSPre"] | None  # None: no norms at all (TransformerLens')
-Positional = Literal["standard", "rotary"]
+Positional = Literal["standard", "rotary", "shortformer"]
 DEFAULT_ATTN_IMPLEMENTATION = "sdpa"  # from_pretrained's and the config's; the checks load HuggingFace in it too
 MlpType = Literal["dense", "gated", "moe"]  # "moe": a router and num_experts gated experts (lensutil/model/moe.py)
 InitMode = Literal["gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
@@ -287,8 +287,8 @@ class HookedTransformerConfig:
                               ("positional_embedding_type", Positional.__args__)):
             if getattr(self, name) not in allowed:
                 hint = ""
-                if name == "positional_embedding_type" and self.positional_embedding_type in ("shortformer", "alibi"):
-                    hint = " (TransformerLens' shortformer and alibi positions are not implemented in lensutil)"
+                if name == "positional_embedding_type" and self.positional_embedding_type == "alibi":
+                    hint = " (TransformerLens' alibi positions are not implemented in lensutil)"
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}{hint}.")
 
     def _check_moe(self) -> None:

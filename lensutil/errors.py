@@ -37,6 +37,11 @@ class ConfigError(LensError):
     """A config that is inconsistent, or uses a setting lensutil does not implement."""
 
 
+class MissingVocabSizeError(ConfigError, AssertionError):
+    """A config with d_vocab=-1 and no tokenizer to take the vocabulary size from. An AssertionError too,
+    because TransformerLens 2.x asserted this and code written for it catches that."""
+
+
 class UnsupportedArchitectureError(ConfigError):
     """A HuggingFace architecture with no lensutil adapter."""
 

@@ -54,7 +54,7 @@ def test_unknown_name_suggests_the_close_field():
         HookedTransformerConfig(n_layers=1, d_modl=8, d_model=8, n_ctx=4, d_head=4)
 
 
-@pytest.mark.parametrize("kind", ["shortformer", "alibi", "relative_positional_bias"])
+@pytest.mark.parametrize("kind", ["alibi", "relative_positional_bias"])  # shortformer: test_tl_compat_shortformer.py
 def test_unimplemented_positions_are_refused(kind):
     with pytest.raises(ConfigError, match="positional_embedding_type"):
         HookedTransformerConfig(**SMALL, positional_embedding_type=kind)

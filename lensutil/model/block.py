@@ -81,6 +81,9 @@ class TransformerBlock(nn.Module):
             q_in = k_in = v_in = norm_in(m["hook_attn_in"](resid.unsqueeze(2).expand(-1, -1, cfg.n_heads, -1).clone()))
         else:
             q_in = k_in = v_in = norm_in(resid)
+        if ctx.shortformer_pos is not None:  # shortformer: positions join the queries and keys, never the values
+            pos = ctx.shortformer_pos if q_in.ndim == 3 else ctx.shortformer_pos.unsqueeze(2)  # per-head inputs
+            q_in, k_in = q_in + pos, k_in + pos
         attn_out = m["attn"](q_in, k_in, v_in, ctx, kv_cache_entry)
         if "ln1_post" in m:  # Gemma 2/3, OLMo 2: hook_attn_out is what joins the residual stream
             attn_out = m["ln1_post"](attn_out)

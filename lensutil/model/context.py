@@ -29,6 +29,8 @@ class AttentionContext:
     rotary: tuple[Tensor, Tensor] | None  # cos, sin for rotary models
     window: int | None = None  # the keys each query sees, in a sliding-window (local) layer
     local: "AttentionContext | None" = None  # the local layers' context, where the model has any
+    # shortformer models: the position embedding every layer adds to its query and key inputs after ln1
+    shortformer_pos: Float[Tensor, "batch pos d_model"] | None = None
 
     @classmethod
     def build(cls, cfg: HookedTransformerConfig, positions, key_mask, query_is_pad, past_len: int,

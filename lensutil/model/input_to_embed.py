@@ -20,11 +20,12 @@ from ..text import tokens as tok
 def input_to_embed(
     model, input, prepend_bos: bool | None = None, padding_side: tok.PaddingSide | None = None,
     attention_mask: Tensor | None = None, past_kv_cache=None,
-) -> tuple[Float[Tensor, "batch pos d_model"], Int[Tensor, "batch pos"], None, Tensor | None]:
+) -> tuple[Float[Tensor, "batch pos d_model"], Int[Tensor, "batch pos"], Tensor | None, Tensor | None]:
     """(residual, tokens, shortformer_pos_embed, attention_mask), as TransformerLens' input_to_embed.
 
-    shortformer_pos_embed is always None: lensutil has no shortformer positions. The mask is the one
-    given, or the padding mask of a list of strings (None when nothing is padded).
+    shortformer_pos_embed is the position embedding a shortformer model's layers add to their queries
+    and keys (None for every other model). The mask is the one given, or the padding mask of a list of
+    strings (None when nothing is padded).
     """
     if past_kv_cache is not None:
         raise InputError(
@@ -37,5 +38,14 @@ def input_to_embed(
     else:
         tokens = torch.as_tensor(input, device=model.cfg.device)
         tokens = tokens[None] if tokens.ndim == 1 else tokens
-    residual = model(tokens, attention_mask=attention_mask, stop_at_layer=0)
-    return residual, tokens, None, attention_mask
+    if model.cfg.positional_embedding_type != "shortformer":
+        return model(tokens, attention_mask=attention_mask, stop_at_layer=0), tokens, None, attention_mask
+    seen = {}  # shortformer: the positions the forward computes for its layers' queries and keys
+
+    def keep(value, hook):
+        seen["pos"] = value
+        return value
+
+    residual = model.run_with_hooks(tokens, attention_mask=attention_mask, stop_at_layer=0,
+                                    fwd_hooks=[("hook_pos_embed", keep)])
+    return residual, tokens, seen["pos"], attention_mask

@@ -308,7 +308,12 @@ def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
     report = ProcessingReport()
     new_kind = None
 
-    if wanted["fold_ln"]:
+    if cfg.positional_embedding_type == "shortformer":  # W_pos joins q and k after ln1, W_Q/W_K read it unscaled
+        for option in ("fold_ln", "center_writing_weights"):
+            if wanted[option] is not False:
+                report.skipped[option] = ("not valid for a shortformer model: its position embedding is added after ln1 "
+                                          "and is not centred by it, so this would change the queries and keys")
+    if wanted["fold_ln"] and "fold_ln" not in report.skipped:
         if cfg.normalization_type not in _FOLDED_KIND:
             why = "already folded" if cfg.folded_ln else "the model was built without norm weights"
             report.skipped["fold_ln"] = f"{why} (normalization_type={cfg.normalization_type!r}); {_NOTHING_TO_DO}"
@@ -320,7 +325,7 @@ def process_into_(model, sd: StateDict, **wanted) -> ProcessingReport:
             else:
                 new_kind = _FOLDED_KIND[cfg.normalization_type]
                 report.applied.append("fold_ln")
-    if wanted["center_writing_weights"] is not False:  # None: where valid
+    if wanted["center_writing_weights"] is not False and "center_writing_weights" not in report.skipped:
         if cfg.normalization_type in ("LN", "LNPre"):
             sd = _center_writing_weights(sd, cfg)
             report.applied.append("center_writing_weights")

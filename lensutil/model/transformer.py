@@ -48,7 +48,7 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
             self.hook_tokens = HookPoint("batch pos")  # the token ids; a hook may return others
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint("batch pos d_model")
-        if cfg.positional_embedding_type == "standard":
+        if cfg.positional_embedding_type in ("standard", "shortformer"):  # shortformer: read by attention only
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint("batch pos d_model")
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
@@ -101,7 +101,7 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
         prepend_bos: bool | None = None,
         padding_side: tok.PaddingSide | None = None,
         loss_per_token: bool = False,
-        shortformer_pos_embed: None = None,  # TransformerLens' (input_to_embed gives None: no shortformer here)
+        shortformer_pos_embed: Float[Tensor, "batch pos d_model"] | None = None,  # with start_at_layer (input_to_embed's)
     ):
         """Run the model. `input` is text, token ids, or (with start_at_layer) a residual stream.
 
@@ -109,9 +109,10 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
         with stop_at_layer, the residual stream before that block. A list of strings is padded
         (padding_side) and masked automatically.
         """
-        if shortformer_pos_embed is not None:
-            raise InputError("shortformer_pos_embed: lensutil has no shortformer positions (TransformerLens' "
-                             "positional_embedding_type='shortformer'); pass None, as input_to_embed returns.")
+        shortformer = self.cfg.positional_embedding_type == "shortformer"
+        if shortformer_pos_embed is not None and not (shortformer and start_at_layer is not None):
+            raise InputError("shortformer_pos_embed is for a model with positional_embedding_type='shortformer', run "
+                             "with start_at_layer (what input_to_embed returns); this run computes its own positions.")
         if return_type not in ("logits", "loss", "both", None):
             raise InputError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}.")
         if isinstance(input, (str, list)):
@@ -141,8 +142,16 @@ class HookedTransformer(CircuitWeights, HookedRootModule):
             residual = self.hook_embed(self.embed(input))
             if self.cfg.positional_embedding_type == "standard":
                 residual = residual + self.hook_pos_embed(self.pos_embed(ctx.positions))
+            elif shortformer:  # never added to the residual stream (TransformerLens' shortformer)
+                ctx.shortformer_pos = self.hook_pos_embed(self.pos_embed(ctx.positions))
         else:
             residual = input
+            if shortformer and len(layers):
+                if shortformer_pos_embed is None:  # TransformerLens would run the layers with no positions at all
+                    raise InputError(
+                        "This shortformer model's layers add the position embedding to their queries and keys: pass "
+                        "shortformer_pos_embed=... (the third value input_to_embed returns) with start_at_layer.")
+                ctx.shortformer_pos = torch.as_tensor(shortformer_pos_embed, device=self.cfg.device)
         blocks = list(self.blocks)  # ModuleList indexing converts the index to a string each time
         for i in layers:
             entry = past_kv_cache[i] if past_kv_cache is not None else None

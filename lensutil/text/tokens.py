@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ..errors import AttentionMaskError, InputError
+from ..errors import AttentionMaskError, InputError, MissingVocabSizeError
 
 
 PaddingSide = Literal["left", "right"]
@@ -30,6 +30,11 @@ def _tokenizer(model: "HookedTransformer"):
 
 def take_vocab_size(cfg, tokenizer) -> None:
     """d_vocab (and d_vocab_out) from `tokenizer` where the config leaves them unset (-1), as TransformerLens."""
+    if tokenizer is None and cfg.d_vocab == -1:
+        raise MissingVocabSizeError(
+            "d_vocab=-1 and no tokenizer: Must provide a tokenizer if d_vocab is not provided (TransformerLens' "
+            "words). Pass d_vocab=... to the config, or a tokenizer (tokenizer=, or tokenizer_name= in the config)."
+        )
     if tokenizer is not None and cfg.d_vocab == -1:
         cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
         cfg.d_vocab_out = cfg.d_vocab if cfg.d_vocab_out == -1 else cfg.d_vocab_out

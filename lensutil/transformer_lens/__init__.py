@@ -26,6 +26,7 @@ from . import loading_from_pretrained as loading
 from .ActivationCache import ActivationCache as ActivationCache
 from .BertNextSentencePrediction import BertNextSentencePrediction as BertNextSentencePrediction
 from .FactoredMatrix import FactoredMatrix as FactoredMatrix
+from .HookedAudioEncoder import HookedAudioEncoder as HookedAudioEncoder
 from .HookedEncoder import HookedEncoder as HookedEncoder
 from .HookedTransformer import HookedTransformer as HookedTransformer
 from .HookedTransformerConfig import HookedTransformerConfig as HookedTransformerConfig

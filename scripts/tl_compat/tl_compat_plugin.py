@@ -6,7 +6,9 @@ lensutil. It closes the network and prints the figures at the end.
 
 Which tests count (the rules, stated once):
 - Needs the model hub: a test that, run here, tries to open a network connection (any host but this
-  machine) or fails with lensutil's ModelAccessError (the hub's errors). It is left out of the
+  machine) or fails with an error caused by such an attempt or by lensutil's ModelAccessError (the
+  hub's errors), anywhere in the error's chain (a shared fixture's refused download, re-raised by
+  pytest for each test that uses it, counts for each of them). It is left out of the
   figures and counted apart. A test file that reaches for the hub while being imported (a model
   loaded at module level) is left out whole; its tests are counted from its source (`def test_`).
 - Skipped by TransformerLens' own marks (no CUDA device, LIT not installed, ...): left out, counted apart.
@@ -75,11 +77,36 @@ def _close_network() -> None:
     socket.socket.connect = connect
 
 
+class _NoWaitTime:
+    """huggingface_hub's `time`, less the waits between retries (every retry meets the closed network)."""
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds) -> None:
+        return None
+
+
+def _skip_hub_retry_waits() -> None:
+    # huggingface_hub retries a refused connection 5 times with waits of 1+2+4+8+8 s: ~23 s per test
+    # that reaches for the hub, ~18 min a run. The retries still happen (so a test reaches for the hub
+    # exactly as before and is classified the same); only the waits between them are dropped.
+    try:
+        from huggingface_hub.utils import _http
+    except ImportError:
+        return
+    _http.time = _NoWaitTime()
+
+
 def pytest_configure(config) -> None:
     import lensutil.transformer_lens
 
     lensutil.transformer_lens.use_as_transformer_lens()
     _close_network()
+    _skip_hub_retry_waits()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -104,8 +131,22 @@ def pytest_runtest_makereport(item, call):
     if call.excinfo is not None:
         from lensutil.errors import ModelAccessError
 
-        if call.excinfo.errisinstance((ModelAccessError, HubClosedError)):
+        if _caused_by_hub(call.excinfo.value, (ModelAccessError, HubClosedError)):
             TALLY.reached_hub.add(item.nodeid)
+
+
+def _caused_by_hub(error: BaseException, hub_errors) -> bool:
+    # The whole chain (__cause__ / __context__), not the top error only: a fixture shared by several
+    # tests (scope="class" or "module") tries the hub once, and pytest re-raises that same error for
+    # every later test that uses it, with no new connection; transformers wraps the refusal in an
+    # OSError of its own. Each of those tests needs the hub as much as the first.
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, hub_errors):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def pytest_runtest_logreport(report) -> None:
