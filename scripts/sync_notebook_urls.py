@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lensutil.notebook.setup import COLAB_BADGE_IMAGE, colab_badge, colab_install_cell  # noqa: E402
+from lensutil.notebook.setup import COLAB_LINK_MARK, colab_badge, colab_install_cell  # noqa: E402
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 INSTALL_CELL = 1  # index of the Colab install cell: right after the title cell
@@ -35,7 +35,7 @@ def synced(nb: dict, filename: str) -> dict:
     if title["cell_type"] != "markdown" or install["cell_type"] != "code":
         raise SystemExit(f"{filename}: expected a markdown title cell, then the install code cell")
     lines = "".join(title["source"]).split("\n")
-    badges = [i for i, line in enumerate(lines) if COLAB_BADGE_IMAGE in line]
+    badges = [i for i, line in enumerate(lines) if COLAB_LINK_MARK in line]
     if len(badges) != 1:
         raise SystemExit(f"{filename}: expected one Colab badge line in the title cell, found {len(badges)}")
     lines[badges[0]] = colab_badge(filename)

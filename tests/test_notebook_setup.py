@@ -126,3 +126,10 @@ def test_colab_links_need_a_github_project_url(monkeypatch):
     monkeypatch.setattr(nbsetup, "PROJECT_URL", "https://gitlab.com/lensutil/lensutil")
     with pytest.raises(ConfigError, match="GitHub"):
         nbsetup.colab_badge("01_quickstart.ipynb")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_open_in_colab_is_a_text_link_that_reads_offline(path):
+    # Colab's badge is a remote image: offline (JupyterLab in a workshop room) it showed as a broken icon.
+    title = source(cells(path)[0])
+    assert "colab-badge.svg" not in title and "![" not in nbsetup.colab_badge(path.name)

@@ -26,7 +26,8 @@ PROJECT_URL = "https://github.com/lensutil/lensutil"
 PROJECT_BRANCH = "main"  # the branch the badges open
 PIP_SPEC = f"lensutil[notebooks] @ git+{PROJECT_URL}"
 _GITHUB = "https://github.com/"
-COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"  # what older notebooks showed
+COLAB_LINK_MARK = "https://colab.research.google.com/github/"  # in the "Open in Colab" line, old and new
 
 # Colab's kernels import google.colab at start-up and set COLAB_RELEASE_TAG. The install cell spells
 # this test out itself (it runs before lensutil exists); in_colab() below is the same test.
@@ -66,8 +67,12 @@ def colab_url(notebook: str) -> str:
 
 
 def colab_badge(notebook: str) -> str:
-    """The markdown "Open in Colab" badge line for ``notebooks/<notebook>`` (e.g. "01_quickstart.ipynb")."""
-    return f"[![Open in Colab]({COLAB_BADGE_IMAGE})]({colab_url(notebook)})"
+    """The markdown "Open in Colab" line for ``notebooks/<notebook>`` (e.g. "01_quickstart.ipynb").
+
+    A text link, not Colab's badge image: offline (a workshop room, JupyterLab on a laptop) the remote
+    image is a broken-image icon, while a link reads the same everywhere and only needs the internet when clicked.
+    """
+    return f"**[Open in Colab]({colab_url(notebook)})** (needs the internet)"
 
 
 def _has_gpu() -> bool:
