@@ -203,6 +203,18 @@ def test_bad_options_and_inputs_are_lens_errors():
         model.to_tokens(["a", "b"], ["c"])
 
 
+def test_text_pair_keyword_is_the_spelling_taught_and_matches_the_positional_one():
+    # TransformerLens' HookedEncoder.to_tokens(input, move_to_device, truncate) reads a positional second
+    # text as move_to_device and silently drops sentence B, so the keyword is what notebook 06 and the errors teach.
+    model = encoder("tiny-bert")
+    by_keyword = model.to_tokens(PAIR[0], text_pair=PAIR[1])
+    assert set(by_keyword[1][0].tolist()) == {0, 1}
+    assert all(torch.equal(k, p) for k, p in zip(by_keyword, model.to_tokens(*PAIR)))
+    tokens, types, _ = by_keyword
+    with pytest.raises(InputError, match=r"to_tokens\(text_a, text_pair=text_b\)"):
+        model(tokens, token_type_ids=types[:, :-1])
+
+
 # ---- lensutil.checks on encoders ------------------------------------------------------------------
 
 

@@ -91,7 +91,7 @@ def check_token_types(model: "HookedEncoder", token_type_ids, tokens: Tensor) ->
     if token_type_ids.shape != tokens.shape:
         raise InputError(
             f"token_type_ids has shape {list(token_type_ids.shape)} but the tokens have {list(tokens.shape)}. "
-            "Take both from the same call: tokens, token_type_ids, mask = model.to_tokens(text_a, text_b)."
+            "Take both from the same call: tokens, token_type_ids, mask = model.to_tokens(text_a, text_pair=text_b)."
         )
     if token_type_ids.is_floating_point() or token_type_ids.numel() and not (
         0 <= token_type_ids.min() and token_type_ids.max() < model.cfg.n_token_types
