@@ -40,8 +40,12 @@ def convert_into(model_cls, hf_model, tokenizer, dtype: torch.dtype, overrides: 
     cfg.dtype = compute_dtype(dtype)
     hf_state_dict = hf_model.state_dict() if hf_state_dict is None else hf_state_dict
     state_dict = {k: v.detach().to(cfg.dtype) for k, v in adapter.convert(hf_state_dict, cfg).items()}
+    # Loading hands over the tokenizer it found (or none, for an hf_model whose name is no checkpoint):
+    # the model class must not fetch one by cfg.tokenizer_name itself (TransformerLens' rule for HookedTransformer(cfg)).
+    name, cfg.tokenizer_name = cfg.tokenizer_name, None
     with loading_weights():  # no initial values: every weight is loaded next
         model = model_cls(cfg, tokenizer)
+    cfg.tokenizer_name = name
     _load_strict(model, state_dict)
     return model
 
