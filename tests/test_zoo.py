@@ -29,6 +29,9 @@ ARCH = {
     "tiny-olmo2": "Olmo2ForCausalLM",
     "tiny-qwen2-moe": "Qwen2MoeForCausalLM",
     "tiny-qwen3-moe": "Qwen3MoeForCausalLM",
+    "tiny-llama3": "LlamaForCausalLM",
+    "tiny-pythia": "GPTNeoXForCausalLM",
+    "tiny-phi3": "Phi3ForCausalLM",
 }
 
 

@@ -45,7 +45,9 @@ def convert_into(model_cls, hf_model, tokenizer, dtype: torch.dtype, overrides: 
     name, cfg.tokenizer_name = cfg.tokenizer_name, None
     with loading_weights():  # no initial values: every weight is loaded next
         model = model_cls(cfg, tokenizer)
-    cfg.tokenizer_name = name
+    # A name no tokenizer came from (an hf_model passed under a made-up name) is not recorded: HookedTransformer(model.cfg)
+    # would try to fetch it.
+    cfg.tokenizer_name = name if tokenizer is not None else None
     _load_strict(model, state_dict)
     return model
 
