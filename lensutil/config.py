@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from .config_checks import check_moe, check_rope
 from .config_names import set_seed_everywhere, with_tl_names
 from .errors import ConfigError
 
@@ -225,10 +226,10 @@ class HookedTransformerConfig:
         self._check_names()
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
-        self._check_rope()
+        check_rope(self)
         if self.parallel_attn_mlp and self.norm_position == "post":
             raise ConfigError("parallel_attn_mlp needs pre-norm blocks (norm_position='pre'): a post-norm block has no parallel form.")
-        self._check_moe()
+        check_moe(self)
         self._check_attn_types()
         self._check_init_and_biases()
         if self.n_heads % self.n_kv_heads:
@@ -264,24 +265,6 @@ class HookedTransformerConfig:
         if self.n_key_value_heads is not None and self.n_key_value_heads < 1:
             raise ConfigError(f"n_key_value_heads must be a positive integer or None, got {self.n_key_value_heads!r}.")
 
-    def _check_rope(self) -> None:
-        if self.rotary_dim is not None and (self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.d_head):
-            raise ConfigError(f"rotary_dim must be even and between 2 and d_head={self.d_head}, got {self.rotary_dim}.")
-        if self.rope_scaling is None:
-            return
-        kinds = {"linear": ("factor",), "dynamic": ("factor", "max_position_embeddings"),
-                 "yarn": ("factor", "original_max_position_embeddings", "max_position_embeddings"),
-                 "longrope": ("long_factor", "short_factor", "original_max_position_embeddings", "max_position_embeddings")}
-        kind = self.rope_scaling.get("rope_type")
-        if self.use_NTK_by_parts_rope or kind not in kinds:
-            raise ConfigError(
-                f"rope_scaling={self.rope_scaling!r}: rope_type must be one of {sorted(kinds)} (Llama 3's 'llama3' scaling "
-                "is use_NTK_by_parts_rope=True with the NTK_by_parts_* fields, TransformerLens' names), and not both."
-            )
-        missing = [k for k in kinds[kind] if self.rope_scaling.get(k) is None and not (kind == "yarn" and k == "factor")]
-        if missing:
-            raise ConfigError(f"rope_scaling of type {kind!r} needs {missing}; got {self.rope_scaling!r}.")
-
     def _check_names(self) -> None:
         for name, allowed in (("act_fn", ACT_FNS), ("normalization_type", Normalization.__args__[0].__args__ + (None,)),
                               ("positional_embedding_type", Positional.__args__)):
@@ -290,25 +273,6 @@ class HookedTransformerConfig:
                 if name == "positional_embedding_type" and self.positional_embedding_type == "alibi":
                     hint = " (TransformerLens' alibi positions are not implemented in lensutil)"
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}{hint}.")
-
-    def _check_moe(self) -> None:
-        if isinstance(self.router_dtype, str):  # from a saved config: "float32"
-            self.router_dtype = getattr(torch, self.router_dtype)
-        if self.mlp_type != "moe":
-            return
-        e, k = self.num_experts, self.experts_per_token
-        if not (isinstance(e, int) and isinstance(k, int) and 1 <= k <= e):
-            raise ConfigError(
-                f"mlp_type='moe' needs num_experts and experts_per_token with 1 <= experts_per_token <= num_experts; "
-                f"got num_experts={e!r}, experts_per_token={k!r} (Mixtral-8x7B: num_experts=8, experts_per_token=2)."
-            )
-        if self.moe_layers is not None:
-            self.moe_layers = tuple(self.moe_layers)  # a list, from a saved config
-            if not all(isinstance(i, int) and 0 <= i < self.n_layers for i in self.moe_layers):
-                raise ConfigError(f"moe_layers must list layer indices in 0..{self.n_layers - 1}, got {self.moe_layers!r}.")
-        for name in ("d_mlp_expert", "d_mlp_shared_expert"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer or None, got {getattr(self, name)!r}.")
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether block `layer`'s MLP is the mixture of experts (mlp_type 'moe' and, where set, listed in moe_layers)."""
