@@ -165,9 +165,12 @@ class HookedTransformerConfig:
     # (components._linear_param): "out_in" as nn.Linear (most models), "in_out" as GPT-2's Conv1D.
     # BLAS picks its kernel, and so its rounding, by the matrix's memory layout.
     weight_layout: Literal["out_in", "in_out"] = "out_in"
-    # q, k and v computed with one matmul, as GPT-2's c_attn does (its rounding differs from three
-    # separate matmuls for a single token). Needs one key/value head per query head.
+    # q, k and v computed with one matmul, as GPT-2's c_attn and Phi-3's qkv_proj do (BLAS rounds one
+    # wide product otherwise than three narrow ones: model/weight_layout.py). With the "in_out" layout
+    # it needs one key/value head per query head. fused_gate_up: gate and up from one matmul (Phi-3's
+    # gate_up_proj), "out_in" layout only.
     fused_qkv: bool = False
+    fused_gate_up: bool = False
     # Set by weight processing (lensutil.model.processing) so a saved state dict says how it was made.
     folded_ln: bool = False
     centered_writing_weights: bool = False
@@ -221,8 +224,12 @@ class HookedTransformerConfig:
         if self.norm_position == "output" and self.use_normalization_before_and_after:
             raise ConfigError("norm_position='output' has norms after attention and the MLP only; use_normalization_before_and_after "
                               "adds norms before them too (Gemma 2). Set one of the two.")
-        if self.fused_qkv and self.n_key_value_heads is not None:
-            raise ConfigError("fused_qkv needs one key/value head per query head; set n_key_value_heads=None or fused_qkv=False.")
+        if self.fused_qkv and self.n_key_value_heads is not None and self.weight_layout == "in_out":
+            raise ConfigError("fused_qkv with weight_layout='in_out' (GPT-2's Conv1D) needs one key/value head per query head; "
+                              "set n_key_value_heads=None, weight_layout='out_in' or fused_qkv=False.")
+        if self.fused_gate_up and (self.weight_layout != "out_in" or self.mlp_type != "gated"):
+            raise ConfigError("fused_gate_up needs a gated MLP (mlp_type='gated') stored as nn.Linear (weight_layout='out_in'); "
+                              f"this config has mlp_type={self.mlp_type!r}, weight_layout={self.weight_layout!r}.")
         self._check_names()
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head

@@ -158,10 +158,18 @@ def test_load_in_8bit_and_load_in_4bit_keywords_quantise_like_the_config(mode):
 
 
 @pytest.mark.parametrize("mode", ["8-bit", "4-bit nf4"])
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])  # GPT-2: W_Q, W_K, W_V rows of one quantised c_attn
+# GPT-2: W_Q, W_K, W_V rows of one quantised c_attn; Phi-3: of one qkv_proj (grouped-query), W_gate and W_in of one gate_up_proj
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-phi3"])
 def test_split_qkv_input_and_attn_result_keep_the_quantised_maths(name, mode):
     model = from_pretrained_no_processing(name, quantization_config=config_for_mode(mode), attn_implementation="eager")
     assert model.blocks[0].attn.quantized_linear("W_Q") is not None
+    if name == "tiny-phi3":  # one quantised matrix each, as HF's; each part reads back its own rows, in TL's shape
+        attn, mlp, cfg = model.blocks[0].attn, model.blocks[0].mlp, model.cfg
+        assert set(attn.quantized) == {"W_QKV", "W_O"} and set(mlp.quantized) == {"W_GATE_UP", "W_out"}
+        assert attn._W_K.shape == (cfg.n_kv_heads, cfg.d_model, cfg.d_head) and attn.W_K.shape == attn.W_Q.shape
+        assert mlp.W_gate.shape == mlp.W_in.shape == (cfg.d_model, cfg.d_mlp)
+        whole = mlp.quantized["W_GATE_UP"].dequantize()
+        assert torch.equal(mlp.W_in, whole[cfg.d_mlp:].T) and torch.equal(mlp.W_gate, whole[:cfg.d_mlp].T)
     tokens = model.to_tokens(PROMPTS[0])
     with torch.no_grad():
         plain, cache = model.run_with_cache(tokens, names_filter="blocks.0.hook_attn_out")

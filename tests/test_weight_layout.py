@@ -96,8 +96,77 @@ def test_gradients_reach_w_q_w_k_w_v_through_the_fused_matmul(gpt2_768):
         assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-7), name
 
 
-def test_fused_qkv_needs_one_key_value_head_per_query_head():
-    with pytest.raises(ConfigError, match="fused_qkv needs one key/value head per query head"):
-        HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, n_key_value_heads=1, fused_qkv=True)
+def test_fused_qkv_in_conv1d_layout_needs_one_key_value_head_per_query_head():
+    with pytest.raises(ConfigError, match="needs one key/value head per query head"):
+        HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, n_key_value_heads=1, fused_qkv=True,
+                                weight_layout="in_out")
+    HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, n_key_value_heads=1, fused_qkv=True)  # Phi-3's
+    with pytest.raises(ConfigError, match="fused_gate_up needs a gated MLP"):
+        HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, fused_gate_up=True)
+    with pytest.raises(ConfigError, match="fused_gate_up needs a gated MLP"):
+        HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, fused_gate_up=True, gated_mlp=True,
+                                weight_layout="in_out")
     with pytest.raises(ConfigError, match="weight_layout must be"):
         HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, weight_layout="columns")
+
+
+# ---- Phi-3: qkv_proj (grouped-query) and gate_up_proj, one matmul each -----------------------------
+
+
+@pytest.fixture(scope="module")
+def phi3():
+    from _models import hf
+    return hf("tiny-phi3"), lens("tiny-phi3")
+
+
+def _phi3_shared(model) -> bool:
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    return (_still_shared(attn._qkv_storage, [attn.W_Q, attn._W_K, attn._W_V])
+            and _still_shared(mlp._gate_up_storage, [mlp.W_gate, mlp.W_in]))
+
+
+def test_phi3_fused_weights_are_views_of_one_storage_laid_out_as_hfs(phi3):
+    # BLAS rounds one wide product otherwise than several narrow ones (MKL's AVX2 kernels, which AMD CPUs
+    # get, for every size): Phi-3's logits equal HF's there only when lensutil multiplies as HF does.
+    ref, model = phi3
+    layer = ref.model.layers[0]
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    assert model.cfg.fused_qkv and model.cfg.fused_gate_up and model.cfg.n_key_value_heads is not None
+    assert _phi3_shared(model)
+    assert torch.equal(attn._qkv_storage.view(-1, model.cfg.d_model), layer.self_attn.qkv_proj.weight)
+    assert torch.equal(mlp._gate_up_storage.view(-1, model.cfg.d_model), layer.mlp.gate_up_proj.weight)
+
+
+def test_phi3_dtype_round_trip_and_separate_storages_keep_the_logits(phi3):
+    _, model = phi3
+    model = copy.deepcopy(model)
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(tokens)
+        model.to(torch.float64)
+        assert _phi3_shared(model) and model.blocks[0].mlp.W_in.dtype == torch.float64
+        model.to(torch.float32)
+        assert _phi3_shared(model) and torch.equal(model(tokens), before)
+        for block in model.blocks:
+            for module, names in ((block.attn, ("W_Q", "_W_K", "_W_V")), (block.mlp, ("W_gate", "W_in"))):
+                for name in names:
+                    module._parameters[name].data = module._parameters[name].data.clone()
+        assert not _phi3_shared(model)
+        assert torch.equal(model(tokens), before)
+
+
+def test_phi3_gradients_reach_each_fused_weight(phi3):
+    _, model = phi3
+    fused = copy.deepcopy(model)
+    split_cfg = copy.deepcopy(model.cfg)
+    split_cfg.fused_qkv = split_cfg.fused_gate_up = False
+    split = type(model)(split_cfg)
+    split.load_state_dict(model.state_dict())
+    tokens = torch.randint(0, model.cfg.d_vocab, (1, 6), generator=torch.Generator().manual_seed(1))
+    for m in (fused, split):
+        m(tokens)[0, -1].logsumexp(-1).backward()
+    for module, name in [("attn", "W_Q"), ("attn", "_W_K"), ("attn", "_W_V"), ("mlp", "W_gate"), ("mlp", "W_in")]:
+        ours = getattr(getattr(fused.blocks[0], module), name).grad
+        ref = getattr(getattr(split.blocks[0], module), name).grad
+        assert ours is not None and ours.abs().max() > 0, name
+        assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-7), name

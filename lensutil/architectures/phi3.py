@@ -5,8 +5,10 @@ HF facts this relies on (transformers' models/phi3/modeling_phi3.py): qkv_proj's
 [gate | up] (`gate, up = chunk(2)`; the MLP is down(up * act(gate))); no biases; rotary on the first
 int(d_head * partial_rotary_factor) features (1.0 for Phi-3, 0.75 for Phi-4-mini); the 128k models
 use "longrope" scaling (lensutil/model/rotary_scaling.py); `sliding_window`, when set, on every layer.
-The fused matrices are split into Llama's names and Llama's converter does the rest; separate
-matmuls give the fused one's bits (each output is one row of an [out, in] matrix times the input).
+The fused matrices are split into Llama's names and Llama's converter does the rest. The forward
+pass fuses them again (cfg.fused_qkv, cfg.fused_gate_up: the weights view one storage laid out as
+qkv_proj's and gate_up_proj's), because separate matmuls round otherwise than one wide one with some
+BLAS kernels (MKL's AVX2 ones, what AMD CPUs get: ~2e-6 in the logits; model/weight_layout.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .attributes import READ
 
 
 def config_from_hf(hf, **overrides) -> HookedTransformerConfig:
-    return llama.config_from_hf(hf, partial_rotary=True, **overrides)
+    return llama.config_from_hf(hf, partial_rotary=True, **{"fused_qkv": True, "fused_gate_up": True, **overrides})
 
 
 def _unfuse(hf_sd: dict, cfg: HookedTransformerConfig) -> dict:

@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from ..architectures.registry import adapter_for
-from ..model.linear import FUSED_QKV
+from ..model.linear import FUSED_NAMES
 
 
 def hf_linears(hf_model, model: nn.Module) -> dict[str, nn.Module]:
     """Which bitsandbytes module of `hf_model` holds each of `model`'s weights, by lensutil weight path (the
-    adapter's module_names). GPT-2's c_attn holds W_Q, W_K, W_V and their one matrix, attn.W_QKV.
+    adapter's module_names). GPT-2's c_attn holds W_Q, W_K, W_V and their one matrix, attn.W_QKV (Phi-3's gate_up_proj: mlp.W_GATE_UP).
     Weights of HF modules lensutil does not quantise (its unembedding) stay absent: they stay dequantised."""
     import bitsandbytes as bnb
 
@@ -30,8 +30,9 @@ def hf_linears(hf_model, model: nn.Module) -> dict[str, nn.Module]:
     for name, module in hf_model.named_modules():
         if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
             targets = names.get(name, ())
-            if len(targets) == len(FUSED_QKV) and all(t.endswith("." + n) for t, n in zip(targets, FUSED_QKV)):
-                targets = (*targets, targets[0].removesuffix("W_Q") + "W_QKV")
+            for parts, whole in FUSED_NAMES.items():  # one HF module holding a fused group: its one matrix too
+                if len(targets) == len(parts) and all(t.endswith("." + n) for t, n in zip(targets, parts)):
+                    targets = (*targets, targets[0].removesuffix(parts[0]) + whole)
             copies.update({t: module for t in targets})
     return copies
 

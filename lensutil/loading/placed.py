@@ -40,7 +40,7 @@ from ..model.processing import (
     process_weights_,
 )
 from ..model.transformer import HookedTransformer
-from ..model.weight_layout import empty_in_order, memory_order, share_qkv_storage
+from ..model.weight_layout import empty_in_order, memory_order
 from . import hf_source, placement as pl
 from .convert import DEFAULT_PROCESSING, convert_into, name_overrides
 from .hf_quantized import hf_linears
@@ -239,7 +239,6 @@ def _put(model, values: dict, device_map: dict, folder: str | None) -> None:
 
     own = model.state_dict()
     index = {}
-    fused = [k.removesuffix(".W_Q") for k in values if k.endswith("attn.W_Q") and pl.device_for(device_map, k) != "disk"]
     for key in list(values):
         value, meta = values.pop(key), own[key]
         device = pl.device_for(device_map, key)
@@ -250,10 +249,9 @@ def _put(model, values: dict, device_map: dict, folder: str | None) -> None:
         del value
     if index:
         pl.save_index(index, folder)
-    for name in fused:  # W_Q, W_K, W_V in one storage again, as without a device map: one fused matmul
-        attn = model.get_submodule(name)
-        if getattr(attn, "_qkv_storage", None) is not None:
-            share_qkv_storage(attn, model.cfg)
+    for module in model.modules():  # fused weights in one storage again, as without a device map: one matmul
+        if hasattr(module, "share_fused_storage"):  # weights left on disk (meta here) stay apart
+            module.share_fused_storage()
 
 
 def _finish(model, device_map, folder, bnb_config=None, quantized_hf=None) -> HookedTransformer:

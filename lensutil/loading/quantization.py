@@ -35,7 +35,6 @@ from torch import nn
 from ..architectures.registry import adapter_for
 from ..errors import QuantizationError
 from ..model.linear import (
-    FUSED_QKV,
     TO_OUT_IN,
     QuantizableLinears,
     QuantizedLinear,
@@ -253,31 +252,52 @@ def quantize_(model: nn.Module, config, copies: dict[str, nn.Module] | None = No
     for path, module, name, layout in weights:
         if f"{path}.{name}" in skip:
             continue
-        names = [name]
-        if name in FUSED_QKV and getattr(module, "_qkv_storage", None) is not None and not any(f"{path}.{n}" in skip for n in FUSED_QKV):
-            if name != FUSED_QKV[0]:
-                continue  # quantised with W_Q, as one matrix: GPT-2's c_attn, as HF quantises it
-            names, name = list(FUSED_QKV), "W_QKV"
+        group = _fused_group(module, path, name, skip)
+        if group is None:
+            continue  # quantised with the first weight of its group, as one matrix
+        name, names = group
         params = [module._parameters[n].detach() for n in names]
-        weight = torch.cat(params) if len(params) > 1 else params[0]  # W_QKV: [3 * head_index, d_model, d_head]
+        # [out, in] of each, rows side by side: HF's one matrix for a fused group
+        weight = torch.cat([TO_OUT_IN[layout](p) for p in params])
+        shape = _whole_shape([p.shape for p in params], layout)
         if copies is None:
-            lin = make_bnb_linear(TO_OUT_IN[layout](weight), config)
+            lin = make_bnb_linear(weight, config)
         else:
             lin = copy_bnb_linear(copies[_weight_key(f"{path}.{name}")], weight.device)
             if lin.in_features * lin.out_features != weight.numel():
                 raise QuantizationError(
                     f"The hf_model's quantised module for {path}.{name} is [{lin.out_features}, {lin.in_features}], which does not "
-                    f"hold a {list(weight.shape)} weight: this adapter's module_names table is wrong. Please report it."
+                    f"hold a {list(shape)} weight: this adapter's module_names table is wrong. Please report it."
                 )
         if "quantized" not in module._modules:
             module.add_module("quantized", nn.ModuleDict())
         for n in names:
             del module._parameters[n]
-        module._modules["quantized"][name] = QuantizedLinear(lin, layout, tuple(weight.shape))
-    for module in {id(m): m for _, m, _, _ in weights if "W_QKV" in m._modules.get("quantized", {})}.values():
-        module._qkv_storage = None  # the float storage W_Q, W_K, W_V viewed: freed
+        module._modules["quantized"][name] = QuantizedLinear(lin, layout, shape)
+        if name in module.fused_parts():  # the float storage the group's weights viewed: freed
+            storage = {"W_QKV": "_qkv_storage", "W_GATE_UP": "_gate_up_storage"}[name]
+            setattr(module, storage, None)
     model.quantization_config = config
     return model.eval()
+
+
+def _fused_group(module: QuantizableLinears, path: str, name: str, skip: set[str]) -> tuple[str, list[str]] | None:
+    """(the quantised module's name, the weights it holds) for weight `name`: itself alone, or its fused group
+    (module.fused_parts()) when that is quantised whole; None for a later weight of such a group."""
+    for whole, parts in module.fused_parts().items():
+        names = [p.name for p in parts]
+        if name in names and not any(f"{path}.{n}" in skip for n in names):
+            return (whole, names) if name == names[0] else None
+    return name, [name]
+
+
+def _whole_shape(shapes: list[torch.Size], layout: str) -> tuple[int, ...]:
+    """The TransformerLens shape of several weights' rows side by side: heads stacked (heads_in), columns (in_out)."""
+    if len(shapes) == 1:
+        return tuple(shapes[0])
+    if layout == "heads_in":
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+    return (shapes[0][0], sum(s[1] for s in shapes))
 
 
 def _weight_key(path: str) -> str:

@@ -11,9 +11,9 @@ from ..config import HookedTransformerConfig, compute_dtype
 from ..hooks.hook_points import HookPoint
 from .context import AttentionContext, apply_rotary
 from .fused_attention import fused_attention
-from .linear import QuantizableLinears
+from .linear import FusedPart, QuantizableLinears
 from .norm import Norm
-from .weight_layout import _linear_param, _param, fused_qkv_params, fused_qkv_weight, share_qkv_storage
+from .weight_layout import _linear_param, _param, fused_qkv_params, fused_qkv_weight, qkv_param_names, share_qkv_storage
 from .zero_bias import bias_or_none
 
 
@@ -24,7 +24,7 @@ class Attention(QuantizableLinears):
         super().__init__()
         self.cfg, self.attn_type = cfg, attn_type  # "local": a sliding window (cfg.attn_type(layer))
         h, m, e, dt = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.dtype
-        # GPT-2's c_attn: W_Q, W_K, W_V view one storage, so q, k, v come from one matmul (weight_layout.py)
+        # GPT-2's c_attn, Phi-3's qkv_proj: the q, k, v weights view one storage, so q, k, v come from one matmul (weight_layout.py)
         self._qkv_storage, fused = fused_qkv_params(cfg) if cfg.fused_qkv else (None, None)
         self.W_Q = _linear_param(cfg, "heads_in", h, m, e) if fused is None else fused[0]
         self.b_Q = _param(h, e, dtype=dt)
@@ -58,9 +58,20 @@ class Attention(QuantizableLinears):
     def _apply(self, fn, recurse: bool = True):
         # .to(device) and dtype casts give each parameter its own storage: put W_Q, W_K, W_V back in one.
         super()._apply(fn, recurse)
-        if self._qkv_storage is not None and "W_Q" in self._parameters:
-            share_qkv_storage(self, self.cfg)
+        self.share_fused_storage()
         return self
+
+    def fused_parts(self) -> dict[str, list[FusedPart]]:
+        cfg = self.cfg
+        if not cfg.fused_qkv:
+            return {}
+        heads = (cfg.n_heads, cfg.n_kv_heads, cfg.n_kv_heads)
+        return {"W_QKV": [FusedPart(n, k * cfg.d_head, (k, cfg.d_model, cfg.d_head), "heads_in")
+                          for n, k in zip(qkv_param_names(cfg), heads)]}
+
+    def share_fused_storage(self) -> None:
+        if self._qkv_storage is not None and all(n in self._parameters for n in qkv_param_names(self.cfg)):
+            share_qkv_storage(self, self.cfg)
 
     def _fused(self) -> bool:
         """Whether q, k, v come from one matmul: the float storage, or one quantised matrix (quantized["W_QKV"])."""
@@ -68,14 +79,18 @@ class Attention(QuantizableLinears):
         return self._qkv_storage is not None if quantized is None else "W_QKV" in quantized._modules
 
     def _project_fused(self, x: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v from one matmul over W_Q, W_K, W_V side by side: GPT-2's c_attn, rounded as it rounds."""
-        bias = torch.cat([self.b_Q.reshape(-1), self.b_K.reshape(-1), self.b_V.reshape(-1)])
+        """q, k, v from one matmul over their weights side by side: GPT-2's c_attn, Phi-3's qkv_proj, rounded as they round."""
+        _, b_K, _, b_V = self.key_value_weights()  # compact with grouped-query attention
+        biases = (self.b_Q, b_K, b_V)
+        absent = {"b_Q", "b_K", "b_V"} <= set(self.cfg.absent_biases)  # GPT-2's c_attn has a bias, Phi-3's none
+        bias = bias_or_none(torch.cat([b.reshape(-1) for b in biases]), absent)
         if "quantized" in self._modules:  # c_attn quantised as HF quantises it; bitsandbytes adds the bias
             qkv = self._modules["quantized"]._modules["W_QKV"](x, bias)
         else:
-            absent = {"b_Q", "b_K", "b_V"} <= set(self.cfg.absent_biases)  # never for GPT-2, whose c_attn has a bias
-            qkv = F.linear(x, fused_qkv_weight(self.cfg, self._qkv_storage, [self.W_Q, self.W_K, self.W_V]), bias_or_none(bias, absent))
-        return tuple(t.view(*x.shape[:-1], *self.b_Q.shape) for t in qkv.split(self.b_Q.numel(), dim=-1))
+            weights = [self._parameters[n] for n in qkv_param_names(self.cfg)]
+            qkv = F.linear(x, fused_qkv_weight(self.cfg, self._qkv_storage, weights), bias)
+        parts = qkv.split([b.numel() for b in biases], dim=-1)
+        return tuple(t.view(*x.shape[:-1], *b.shape) for t, b in zip(parts, biases))
 
     def key_value_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """W_K, b_K, W_V, b_V with one entry per key/value head: what the forward pass uses."""
@@ -194,8 +209,9 @@ class GroupedQueryAttention(Attention):
 
     def _make_key_value_weights(self, cfg: HookedTransformerConfig, fused: list[nn.Parameter] | None = None) -> None:
         kv, m, e, dt = cfg.n_kv_heads, cfg.d_model, cfg.d_head, cfg.dtype
-        self._W_K, self._b_K = _linear_param(cfg, "heads_in", kv, m, e), _param(kv, e, dtype=dt)
-        self._W_V, self._b_V = _linear_param(cfg, "heads_in", kv, m, e), _param(kv, e, dtype=dt)
+        self._W_K = _linear_param(cfg, "heads_in", kv, m, e) if fused is None else fused[1]
+        self._W_V = _linear_param(cfg, "heads_in", kv, m, e) if fused is None else fused[2]
+        self._b_K, self._b_V = _param(kv, e, dtype=dt), _param(kv, e, dtype=dt)
 
     def key_value_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self._W_K, self._b_K, self._W_V, self._b_V

@@ -13,10 +13,12 @@ That [out, in] matrix is exactly HuggingFace's nn.Linear weight, so quantising i
 bitsandbytes gives the bytes HuggingFace's own quantised model holds, and the same bitsandbytes
 module computes with them. A quantised weight leaves the module's parameters and lives in
 `module.quantized[name]` (a QuantizedLinear); hooks, biases, norms and embeddings are untouched.
-GPT-2's W_Q, W_K and W_V are HuggingFace's one c_attn module, quantised as one matrix as HF does
-(double quantisation rounds a matrix's block scales around their mean over the whole matrix, so
-three matrices would hold other bytes): `quantized["W_QKV"]`, heads_in over 3 * head_index heads,
-read as W_Q, W_K, W_V through QuantizedPart.
+GPT-2's W_Q, W_K and W_V are HuggingFace's one c_attn module (Phi-3's qkv_proj; its W_gate and W_in
+are gate_up_proj), quantised as one matrix as HF does (double quantisation rounds a matrix's block
+scales around their mean over the whole matrix, so separate matrices would hold other bytes):
+`quantized["W_QKV"]` / `quantized["W_GATE_UP"]`, their rows side by side as in the float storage
+(weight_layout.py), each part read through QuantizedPart. A component names its fused groups in
+`fused_parts()`.
 
 Reading a quantised weight by its TransformerLens name (attn.W_Q, model.W_Q, mlp.W_in) gives a
 dequantised *read-only copy* in TransformerLens' shape: the values the quantised maths uses (for
@@ -28,6 +30,7 @@ model, then quantise it (lensutil.loading.quantization.quantize_).
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +57,19 @@ FROM_OUT_IN = {
 }
 
 
-# The weights of a fused q/k/v linear, in the order of their rows in it (GPT-2's c_attn; weight_layout.py).
+# The weights of a fused q/k/v linear, in the order of their rows in it (GPT-2's c_attn; weight_layout.py),
+# and the name of the one quantised module of each fused group, by the (HF-side) names of its parts.
 FUSED_QKV = ("W_Q", "W_K", "W_V")
+FUSED_NAMES = {FUSED_QKV: "W_QKV", ("W_gate", "W_in"): "W_GATE_UP"}
+
+
+class FusedPart(NamedTuple):
+    """One weight of a fused group: its parameter name, rows in the fused [out, in] matrix, TL shape, layout."""
+
+    name: str
+    rows: int
+    shape: tuple[int, ...]
+    layout: str
 
 
 def _cpu_packable(lin: nn.Module) -> bool:
@@ -131,17 +145,15 @@ class QuantizedLinear(nn.Module):
 
 
 class QuantizedPart:
-    """W_Q, W_K or W_V of a quantised fused q/k/v linear (`quantized["W_QKV"]`): its rows of the whole.
+    """One weight of a quantised fused linear (`quantized["W_QKV"]`, `quantized["W_GATE_UP"]`): its rows of the whole.
 
-    Used where one of the three runs alone (use_split_qkv_input, a separate key input): the whole
-    linear runs and this part's rows are kept, so the maths is the fused module's, row for row.
-    Not a module (the whole is, once), so state_dict and memory counts hold the matrix once.
+    Used where the part runs alone (use_split_qkv_input, a separate key input, a hook reading W_in):
+    the whole linear runs and this part's rows are kept, so the maths is the fused module's, row for
+    row. Not a module (the whole is, once), so state_dict and memory counts hold the matrix once.
     """
 
-    def __init__(self, whole: QuantizedLinear, index: int):
-        n_heads, d_model, d_head = whole.shape[0] // len(FUSED_QKV), whole.shape[1], whole.shape[2]
-        self.whole, self.shape = whole, (n_heads, d_model, d_head)
-        self.rows = slice(index * n_heads * d_head, (index + 1) * n_heads * d_head)
+    def __init__(self, whole: QuantizedLinear, rows: slice, part: FusedPart):
+        self.whole, self.rows, self.shape, self.layout = whole, rows, part.shape, part.layout
 
     @property
     def linear(self) -> nn.Module:
@@ -156,7 +168,7 @@ class QuantizedPart:
 
     def dequantized_view(self) -> Tensor:
         with torch.inference_mode():
-            return FROM_OUT_IN["heads_in"](self.dequantize(), self.shape).contiguous()
+            return FROM_OUT_IN[self.layout](self.dequantize(), self.shape).contiguous()
 
 
 def unpacked_4bit(weight) -> tuple[Tensor, object]:
@@ -216,9 +228,18 @@ class QuantizableLinears(nn.Module):
         if q is None:
             return None
         found = q._modules.get(name)
-        if found is None and name in FUSED_QKV and "W_QKV" in q._modules:
-            return QuantizedPart(q._modules["W_QKV"], FUSED_QKV.index(name))
+        if found is None:
+            for whole, parts in self.fused_parts().items():
+                start = 0
+                for part in parts:
+                    if part.name == name and whole in q._modules:
+                        return QuantizedPart(q._modules[whole], slice(start, start + part.rows), part)
+                    start += part.rows
         return found
+
+    def fused_parts(self) -> dict[str, list[FusedPart]]:
+        """The groups of this component's weights that HF computes with one linear: W_QKV, W_GATE_UP (none here)."""
+        return {}
 
     def _linear(self, x: Tensor, name: str, bias: Tensor | None = None, layout: str = "in_out") -> Tensor:
         """x times the weight `name` (TransformerLens-shaped, turned by `layout`), plus `bias` [out] or
