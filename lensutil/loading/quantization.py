@@ -38,10 +38,12 @@ from ..model.linear import (
     TO_OUT_IN,
     QuantizableLinears,
     QuantizedLinear,
+    fused_group,
     held_bytes,
     is_quantized,
     mode_of,
     weight_tensors,
+    whole_shape,
 )
 from .hf_quantized import copy_bnb_linear
 
@@ -252,14 +254,14 @@ def quantize_(model: nn.Module, config, copies: dict[str, nn.Module] | None = No
     for path, module, name, layout in weights:
         if f"{path}.{name}" in skip:
             continue
-        group = _fused_group(module, path, name, skip)
+        group = fused_group(module, path, name, skip)
         if group is None:
             continue  # quantised with the first weight of its group, as one matrix
         name, names = group
         params = [module._parameters[n].detach() for n in names]
         # [out, in] of each, rows side by side: HF's one matrix for a fused group
         weight = torch.cat([TO_OUT_IN[layout](p) for p in params])
-        shape = _whole_shape([p.shape for p in params], layout)
+        shape = whole_shape([p.shape for p in params], layout)
         if copies is None:
             lin = make_bnb_linear(weight, config)
         else:
@@ -279,25 +281,6 @@ def quantize_(model: nn.Module, config, copies: dict[str, nn.Module] | None = No
             setattr(module, storage, None)
     model.quantization_config = config
     return model.eval()
-
-
-def _fused_group(module: QuantizableLinears, path: str, name: str, skip: set[str]) -> tuple[str, list[str]] | None:
-    """(the quantised module's name, the weights it holds) for weight `name`: itself alone, or its fused group
-    (module.fused_parts()) when that is quantised whole; None for a later weight of such a group."""
-    for whole, parts in module.fused_parts().items():
-        names = [p.name for p in parts]
-        if name in names and not any(f"{path}.{n}" in skip for n in names):
-            return (whole, names) if name == names[0] else None
-    return name, [name]
-
-
-def _whole_shape(shapes: list[torch.Size], layout: str) -> tuple[int, ...]:
-    """The TransformerLens shape of several weights' rows side by side: heads stacked (heads_in), columns (in_out)."""
-    if len(shapes) == 1:
-        return tuple(shapes[0])
-    if layout == "heads_in":
-        return (sum(s[0] for s in shapes), *shapes[0][1:])
-    return (shapes[0][0], sum(s[1] for s in shapes))
 
 
 def _weight_key(path: str) -> str:

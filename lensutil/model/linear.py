@@ -342,3 +342,22 @@ def refuse_if_quantized(model: nn.Module, what: str) -> None:
             f"{what} needs full-precision weights, but this model is quantised ({mode_of(model.quantization_config)}). "
             "Process first, then quantise: from_pretrained(name, fold_ln=True, ..., load_in_4bit=True) does both in that order."
         )
+
+
+def fused_group(module: QuantizableLinears, path: str, name: str, skip: set[str]) -> tuple[str, list[str]] | None:
+    """(the quantised module's name, the weights it holds) for weight `name`: itself alone, or its fused group
+    (module.fused_parts()) when that is quantised whole; None for a later weight of such a group."""
+    for whole, parts in module.fused_parts().items():
+        names = [p.name for p in parts]
+        if name in names and not any(f"{path}.{n}" in skip for n in names):
+            return (whole, names) if name == names[0] else None
+    return name, [name]
+
+
+def whole_shape(shapes: list[torch.Size], layout: str) -> tuple[int, ...]:
+    """The TransformerLens shape of several weights' rows side by side: heads stacked (heads_in), columns (in_out)."""
+    if len(shapes) == 1:
+        return tuple(shapes[0])
+    if layout == "heads_in":
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+    return (shapes[0][0], sum(s[1] for s in shapes))
