@@ -4,7 +4,8 @@ A JupyterLab server (from this environment, on loopback, its own random token an
 a temporary copy of notebooks/, and headless Chromium, driven by Playwright, opens 01_quickstart,
 runs every cell from the Run menu, and checks what a person would see: the success line, no error
 output, the circuitsvis drawing and the hook explorer answering a click. Then every page of the built
-book is opened and must log no JavaScript error and make no failed request.
+book is opened and must log no JavaScript error and make no failed request, and every picture on it (figure,
+circuitsvis view) must render: tests/_book_pictures.py says what a picture is there and how it is checked.
 
 Needs Debian's Chromium (`apt-get install chromium`; .ci/run installs it) and playwright (in the
 test extras); without them these tests skip and say why. No browser is downloaded.
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from _book_pictures import broken_pictures
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -314,10 +316,14 @@ def book_html(tmp_path_factory) -> Path:
     return out / "_build" / "html"
 
 
-def test_every_book_page_loads_without_errors(browser, book_html, tmp_path):
-    pages = sorted(p.relative_to(book_html).as_posix() for p in book_html.rglob("*.html")
-                   if not {"_static", "_sources", "_images"} & set(p.relative_to(book_html).parts))
-    assert "intro.html" in pages and "notebooks/01_quickstart.html" in pages, pages
+def _book_pages(book_html: Path) -> list[str]:
+    return sorted(p.relative_to(book_html).as_posix() for p in book_html.rglob("*.html")
+                  if not {"_static", "_sources", "_images"} & set(p.relative_to(book_html).parts))
+
+
+def _page_problems(browser, book_html: Path, pages: list[str], tmp_path: Path) -> dict[str, list[str]]:
+    """Open each page as a reader would: what the console logs, the requests that fail, and the pictures that
+    do not render (tests/_book_pictures.py), page by page."""
     server, base = _serve(book_html)
     problems: dict[str, list[str]] = {}
     try:
@@ -330,14 +336,47 @@ def test_every_book_page_loads_without_errors(browser, book_html, tmp_path):
             page.on("response", lambda r, found=found: found.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
             with screenshot_on_failure(page, tmp_path, name.replace("/", "_")):
                 page.goto(base + name, wait_until="networkidle")
-                if name == "notebooks/01_quickstart.html":  # drawn from inline script, and the explorer's first view
-                    page.wait_for_function("() => { const e = document.querySelector(\"[id^='circuits-vis-']\");"
-                                           " return e && e.getBoundingClientRect().height > 0; }", timeout=30_000)
-                    if page.locator(".lensutil-pattern-table").count() != 1:
-                        found.append("the hook explorer's HTML snapshot is not on the page")
+                notebook = NOTEBOOKS / f"{Path(name).stem}.ipynb" if name.startswith("notebooks/") else None
+                found += broken_pictures(page, notebook)  # figures decoded, views drawn, none left out
+                if name == "notebooks/01_quickstart.html" and page.locator(".lensutil-pattern-table").count() != 1:
+                    found.append("the hook explorer's HTML snapshot is not on the page")
             if found:
                 problems[name] = found
             page.close()
     finally:
         server.shutdown()
+    return problems
+
+
+def test_every_book_page_loads_without_errors(browser, book_html, tmp_path):
+    pages = _book_pages(book_html)
+    assert "intro.html" in pages and "notebooks/01_quickstart.html" in pages, pages
+    problems = _page_problems(browser, book_html, pages, tmp_path)
     assert not problems, "\n".join(f"{name}: {found}" for name, found in problems.items())
+
+
+def test_book_check_catches_broken_pictures(browser, book_html, tmp_path):
+    """Break one picture of each kind in a copy of the book: each is reported, on its page only."""
+    book = tmp_path / "html"
+    shutil.copytree(book_html, book)
+    quickstart, families, memory = (book / "notebooks" / f"{n}.html" for n in
+                                    ("01_quickstart", "14_newer_model_families", "11_memory_and_speed"))
+    html = quickstart.read_text(encoding="utf-8")
+    png = html.split('src="../_images/', 1)[1].split('"', 1)[0]
+    (book / "_images" / png).write_bytes(b"not a PNG")  # served with HTTP 200, and no console error: decodes to nothing
+    assert html.count("CircuitsVis.render(") == 1
+    quickstart.write_text(html.replace("CircuitsVis.render(", "(() => null)("), encoding="utf-8")  # never drawn
+    html = families.read_text(encoding="utf-8")
+    assert html.count('src="../_images/') == 1
+    families.write_text(html.replace('src="../_images/', 'src="../_images/missing-'), encoding="utf-8")
+    html = memory.read_text(encoding="utf-8")
+    start = html.rindex("<img ", 0, html.index('src="../_images/'))
+    memory.write_text(html[:start] + html[html.index(">", start) + 1:], encoding="utf-8")  # the figure left out
+    names = [f"notebooks/{p.name}" for p in (quickstart, families, memory)] + ["intro.html"]
+    problems = _page_problems(browser, book, names, tmp_path)
+    assert sorted(problems) == sorted(names[:3]), problems
+    bad_png, blank_view = problems[names[0]]
+    assert bad_png == f'<img src="../_images/{png}"> did not load as an image (naturalWidth 0)', bad_png
+    assert blank_view.startswith("circuitsvis #circuits-vis-") and "x0 px once scrolled into view" in blank_view, blank_view
+    assert any("missing-" in p and "did not load as an image" in p for p in problems[names[1]]), problems[names[1]]
+    assert problems[names[2]] == ["1 img picture(s) in 11_memory_and_speed.ipynb's outputs, 0 on the page"], problems
