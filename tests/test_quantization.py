@@ -207,7 +207,8 @@ def test_embeddings_norms_unembed_and_router_stay_full_precision_experts_quantis
     for kept in ["embed.W_E", "unembed.W_U", "blocks.0.ln1.w", "blocks.0.mlp.W_gate", "blocks.0.attn.b_Q"]:
         assert params[kept].dtype == torch.float32, kept
     assert "blocks.0.attn.W_Q" not in params and "blocks.0.mlp.experts.0.W_in" not in params
-    assert set(model.blocks[0].mlp.experts[0].quantized) == {"W_gate", "W_in", "W_out"}
+    expert = model.blocks[0].mlp.experts[0]  # gate and up one matrix, as HF's experts.gate_up_proj[e]
+    assert set(expert.quantized) == {"W_GATE_UP", "W_out"} and expert.W_gate.shape == expert.W_in.shape
     assert set(lens_q("tiny-mixtral", "4-bit nf4").blocks[0].mlp.experts[0]._parameters) == {"W_gate", "W_in", "W_out"}
 
 

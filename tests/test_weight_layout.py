@@ -170,3 +170,17 @@ def test_phi3_gradients_reach_each_fused_weight(phi3):
         ref = getattr(getattr(split.blocks[0], module), name).grad
         assert ours is not None and ours.abs().max() > 0, name
         assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-7), name
+
+
+@pytest.mark.parametrize("name", ["tiny-mixtral", "tiny-qwen2-moe"])
+def test_routed_experts_gate_and_up_view_hfs_gate_up_proj(name):
+    # transformers 5 runs each expert's gate and up as one F.linear over experts.gate_up_proj[e]; so does lensutil.
+    from _models import hf
+    ref, model = hf(name), lens(name)
+    layer = next(i for i in range(model.cfg.n_layers) if hasattr(model.blocks[i].mlp, "experts"))
+    hf_experts = ref.model.layers[layer].mlp.experts
+    for e, expert in enumerate(model.blocks[layer].mlp.experts):
+        assert _still_shared(expert._gate_up_storage, [expert.W_gate, expert.W_in]) and expert._fuses_gate_up()
+        assert torch.equal(expert._gate_up_storage.view(-1, model.cfg.d_model), hf_experts.gate_up_proj[e])
+    shared = getattr(model.blocks[layer].mlp, "shared_expert", None)
+    assert shared is None or shared._gate_up_storage is None  # HF's plain MLP: gate_proj and up_proj apart

@@ -39,12 +39,12 @@ from torch import Tensor, nn
 
 from ..config import HookedTransformerConfig, compute_dtype
 from ..hooks.hook_points import HookPoint
-from .linear import QuantizableLinears
+from .gate_up import GateUpLinears
 from .activations import ACTIVATIONS
 from .weight_layout import _OUT_IN, _param
 
 
-class Expert(QuantizableLinears):
+class Expert(GateUpLinears):
     """One gated (SwiGLU) expert without biases: W_out·(act(W_gate·x) * W_in·x).
 
     A routed expert sees the tokens routed to it ("routed d_mlp_expert"); a shared expert (Qwen2-MoE) every
@@ -54,9 +54,11 @@ class Expert(QuantizableLinears):
 
     def __init__(self, cfg: HookedTransformerConfig, d_mlp: int | None = None, tokens: str = "routed"):
         super().__init__()
+        self.cfg = cfg
         m, f, dt = cfg.d_model, d_mlp or cfg.d_mlp_expert or cfg.d_mlp, cfg.dtype
-        self.W_gate = _param(m, f, dtype=dt, memory_order=_OUT_IN)  # [d_model, d_mlp]
-        self.W_in = _param(m, f, dtype=dt, memory_order=_OUT_IN)  # [d_model, d_mlp]
+        # W_gate, W_in [d_model, d_mlp]: a routed expert's view HF's experts.gate_up_proj[e], and gate and up
+        # come from one matmul over it (gate_up.py); a shared expert is HF's plain MLP, gate_proj and up_proj.
+        self._make_gate_up(cfg, f, tokens == "routed", lambda: _param(m, f, dtype=dt, memory_order=_OUT_IN))
         self.W_out = _param(f, m, dtype=dt, memory_order=_OUT_IN)  # [d_mlp, d_model]
         # Their last axis is the expert's own width, not cfg.d_mlp (a Qwen MoE's dense layers' width)
         width = "d_mlp_expert" if tokens == "routed" else "d_mlp_shared_expert"
@@ -64,17 +66,16 @@ class Expert(QuantizableLinears):
         self.hook_pre = HookPoint(f"{tokens} {width}")  # W_in·x, the linear part
         self.hook_post = HookPoint(f"{tokens} {width}")
         self.act = ACTIVATIONS[cfg.act_fn]
-        # HF's fused experts compute gate and up as one [routed, 2 * d_mlp] product and split it, so the
-        # activation and the product read two strided halves. torch's vectorised kernels round a row's
-        # tail (d_mlp not a multiple of the SIMD width, e.g. 48) apart from a contiguous tensor's, so a
-        # routed expert lays gate and up out as HF does; a shared expert is HF's plain MLP (contiguous).
-        self.fused_gate_up = tokens == "routed"
 
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        gate = self.hook_gate(self._linear(x, "W_gate"))
-        linear = self.hook_pre(self._linear(x, "W_in"))
-        if self.fused_gate_up:
-            gate, linear = torch.cat([gate, linear], dim=-1).chunk(2, dim=-1)
+        # HF's fused experts split one [routed, 2 * d_mlp] product, so the activation and the product read
+        # two strided halves; torch's vectorised kernels round a row's tail (d_mlp not a multiple of the
+        # SIMD width, e.g. 48) apart from a contiguous tensor's: the halves of our one product are alike.
+        if self._fuses_gate_up():
+            gate, linear = self._gate_up(x)
+            gate, linear = self.hook_gate(gate), self.hook_pre(linear)
+        else:
+            gate, linear = self.hook_gate(self._linear(x, "W_gate")), self.hook_pre(self._linear(x, "W_in"))
         return self._linear(self.hook_post(self.act(gate) * linear), "W_out")
 
 

@@ -12,8 +12,8 @@ rounds an output element of one wide product otherwise than the same element of 
 some widths and kernels (a single token's matrix-vector product; MKL's AVX2 kernels, which AMD CPUs
 get, for every size), so separate products differ from the fused one in the last bits. With
 cfg.fused_qkv, W_Q, W_K and W_V (GQA: _W_K and _W_V) are views into one storage, and the forward
-pass runs the one matmul over it (`fused_qkv_weight`); cfg.fused_gate_up does the same for W_gate
-and W_in (`fused_gate_up_params`, `fused_weight`).
+pass runs the one matmul over it (`fused_qkv_weight`); cfg.fused_gate_up (and a MoE's routed
+experts) do the same for W_gate and W_in (gate_up.py).
 """
 
 from __future__ import annotations
@@ -86,11 +86,11 @@ def fused_qkv_params(cfg: HookedTransformerConfig, like: Tensor | None = None) -
     return storage, [nn.Parameter(v) for v in views]
 
 
-def fused_gate_up_params(cfg: HookedTransformerConfig, like: Tensor | None = None) -> tuple[Tensor, list[nn.Parameter]]:
-    """One [2, d_mlp, d_model] storage (gate_up_proj's [out, in]: gate rows, then up rows) and W_gate,
-    W_in ([d_model, d_mlp] each) viewing it. Only for the "out_in" layout (config_checks.py)."""
+def fused_gate_up_params(cfg: HookedTransformerConfig, width: int, like: Tensor | None = None) -> tuple[Tensor, list[nn.Parameter]]:
+    """One [2, width, d_model] storage (gate_up_proj's [out, in]: gate rows, then up rows) and W_gate,
+    W_in ([d_model, width] each) viewing it: nn.Linear's layout (gate_up.py)."""
     kw = dict(dtype=cfg.dtype) if like is None else dict(dtype=like.dtype, device=like.device)
-    storage = torch.empty(2, cfg.d_mlp, cfg.d_model, **kw)
+    storage = torch.empty(2, width, cfg.d_model, **kw)
     return storage, [nn.Parameter(part.T) for part in storage]
 
 
