@@ -84,13 +84,13 @@ def test_error_table_reference_float32_measures_accuracy_not_agreement():
     assert "in float32" in str(table) and table.to_markdown().startswith("| dtype | option |")
 
 
-def test_moe_models_are_compared_one_prompt_at_a_time_and_every_real_token_counts():
-    from lensutil.checks.compare import compare_with_hf, one_prompt_at_a_time
+def test_moe_models_are_compared_as_a_padded_batch_and_every_real_token_counts():
+    from lensutil.checks.compare import compare_with_hf
 
-    moe, dense = lens("tiny-mixtral"), lens("tiny-llama")
-    assert one_prompt_at_a_time(moe) and not one_prompt_at_a_time(dense)
+    moe = lens("tiny-mixtral")
     prompts = ["The capital of France is", "1, 2, 3"]
     alone = compare_with_hf(moe, prompts=prompts, on="logits", batched=False)
     batched = compare_with_hf(moe, prompts=prompts, on="logits")
     assert alone.n == batched.n == sum(moe.to_tokens(p).shape[1] for p in prompts) * moe.cfg.d_vocab
-    assert alone.max == 0  # each prompt alone is bit-exact on every BLAS kernel tried
+    # the pads are HF's too (the experts multiply them with the real tokens): exact either way
+    assert alone.max == batched.max == 0

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from _models import ALL, hf, hf_positions, lens
+from _models import ALL, TINY, hf, hf_positions, lens
 from lensutil.errors import AttentionMaskError, InputError
 from lensutil.text.generation import KVCache
 from lensutil.text.tokens import positions_from_mask, tokenize
@@ -35,6 +35,22 @@ def test_padded_batch_equals_each_prompt_alone_and_huggingface(name, side):
             assert (batched[row, real] - alone).abs().max() <= bound
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("name", TINY)
+def test_padded_batch_equals_huggingfaces_at_every_position_pads_included(name, side, impl):
+    # A pad is computed as HF computes it: under right padding it attends to the real tokens before it; a
+    # pad that sees no key (left padding) gets 0 in sdpa mode and, in eager mode, HF's even spread over every
+    # key. A MoE routes the pads too, and with some BLAS kernels (MKL's AVX2 ones, what AMD CPUs get) the
+    # number of rows an expert multiplies changes its real tokens' last bits: only the same pads give HF's bits.
+    model, ref = lens(name, attn_implementation=impl), hf(name, attn_implementation=impl)
+    tokens, mask = tokenize(model, PROMPTS, padding_side=side)
+    with torch.no_grad():
+        ours = model(tokens, attention_mask=mask)
+        theirs = ref(tokens, attention_mask=mask, position_ids=hf_positions(mask)).logits
+    assert torch.equal(ours, theirs), (ours - theirs).abs().amax(-1)
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("name", [_param(n) for n in ALL])
 def test_padded_batch_equals_each_prompt_alone_in_float64(name, side):
@@ -54,7 +70,10 @@ def test_pattern_is_exactly_zero_at_masked_keys(side):
     pad_keys = ~mask.bool()[:, None, None, :]  # [batch, 1, 1, key_pos]
     for layer in range(model.cfg.n_layers):
         pattern = cache["pattern", layer]
-        assert (pattern.masked_select(pad_keys.expand_as(pattern)) == 0).all()
+        assert (pattern.masked_select(pad_keys.expand_as(pattern)) == 0).all()  # pad queries' rows too
+        seen = mask.bool()[:, None, :].cumsum(-1) > 0  # queries with a real token at or before them
+        rows = pattern.sum(-1)
+        assert torch.equal(rows == 0, ~seen.expand_as(rows))  # a query that sees no key: a row of 0, not NaN
         real_queries = mask.bool()[:, None, :]
         sums = pattern.sum(-1)
         assert torch.allclose(sums[real_queries.expand_as(sums)], torch.tensor(1.0))

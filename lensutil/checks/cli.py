@@ -19,7 +19,7 @@ from ..config import DEFAULT_ATTN_IMPLEMENTATION
 from ..errors import LensError
 from ..loading import hf_source, zoo
 from ..loading.pretrained import from_pretrained, from_pretrained_no_processing
-from .compare import compare_with_hf, one_prompt_at_a_time
+from .compare import compare_with_hf
 from .error_table import ErrorTable
 from .setup import bound_check, notebook_readiness, validate_model_setup
 from .support_table import support_table
@@ -87,8 +87,7 @@ def doctor(model_name: str, dtype: str) -> int:
     reference = hf32 if dtype == "float32" else hf_source.load_hf(
         model_name, dtype=model.cfg.dtype, attn_implementation=model.cfg.attn_implementation)[0].to(model.cfg.device)
     rows = validate_model_setup(model).rows
-    # A mixture-of-experts model one prompt at a time (checks.compare.one_prompt_at_a_time says why).
-    raw = compare_with_hf(model, reference, on="logits", batched=not one_prompt_at_a_time(model))
+    raw = compare_with_hf(model, reference, on="logits")
     rows.append(bound_check(
         f"logits equal HuggingFace's in {dtype} (no processing)", raw.max, LOGIT_BOUND[dtype], "max |Δ logit|",
         "Load with from_pretrained_no_processing and float32; run checks.locate_divergence(model, hf_model) to find the first component that differs."))

@@ -47,7 +47,8 @@ def compare_with_hf(
     attention mode (cfg.attn_implementation: "sdpa" against HF's "sdpa", "eager" against "eager",
     so the two run the same kernels and float32 agrees bit for bit where the maths is the same). A padded
     batch gets the same attention mask and position ids (cumsum(mask) - 1) on both sides, and only
-    real positions are compared. batched=False compares each prompt alone (see one_prompt_at_a_time).
+    real positions are compared (the pads are computed as HF computes them, so a mixture-of-experts model, which
+    routes them too, keeps HF's bits). batched=False compares each prompt alone.
     """
     if getattr(model, "is_encoder", False):  # HookedEncoder: logits or hidden states, pairs allowed
         return compare_encoder(model, hf_model, None if prompts is DEFAULT_PROMPTS else prompts, on)
@@ -59,18 +60,6 @@ def compare_with_hf(
     if not batched:
         return ErrorStats.of(torch.cat([_diff(model, hf_model, [p], on) for p in prompts]), on)
     return ErrorStats.of(_diff(model, hf_model, prompts, on), on)
-
-
-def one_prompt_at_a_time(model) -> bool:
-    """Whether the checks compare a model with HuggingFace one prompt at a time rather than as a padded batch.
-
-    Models with mixture-of-experts layers: each expert multiplies the rows of every token routed to
-    it, so a batch changes that matrix's row count; under MKL's AVX2 kernels (what AMD CPUs get, and
-    MKL_ENABLE_INSTRUCTIONS=AVX2) the rounding of a batched MoE forward then differs from HuggingFace's
-    in the last bits (max |Δ logit| ~4e-6 on tiny-mixtral, cause not found), while each prompt alone is
-    exact on every kernel tried. Dense models are exact as a padded batch everywhere.
-    """
-    return any(getattr(model.cfg, "is_moe_layer", lambda i: False)(i) for i in range(model.cfg.n_layers))
 
 
 def _diff(model, hf_model, prompts: list[str], on: Quantity) -> Tensor:

@@ -3,8 +3,7 @@
 For each line of lensutil/checks/families.py the small zoo model is loaded into lensutil and into
 HuggingFace and the row says, in float32:
 - max |Δ logit| against HuggingFace in eager and in sdpa attention (each side in the same mode), on
-  compare_with_hf's padded batch of prompts (a mixture-of-experts model: each prompt alone, as
-  compare.one_prompt_at_a_time explains). Printed as "0" when exactly zero, else its value;
+  compare_with_hf's padded batch of prompts. Printed as "0" when exactly zero, else its value;
 - whether greedy generation with the KV cache gives HuggingFace's tokens (decoders);
 - whether every hook fires, each flag-gated one with its flag on, with the shape its HookPoint documents;
 - what each weight-processing option does: ✓ applied and log-probs still within PROCESSING_BOUND of
@@ -33,7 +32,7 @@ from ..loading.pretrained import from_pretrained_no_processing
 from ..loading.zoo_bert import ENCODER_NAMES
 from ..model.processing import process_weights_
 from ..text import tokens as tok
-from .compare import DEFAULT_PROMPTS, compare_with_hf, one_prompt_at_a_time
+from .compare import DEFAULT_PROMPTS, compare_with_hf
 from .families import FAMILIES, Family
 
 PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
@@ -319,9 +318,8 @@ def support_row(family: Family, quantization: bool = False) -> Row:
     encoder = getattr(eager, "is_encoder", False)
     return Row(
         family=family.name, hf_classes=family.hf_classes, model=family.tiny,
-        # A mixture-of-experts model is compared one prompt at a time (compare.one_prompt_at_a_time says why).
-        dlogit_eager=compare_with_hf(eager, hf_eager, on="logits", batched=not one_prompt_at_a_time(eager)).max,
-        dlogit_sdpa=compare_with_hf(sdpa, hf_sdpa, on="logits", batched=not one_prompt_at_a_time(sdpa)).max,
+        dlogit_eager=compare_with_hf(eager, hf_eager, on="logits").max,
+        dlogit_sdpa=compare_with_hf(sdpa, hf_sdpa, on="logits").max,
         generation_equal=None if encoder else _generation_equal(sdpa, hf_sdpa),
         hooks=_hooks(eager),
         processing=_processing(family, eager, hf_eager),
@@ -337,7 +335,7 @@ def support_table(families: list[str] | tuple[Family, ...] | None = None, quanti
     """
     chosen = list(FAMILIES) if families is None else [_family(f) for f in families]
     notes = ["float32 throughout. Δ columns: compare_with_hf's padded batch of "
-             f"{len(DEFAULT_PROMPTS)} prompts (mixture-of-experts models: each prompt alone), every real position "
+             f"{len(DEFAULT_PROMPTS)} prompts, every real position "
              "(`0`: bit for bit). Generation: "
              f"{GENERATED_TOKENS} greedy tokens. Weight processing, each option alone: ✓ applied, log-probs within "
              f"{PROCESSING_BOUND:g} of HuggingFace's."]

@@ -182,10 +182,16 @@ class Attention(QuantizableLinears):
         cap = self.cfg.attn_scores_soft_cap
         if cap > 0:  # Gemma 2: cap * tanh(scores / cap), in HF's order, before the mask; the hook sees it capped
             scores = torch.tanh(scores / cap) * cap  # out of place: tanh's backward needs its output
-        scores, edited_scores = self.hook_attn_scores.fire_and_tell(scores.masked_fill_(~ctx.allowed, float("-inf")))
+        scores.masked_fill_(~ctx.allowed, float("-inf"))
+        blind = ctx.query_blind
+        if blind is not None and fused is None:
+            # A query that sees no key (context.py), in eager mode: HF's eager attention adds finfo.min, not
+            # -inf, where it masks, so such a row is all finfo.min and its softmax spreads evenly over every key.
+            scores.masked_fill_(blind[:, None, :, None], torch.finfo(scores.dtype).min)
+        scores, edited_scores = self.hook_attn_scores.fire_and_tell(scores)
         pattern = F.softmax(scores, dim=-1, dtype=compute_dtype(q.dtype)).to(q.dtype)
-        if ctx.query_is_pad is not None:  # a padding query sees nothing: its row is 0, not NaN
-            pattern = pattern.masked_fill(ctx.query_is_pad[:, None, :, None], 0.0)
+        if blind is not None and fused is not None:  # sdpa mode: its row is 0, as the kernel's z (not NaN)
+            pattern = pattern.masked_fill(blind[:, None, :, None], 0.0)
         pattern, edited_pattern = self.hook_pattern.fire_and_tell(pattern)
         if fused is None or edited_scores or edited_pattern:  # eager mode, or z from what a hook changed
             return torch.matmul(pattern, v)

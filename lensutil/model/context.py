@@ -23,7 +23,7 @@ class AttentionContext:
 
     positions: Int[Tensor, "batch pos"]  # position ids, counted from each row's first real token
     key_mask: Bool[Tensor, "batch key_pos"] | None  # True = real token; None = no padding anywhere
-    query_is_pad: Bool[Tensor, "batch pos"] | None
+    query_is_pad: Bool[Tensor, "batch pos"] | None  # the loss leaves these out
     past_len: int
     allowed: Bool[Tensor, "batch 1 pos key_pos"]  # causal (and sliding-window) and padding mask
     rotary: tuple[Tensor, Tensor] | None  # cos, sin for rotary models
@@ -31,6 +31,12 @@ class AttentionContext:
     local: "AttentionContext | None" = None  # the local layers' context, where the model has any
     # shortformer models: the position embedding every layer adds to its query and key inputs after ln1
     shortformer_pos: Float[Tensor, "batch pos d_model"] | None = None
+    # Queries that see no key at all (a left-padding pad, a pad beyond a sliding window): their pattern
+    # row and z are 0, as TransformerLens and HF's sdpa give them (HF's eager attention spreads such a
+    # row evenly over every key instead). Every other query, a right-padding pad included, attends to
+    # the keys it may see, as in HF and TransformerLens: a MoE routes those pads too, and under some
+    # BLAS kernels the number of rows an expert gets changes its real tokens' last bits.
+    query_blind: Bool[Tensor, "batch pos"] | None = None
 
     @classmethod
     def build(cls, cfg: HookedTransformerConfig, positions, key_mask, query_is_pad, past_len: int,
@@ -66,7 +72,11 @@ class AttentionContext:
                 rotary = rotary_cos_sin(positions, cfg.rotary_dim, base, dtype)
             else:  # scaled (lensutil/model/rotary_scaling.py); the model's rope_state remembers what HF's would
                 rotary = scaled_cos_sin(cfg, positions, rope_state)
-        return cls(positions, key_mask, query_is_pad, past_len, allowed, rotary, window)
+        blind = None
+        if key_mask is not None:
+            blind = ~allowed.any(-1)[:, 0]
+            blind = blind if blind.any() else None
+        return cls(positions, key_mask, query_is_pad, past_len, allowed, rotary, window, query_blind=blind)
 
     def to(self, device, non_blocking: bool = False) -> "AttentionContext":
         # A model placed over devices (lensutil/loading/placement.py): accelerate's hooks move each block's
@@ -75,7 +85,7 @@ class AttentionContext:
         rotary = None if self.rotary is None else tuple(move(t) for t in self.rotary)
         local = None if self.local is None else self.local.to(device, non_blocking)
         return AttentionContext(move(self.positions), move(self.key_mask), move(self.query_is_pad), self.past_len,
-                                move(self.allowed), rotary, self.window, local)
+                                move(self.allowed), rotary, self.window, local, query_blind=move(self.query_blind))
 
 
 def rotary_cos_sin(positions: Int[Tensor, "batch pos"], dim: int, base: float, dtype: torch.dtype):

@@ -43,7 +43,7 @@ def fused_attention(
     v: Float[Tensor, "batch kv_head_index key_pos d_head"],
     ctx: "AttentionContext",
 ) -> Float[Tensor, "batch head_index pos d_head"]:
-    """z for every query head; a padding query's row is 0 (as the eager path gives it)."""
+    """z for every query head; a query that sees no key gets 0 (as the eager path gives it)."""
     batch, n_heads, q_len, d_head = q.shape
     kv_len, group = k.shape[2], cfg.n_heads // cfg.n_kv_heads
     if _mask_can_be_skipped(cfg, ctx, q_len, kv_len):
@@ -51,10 +51,10 @@ def fused_attention(
     else:
         mask, is_causal = ctx.allowed, False
     pad = None
-    if mask is not None and ctx.query_is_pad is not None:
-        # A padding query would see no key at all; let it see itself, then zero its output. Real
-        # queries' rows are untouched, so they round as HuggingFace's.
-        pad = ctx.query_is_pad[:, None, :, None]
+    if mask is not None and ctx.query_blind is not None:
+        # A query that sees no key at all (context.py); let it see itself, then zero its output. The
+        # other queries' rows are untouched, so they round as HuggingFace's.
+        pad = ctx.query_blind[:, None, :, None]
         q_idx = torch.arange(ctx.past_len, ctx.past_len + q_len, device=q.device)[:, None]
         mask = mask | (pad & (q_idx == torch.arange(kv_len, device=q.device)[None, :]))
     extra, packed = {}, False
