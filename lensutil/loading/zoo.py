@@ -21,6 +21,8 @@ Where the weights come from:
   changes the logits and is caught.
 - ``tiny-moe-trained`` (zoo_trained.py): a tiny Mixtral trained at build time to continue lists
   (months, weekdays, ...), so that what half precision breaks can be seen.
+- ``tiny-bert-mlm-trained`` (zoo_mlm.py): a tiny `BertForMaskedLM` trained at build time on a small
+  synthetic corpus of facts, so that its masked-LM guesses mean something ("paris" for France).
 
 Entries live in ``cache_home()/<name>-v1/``. They are built in a temporary directory beside it and
 moved into place only when complete; a file lock keeps two processes from building one at once.
@@ -49,7 +51,8 @@ from .zoo_rotary import TINY as _ROTARY_TINY
 from .zoo_bert import BUILDERS as _ENCODER_BUILDERS, ENCODER_NAMES as ENCODER_NAMES
 from .zoo_decoders import TINY as _TINY_DECODERS
 from .zoo_gemma3 import BUILDERS as _GEMMA3_BUILDERS
-from .zoo_trained import BUILDERS as _TRAINED_BUILDERS, TRAINED_NAMES as TRAINED_NAMES
+from .zoo_mlm import BUILDERS as _MLM_BUILDERS
+from .zoo_trained import BUILDERS as _TRAINED_BUILDERS
 
 
 # Bump when a builder changes what it writes, so stale cache entries are not reused.
@@ -198,12 +201,15 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "smollm2-135m": _build_smollm2,
     **_GEMMA3_BUILDERS,  # gemma3-270m (zoo_gemma3.py): the real Gemma 3 270M, de-quantised from Q4_K_M
     **{name: (lambda out, name=name: _build_tiny(name, out)) for name in _TINY},
-    # minilm-l6, tiny-bert (zoo_bert.py): load with HookedEncoder. tiny-bert takes minilm-l6's tokenizer, from resolve.
+    # minilm-l6, tiny-bert, tiny-bert-mlm-trained (zoo_bert.py, zoo_mlm.py): load with HookedEncoder. The tiny ones
+    # take minilm-l6's tokenizer, from resolve.
     **{name: (lambda out, build=build: build(out, resolve)) for name, build in _ENCODER_BUILDERS.items()},
     # tiny-moe-trained (zoo_trained.py): trained for seconds at build time, with its own word-level tokenizer.
     **_TRAINED_BUILDERS,
 }
 ZOO_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+# Story models trained at build time (each with its own tests), not part of the random-architecture sweeps.
+TRAINED_NAMES: tuple[str, ...] = (*_TRAINED_BUILDERS, *_MLM_BUILDERS)
 
 
 def is_zoo_name(name: str) -> bool:

