@@ -1,7 +1,7 @@
 """tiny-bert-mlm-trained: a zoo masked LM whose guesses mean something, and lensutil equals HF on it.
 
 Notebook 06 rests on these facts; here they are checked on their own (the build trains for
-~20-60 s the first time, then the cache answers)."""
+~30-60 s the first time, then the cache answers)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,14 @@ def test_lensutil_equals_huggingface_bit_for_bit_on_the_trained_mlm():
     assert not real.all()  # a padded batch
     ours = model(enc["input_ids"], "logits", enc["token_type_ids"], enc["attention_mask"])
     assert (ours - ref(**enc).logits).abs()[real].max() == 0
+
+
+def test_a_build_that_did_not_learn_its_facts_is_refused_and_writes_nothing(tmp_path, monkeypatch):
+    from lensutil.errors import ZooError
+    from lensutil.loading import zoo_mlm
+
+    monkeypatch.setattr(zoo_mlm, "_STEPS", 20)  # far too short to learn anything
+    threads = torch.get_num_threads()
+    with pytest.raises(ZooError, match="did not learn its facts.*nothing was cached"):
+        zoo_mlm.build_mlm_trained(tmp_path, zoo.resolve)
+    assert not any(tmp_path.iterdir()) and torch.get_num_threads() == threads
