@@ -66,3 +66,16 @@ def test_bfloat16_model_with_its_router_in_float32_routes_closer_than_a_bfloat16
     assert all(o > t for o, t in zip(ours, theirs)), (ours, theirs)
     right = lambda model: sum(g.startswith(PROMPTS[p]) for p, g in _continuations(model).items())  # noqa: E731
     assert right(fixed) > right(bf16_router)
+
+
+def test_a_build_with_gradients_off_still_trains_and_a_short_one_is_refused(tmp_path, monkeypatch):
+    # The zoo builds on first use, often where the caller switched gradients off (notebook 07 does): the
+    # training must switch them on for itself, and a build that did not learn raises ZooError, not a crash.
+    from lensutil.errors import ZooError
+    from lensutil.loading import zoo_trained
+
+    monkeypatch.setattr(zoo_trained, "_STEPS", 2)  # far too short to learn the lists
+    threads = torch.get_num_threads()
+    with torch.no_grad(), pytest.raises(ZooError, match="did not learn its lists"):
+        zoo_trained.build_moe_trained(tmp_path)
+    assert torch.get_num_threads() == threads

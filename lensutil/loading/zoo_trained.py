@@ -108,13 +108,14 @@ def build_moe_trained(out: Path) -> None:
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=_LR)
         gen = torch.Generator().manual_seed(_SEED + 3)
         model.train()
-        for _ in range(_STEPS):
-            x = _batch(tokenizer, gen)
-            logits = model(x[:, :-1]).logits[:, 1:]  # the word after BOS is the prompt: no target for BOS
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 2:].reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        with torch.enable_grad():  # the zoo builds on first use, often where the caller switched gradients off
+            for _ in range(_STEPS):
+                x = _batch(tokenizer, gen)
+                logits = model(x[:, :-1]).logits[:, 1:]  # the word after BOS is the prompt: no target for BOS
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 2:].reshape(-1))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
         model.eval().requires_grad_(False)
         if not _all_next_words_right(model, tokenizer):
             raise ZooError(
