@@ -120,8 +120,11 @@ def validate_model_setup(
 
     def padded_patterns():
         if "padded" not in state:
-            tokens, mask = tok.tokenize(model, list(padded_prompts))
-            _, cache = model.run_with_cache(list(padded_prompts), names_filter=lambda n: n.endswith("hook_pattern"))
+            # Left padding: the pads sit in the causal past of every real token, so only the mask keeps them out
+            # (under right padding the causal mask alone would, and an unmasked batch would pass).
+            tokens, mask = tok.tokenize(model, list(padded_prompts), padding_side="left")
+            _, cache = model.run_with_cache(list(padded_prompts), padding_side="left",
+                                            names_filter=lambda n: n.endswith("hook_pattern"))
             state["padded"] = (mask.bool(), [cache[f"blocks.{i}.attn.hook_pattern"] for i in range(cfg.n_layers)])
         return state["padded"]
 
@@ -135,8 +138,12 @@ def validate_model_setup(
         mask, patterns = padded_patterns()
         if mask.all():
             return False, "the two prompts tokenised to the same length, so nothing was padded; use prompts of different lengths"
-        leak = max(p[:, :, :, :][~mask[:, None, None, :].expand_as(p)].abs().max().item() for p in patterns)
-        return leak == 0, f"largest attention to a padding key = {leak:.2e} (must be exactly 0), padded batch of {len(padded_prompts)}"
+        # Real queries only: a pad's own row is never read (a left pad sees no key; in eager mode its row is HF
+        # eager's even spread over every key, lensutil/model/context.py).
+        to_pad = mask[:, None, :, None] & ~mask[:, None, None, :]
+        leak = max(p[to_pad.expand_as(p)].abs().max().item() for p in patterns)
+        return leak == 0, (f"largest attention of a real token to a padding key = {leak:.2e} (must be exactly 0), "
+                           f"padded batch of {len(padded_prompts)}")
 
     def generation():
         out = model.generate(prompt, max_new_tokens=3, do_sample=False, stop_at_eos=False)
