@@ -94,7 +94,10 @@ def test_qwen2_moe_slides_its_window_on_the_layers_layer_types_names():
     hf_cfg = Qwen2MoeConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                             vocab_size=300, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
                             shared_expert_intermediate_size=96, use_sliding_window=True, sliding_window=4, max_window_layers=3,
-                            initializer_range=0.08, attn_implementation="eager", architectures=["Qwen2MoeForCausalLM"])
+                            initializer_range=0.08, attn_implementation="eager", architectures=["Qwen2MoeForCausalLM"],
+                            # HF's per-expert loop, which lensutil follows (and load_hf asks for); a model built from a
+                            # config gets transformers' "grouped_mm", which sums in another order: 1e-7 under MKL's AVX2
+                            experts_implementation="eager")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         ref = Qwen2MoeForCausalLM(hf_cfg).eval()
