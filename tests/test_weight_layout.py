@@ -184,3 +184,24 @@ def test_routed_experts_gate_and_up_view_hfs_gate_up_proj(name):
         assert torch.equal(expert._gate_up_storage.view(-1, model.cfg.d_model), hf_experts.gate_up_proj[e])
     shared = getattr(model.blocks[layer].mlp, "shared_expert", None)
     assert shared is None or shared._gate_up_storage is None  # HF's plain MLP: gate_proj and up_proj apart
+
+
+def test_phi3_in_place_edits_and_a_reload_reach_the_fused_matmul(phi3):
+    _, model = phi3
+    model = copy.deepcopy(model).to("cpu")  # a deep copy clones each parameter apart; any .to() shares them again
+    assert _phi3_shared(model)
+    original = copy.deepcopy(model.state_dict())
+    split_cfg = copy.deepcopy(model.cfg)
+    split_cfg.fused_qkv = split_cfg.fused_gate_up = False
+    split = type(model)(split_cfg)
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model(tokens)
+        model.blocks[0].mlp.W_in.data.mul_(0.5)  # edits through .data, in place: the shared storage sees them
+        model.blocks[0].attn._W_K.data.mul_(0.5)
+        assert _phi3_shared(model)
+        edited = model(tokens)
+        split.load_state_dict(model.state_dict())
+        assert not torch.allclose(edited, before) and torch.allclose(edited, split(tokens), atol=1e-5)
+        model.load_state_dict(original)  # a reload copies into the views: one storage still, the first logits again
+        assert _phi3_shared(model) and torch.equal(model(tokens), before)
