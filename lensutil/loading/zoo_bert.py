@@ -8,7 +8,7 @@
 - ``tiny-bert``: a random 2-layer `BertForMaskedLM` (d_model 64, 4 heads) under a fixed seed,
   with MiniLM's real WordPiece tokenizer; constant-initialised 1-d parameters get seeded noise so
   that a converter which drops one is caught.
-- ``tiny-bert-mlm-trained`` (zoo_mlm.py): tiny-bert's shape and tokenizer, trained for seconds at
+- ``tiny-bert-mlm-trained`` (zoo_mlm.py): tiny-bert's shape and tokenizer, trained for about 50 s at
   build time on a small synthetic corpus of facts, so that its masked-LM guesses mean something.
 """
 
