@@ -83,7 +83,9 @@ class Attention(QuantizableLinears):
         _, b_K, _, b_V = self.key_value_weights()  # compact with grouped-query attention
         biases = (self.b_Q, b_K, b_V)
         absent = {"b_Q", "b_K", "b_V"} <= set(self.cfg.absent_biases)  # GPT-2's c_attn has a bias, Phi-3's none
-        bias = bias_or_none(torch.cat([b.reshape(-1) for b in biases]), absent)
+        # None when all three may be dropped (zero_bias.py), decided before the copy that joins them
+        kept = any(bias_or_none(b, absent) is not None for b in biases)
+        bias = torch.cat([b.reshape(-1) for b in biases]) if kept else None
         if "quantized" in self._modules:  # c_attn quantised as HF quantises it; bitsandbytes adds the bias
             qkv = self._modules["quantized"]._modules["W_QKV"](x, bias)
         else:

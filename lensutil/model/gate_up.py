@@ -46,9 +46,11 @@ class GateUpLinears(QuantizableLinears):
 
     def _gate_up(self, x: Float[Tensor, "... d_model"], b_in: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The gate's and the linear part's pre-activations, [..., width] each, from one matmul."""
-        bias = None
-        if b_in is not None:  # the gate's half gets + 0 (exact); None where HF's layer has no bias (zero_bias.py)
-            bias = bias_or_none(torch.cat([torch.zeros_like(b_in), b_in]), "b_in" in self.cfg.absent_biases)
+        # None where HF's layer has no bias (zero_bias.py), decided before any copy (generation runs this per token);
+        # else the gate's half gets + 0 (exact)
+        bias = None if b_in is None else bias_or_none(b_in, "b_in" in self.cfg.absent_biases)
+        if bias is not None:
+            bias = torch.cat([torch.zeros_like(bias), bias])
         if "quantized" in self._modules:  # one quantised matrix, as HF quantises it; bitsandbytes adds the bias
             return self._modules["quantized"]._modules["W_GATE_UP"](x, bias).chunk(2, dim=-1)
         weight = fused_weight(self._gate_up_storage, [self._parameters[n] for n in _GATE_UP])
